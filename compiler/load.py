@@ -1,0 +1,229 @@
+"""Load one YAML file into plain data, remembering the file:line:col of every key and value.
+
+PyYAML's libyaml composer gives positioned nodes quickly; we build the data from those nodes
+ourselves so that nothing unsafe is ever constructed and every failure is a positioned
+:class:`~compiler.errors.LoadError`.
+
+>>> doc = load_text("a: 1\\nb: [x, y]\\n", "demo.yaml")
+>>> doc.data, str(doc.position_of(("b", 1)))
+({'a': 1, 'b': ['x', 'y']}, 'demo.yaml:2:8')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from compiler.errors import LoadError, Position
+
+MAX_FILE_BYTES = 10 * 1024 * 1024
+MAX_EXPANDED_NODES = 200_000
+"""An alias may repeat a subtree, but the expanded document may not exceed this many nodes
+unless it is no more than 10x the nodes actually written (a cap against alias bombs)."""
+
+_Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SCALAR_TAGS = {
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:null",
+    "tag:yaml.org,2002:timestamp",
+}
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MAP_TAG = "tag:yaml.org,2002:map"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass
+class Document:
+    """Plain data from one YAML file, with the position of every key and value by its path."""
+
+    file: str
+    data: dict[str, Any]
+    value_positions: dict[Loc, Position] = field(default_factory=dict)
+    key_positions: dict[Loc, Position] = field(default_factory=dict)
+
+    def position_of(self, loc: Sequence[str | int], key: bool = False) -> Position:
+        """The position of the value at ``loc`` (or of its key), else of its nearest known ancestor."""
+        path = tuple(loc)
+        while True:
+            if key and path in self.key_positions:
+                return self.key_positions[path]
+            if path in self.value_positions:
+                return self.value_positions[path]
+            if not path:
+                return Position(self.file, 1, 1)
+            path = path[:-1]
+
+
+def load_file(path: str | Path, display_name: str | None = None) -> Document:
+    """Read and load ``path``; ``display_name`` is how the file is named in messages."""
+    name = display_name or str(path)
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError:
+        raise LoadError.one(f"no such file: {name}", Position(name, 1, 1)) from None
+    except OSError as exc:
+        raise LoadError.one(f"cannot read: {exc.strerror}", Position(name, 1, 1)) from None
+    if size > MAX_FILE_BYTES:
+        raise LoadError.one(
+            f"file is {size:,} bytes; the limit is {MAX_FILE_BYTES:,} (10 MB)", Position(name, 1, 1)
+        )
+    try:
+        raw = p.read_bytes()
+    except IsADirectoryError:
+        raise LoadError.one("is a directory, not a YAML file", Position(name, 1, 1)) from None
+    return load_bytes(raw, name)
+
+
+def load_bytes(raw: bytes, name: str) -> Document:
+    """Decode ``raw`` as UTF-8 and load it."""
+    if len(raw) > MAX_FILE_BYTES:
+        raise LoadError.one(f"file is {len(raw):,} bytes; the limit is {MAX_FILE_BYTES:,} (10 MB)",
+                            Position(name, 1, 1))
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        before = raw[: exc.start]
+        line = before.count(b"\n") + 1
+        column = exc.start - (before.rfind(b"\n") + 1) + 1
+        raise LoadError.one(
+            f"not valid UTF-8 (byte 0x{raw[exc.start]:02x})", Position(name, line, column)
+        ) from None
+    return load_text(text, name)
+
+
+def load_text(text: str, name: str) -> Document:
+    """Load YAML text that must hold exactly one mapping."""
+    if "\x00" in text:
+        offset = text.index("\x00")
+        line = text.count("\n", 0, offset) + 1
+        raise LoadError.one("contains a NUL character", Position(name, line, offset - text.rfind("\n", 0, offset)))
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+        position = Position(name, mark.line + 1, mark.column + 1) if mark else Position(name, 1, 1)
+        raise LoadError.one(f"invalid YAML: {message}", position) from None
+    except yaml.YAMLError as exc:
+        raise LoadError.one(f"invalid YAML: {exc}", Position(name, 1, 1)) from None
+    if root is None:
+        raise LoadError.one("the file is empty; expected a mapping with apiVersion, project, ...",
+                            Position(name, 1, 1))
+    builder = _Builder(name)
+    if not isinstance(root, yaml.MappingNode) or root.tag != _MAP_TAG:
+        raise LoadError.one("the document must be a mapping of keys to values", builder.pos(root))
+    builder.check_expansion(root)
+    data = builder.build(root, ())
+    return Document(name, data, builder.value_positions, builder.key_positions)
+
+
+class _Builder:
+    """Turns composed nodes into plain data, refusing unsafe tags and duplicate keys."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.value_positions: dict[Loc, Position] = {}
+        self.key_positions: dict[Loc, Position] = {}
+        self._scalars = yaml.constructor.SafeConstructor()
+
+    def pos(self, node: yaml.Node) -> Position:
+        return Position(self.name, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def check_expansion(self, root: yaml.Node) -> None:
+        """Refuse recursive aliases and documents whose aliases expand past the cap."""
+        sizes: dict[int, int] = {}
+        visiting: set[int] = set()
+        unique = 0
+
+        def size(node: yaml.Node) -> int:
+            nonlocal unique
+            key = id(node)
+            if key in sizes:
+                return sizes[key]
+            if key in visiting:
+                raise LoadError.one("recursive alias: a node contains itself", self.pos(node))
+            visiting.add(key)
+            unique += 1
+            total = 1
+            if isinstance(node, yaml.SequenceNode):
+                total += sum(size(child) for child in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                total += sum(size(k) + size(v) for k, v in node.value)
+            visiting.discard(key)
+            sizes[key] = total
+            if total > MAX_EXPANDED_NODES and total > 10 * unique:
+                raise LoadError.one(
+                    f"aliases expand to over {MAX_EXPANDED_NODES:,} nodes (an alias bomb?)", self.pos(node)
+                )
+            return total
+
+        size(root)
+
+    def build(self, node: yaml.Node, loc: Loc) -> Any:
+        self.value_positions[loc] = self.pos(node)
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node)
+        if isinstance(node, yaml.SequenceNode):
+            if node.tag != _SEQ_TAG:
+                raise LoadError.one(f"unsupported YAML tag {_short(node.tag)}", self.pos(node))
+            return [self.build(child, (*loc, i)) for i, child in enumerate(node.value)]
+        if isinstance(node, yaml.MappingNode):
+            if node.tag != _MAP_TAG:
+                raise LoadError.one(f"unsupported YAML tag {_short(node.tag)}", self.pos(node))
+            return self._mapping(node, loc)
+        raise LoadError.one("unsupported YAML node", self.pos(node))  # pragma: no cover
+
+    def _scalar(self, node: yaml.ScalarNode) -> Any:
+        if node.tag not in _SCALAR_TAGS:
+            raise LoadError.one(f"unsupported YAML tag {_short(node.tag)}", self.pos(node))
+        if node.tag in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:timestamp"):
+            return node.value  # dates stay text: the spec's models parse them
+        try:
+            return self._scalars.construct_object(node)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise LoadError.one(f"invalid scalar {node.value!r}: {exc}", self.pos(node)) from None
+
+    def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        merged: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                merged.update(self._merge_source(value_node, loc))
+                continue
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _SCALAR_TAGS:
+                raise LoadError.one("mapping keys must be plain scalars", self.pos(key_node))
+            key = key_node.value
+            if key in out:
+                first = self.key_positions[(*loc, key)]
+                raise LoadError.one(
+                    f"duplicate key '{key}' (first defined at line {first.line})", self.pos(key_node)
+                )
+            self.key_positions[(*loc, key)] = self.pos(key_node)
+            out[key] = self.build(value_node, (*loc, key))
+        for key, value in merged.items():
+            out.setdefault(key, value)
+        return out
+
+    def _merge_source(self, node: yaml.Node, loc: Loc) -> dict[str, Any]:
+        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        merged: dict[str, Any] = {}
+        for source in sources:
+            if not isinstance(source, yaml.MappingNode):
+                raise LoadError.one("a merge key (<<) takes a mapping or a list of mappings", self.pos(source))
+            for key, value in self._mapping(source, loc).items():
+                merged.setdefault(key, value)
+        return merged
+
+
+def _short(tag: str) -> str:
+    return "!!" + tag[len("tag:yaml.org,2002:"):] if tag.startswith("tag:yaml.org,2002:") else tag

@@ -1,0 +1,1 @@
+"""Policy packs: loading them, evaluating them against the views, and rendering the results."""

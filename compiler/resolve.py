@@ -1,0 +1,311 @@
+"""Check every reference in a :class:`Spec` and build the :class:`Project` the later passes use.
+
+Resolution checks references between sections (with did-you-mean), dataset paths (they must stay
+inside the repository), callables (their module must be a file of the repository) and the
+dataset derivation graph (a cycle is reported with its path). It then computes the policy views
+of SPEC §2: each resource with defaults applied, plus ``name``, ``address`` and ``refs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from compiler.errors import Diagnostic, Position, ResolveError
+from compiler.load import Document, Loc
+from compiler.repository import find_root, inside, module_file
+from compiler.spec import SECTIONS, Spec
+from compiler.suggest import did_you_mean
+
+
+@dataclass
+class Project:
+    """A resolved spec: the typed spec, where it came from, and the policy views of its resources."""
+
+    spec: Spec
+    document: Document
+    spec_path: Path
+    root: Path
+    views: dict[str, dict[str, Any]] = field(default_factory=dict)
+    callables: dict[str, Path] = field(default_factory=dict)
+    """``module:function`` -> the module's file in the repository."""
+    upstream: dict[str, list[str]] = field(default_factory=dict)
+    """dataset name -> every dataset it derives from (transitively), in a stable order."""
+
+    def position(self, address: str, *fields: str | int, key: bool = False) -> Position:
+        """Where a resource (or one of its fields) is written in ``mlops.yaml``."""
+        return self.document.position_of((*loc_of(address), *fields), key=key)
+
+    def addresses(self) -> list[str]:
+        """Every resource address, in section order."""
+        spec = self.spec
+        return [f"{section}.{name}" for section in SECTIONS for name in getattr(spec, section)]
+
+    def dataset_path(self, name: str) -> Path:
+        """The absolute path of a source dataset."""
+        path = self.spec.datasets[name].path
+        assert path is not None, f"datasets.{name} is derived"
+        return (self.spec_path.parent / path).resolve()
+
+
+def loc_of(address: str) -> Loc:
+    """``models.churn`` -> ``('models', 'churn')``; ``project`` -> ``()``."""
+    if address == "project":
+        return ()
+    section, _, name = address.partition(".")
+    return (section, name) if name else (section,)
+
+
+def resolve(spec: Spec, document: Document, spec_path: Path) -> Project:
+    """Check references, paths, callables and cycles; build the views. Raises :class:`ResolveError`."""
+    project = Project(spec, document, spec_path.resolve(), find_root(spec_path))
+    problems: list[Diagnostic] = []
+    for check in (_check_references, _check_paths, _check_callables, _check_cycles, _check_feasibility):
+        problems.extend(check(project))
+    if problems:
+        raise ResolveError(problems)
+    project.upstream = _upstream_datasets(spec)
+    project.views = build_views(project)
+    return project
+
+
+def _problem(project: Project, address: str, fields: Sequence[str | int], message: str) -> Diagnostic:
+    return Diagnostic(message, project.position(address, *fields), address)
+
+
+def _check_references(project: Project) -> list[Diagnostic]:
+    spec = project.spec
+    out: list[Diagnostic] = []
+
+    def ref(address: str, fields: Sequence[str | int], section: str, name: str | None) -> None:
+        if name is not None and name not in getattr(spec, section):
+            singular = section[:-1]
+            hint = did_you_mean(name, getattr(spec, section))
+            out.append(_problem(project, address, fields, f"unknown {singular} '{name}'{hint}"))
+
+    for name, dataset in spec.datasets.items():
+        address = f"datasets.{name}"
+        for i, upstream in enumerate(dataset.from_ or []):
+            ref(address, ("from", i), "datasets", upstream)
+        if isinstance(dataset.pii, list) and dataset.schema_ is not None:
+            for i, column in enumerate(dataset.pii):
+                if column not in dataset.schema_:
+                    hint = did_you_mean(column, dataset.schema_)
+                    out.append(_problem(project, address, ("pii", i), f"PII column '{column}' is not in schema{hint}"))
+    for name, model in spec.models.items():
+        for role, dataset_name in model.data.items():
+            ref(f"models.{name}", ("data", role), "datasets", dataset_name)
+    for name, gate in spec.gates.items():
+        ref(f"gates.{name}", ("model",), "models", gate.model)
+    for name, deployment in spec.deployments.items():
+        address = f"deployments.{name}"
+        ref(address, ("model",), "models", deployment.model)
+        ref(address, ("input",), "datasets", deployment.input)
+        for i, gate_name in enumerate(deployment.gates):
+            ref(address, ("gates", i), "gates", gate_name)
+            gate = spec.gates.get(gate_name)
+            if gate is not None and gate.model != deployment.model:
+                out.append(_problem(project, address, ("gates", i),
+                                    f"gate '{gate_name}' checks model '{gate.model}', not '{deployment.model}'"))
+    routes: dict[str, str] = {}
+    for name, deployment in spec.deployments.items():
+        if deployment.mode == "realtime":
+            route = deployment.route or f"/{name}"
+            if route in routes:
+                out.append(_problem(project, f"deployments.{name}", ("route",),
+                                    f"route {route} is already used by deployments.{routes[route]}"))
+            routes[route] = name
+    for name, monitor in spec.monitors.items():
+        address = f"monitors.{name}"
+        ref(address, ("deployment",), "deployments", monitor.deployment)
+        ref(address, ("reference",), "datasets", monitor.reference)
+        reference = spec.datasets.get(monitor.reference or "")
+        columns = reference.schema_ if reference is not None else None
+        for i, check in enumerate(monitor.checks):
+            for j, column in enumerate(getattr(check, "columns", None) or []):
+                if columns is not None and column not in columns:
+                    hint = did_you_mean(column, columns)
+                    out.append(_problem(project, address, ("checks", i, "columns", j),
+                                        f"column '{column}' is not in datasets.{monitor.reference}'s schema{hint}"))
+    return out
+
+
+def _check_paths(project: Project) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    for name, dataset in project.spec.datasets.items():
+        if dataset.path is None:
+            continue
+        address = f"datasets.{name}"
+        raw = dataset.path
+        if PurePosixPath(raw).is_absolute() or Path(raw).is_absolute():
+            out.append(_problem(project, address, ("path",), f"path '{raw}' is absolute; use a path inside the repository"))
+            continue
+        target = project.spec_path.parent / raw
+        if not inside(target, project.root):
+            out.append(_problem(project, address, ("path",), f"path '{raw}' leaves the repository"))
+        elif not target.exists():
+            out.append(_problem(project, address, ("path",), f"path '{raw}' does not exist"))
+        elif dataset.resolved_format() == "dir" and not target.is_dir():
+            out.append(_problem(project, address, ("path",), f"path '{raw}' is a file but format is 'dir'"))
+    return out
+
+
+def _check_callables(project: Project) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    spec = project.spec
+    refs: list[tuple[str, str, str]] = []
+    for name, dataset in spec.datasets.items():
+        if dataset.transform:
+            refs.append((f"datasets.{name}", "transform", dataset.transform))
+    for name, model in spec.models.items():
+        refs.append((f"models.{name}", "train", model.train))
+        if model.evaluate:
+            refs.append((f"models.{name}", "evaluate", model.evaluate))
+    for address, field_name, target in refs:
+        module = target.partition(":")[0]
+        if target in project.callables:
+            continue
+        path = module_file(module, project.root)
+        if path is None:
+            out.append(_problem(project, address, (field_name,),
+                                f"module '{module}' is not a file of the repository ({project.root.name}/)"))
+        else:
+            project.callables[target] = path
+    return out
+
+
+def _check_cycles(project: Project) -> list[Diagnostic]:
+    spec = project.spec
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+    stack: list[str] = []
+    out: list[Diagnostic] = []
+
+    def visit(name: str) -> None:
+        state[name] = 1
+        stack.append(name)
+        for upstream in spec.datasets[name].from_ or []:
+            if upstream not in spec.datasets:
+                continue
+            if state.get(upstream) == 1:
+                cycle = stack[stack.index(upstream):] + [upstream]
+                path = " -> ".join(f"datasets.{n}" for n in cycle)
+                out.append(_problem(project, f"datasets.{upstream}", ("from",), f"dependency cycle: {path}"))
+            elif upstream not in state:
+                visit(upstream)
+        stack.pop()
+        state[name] = 2
+
+    for name in spec.datasets:
+        if name not in state:
+            visit(name)
+    return out
+
+
+def _check_feasibility(project: Project) -> list[Diagnostic]:
+    """On a KubeRay cluster, GPU requests must fit some worker group (local clusters are checked at plan time)."""
+    spec = project.spec
+    if spec.cluster.provider != "kuberay":
+        return []
+    most = max((group.gpus for group in spec.cluster.workers.values()), default=0)
+    out: list[Diagnostic] = []
+    for section in ("datasets", "models", "deployments"):
+        for name, resource in getattr(spec, section).items():
+            gpus = resource.resources.gpus
+            if gpus > most:
+                out.append(_problem(project, f"{section}.{name}", ("resources", "gpus"),
+                                    f"infeasible: asks for {gpus:g} GPU(s) but no worker group of the cluster has "
+                                    f"more than {most}"))
+    return out
+
+
+def _upstream_datasets(spec: Spec) -> dict[str, list[str]]:
+    memo: dict[str, list[str]] = {}
+
+    def upstream(name: str) -> list[str]:
+        if name not in memo:
+            seen: dict[str, None] = {}
+            for parent in spec.datasets[name].from_ or []:
+                seen[parent] = None
+                for grand in upstream(parent):
+                    seen[grand] = None
+            memo[name] = list(seen)
+        return memo[name]
+
+    for name in spec.datasets:
+        upstream(name)
+    return memo
+
+
+def build_views(project: Project) -> dict[str, dict[str, Any]]:
+    """The policy views of SPEC §2, keyed by address (plus ``project``, ``cluster``, ``storage``)."""
+    spec = project.spec
+    upstream = project.upstream
+    dumped = {
+        section: {name: resource.model_dump(mode="json", by_alias=True) for name, resource in getattr(spec, section).items()}
+        for section in SECTIONS
+    }
+    consumers: dict[str, list[str]] = {name: [] for name in spec.datasets}
+    for name, dataset in spec.datasets.items():
+        for parent in dataset.from_ or []:
+            consumers[parent].append(f"datasets.{name}")
+    for name, model in spec.models.items():
+        for dataset_name in dict.fromkeys(model.data.values()):
+            consumers[dataset_name].append(f"models.{name}")
+    gates_of_model: dict[str, list[str]] = {name: [] for name in spec.models}
+    for name, gate in spec.gates.items():
+        gates_of_model[gate.model].append(f"gates.{name}")
+    deployments_of_model: dict[str, list[str]] = {name: [] for name in spec.models}
+    deployments_of_gate: dict[str, list[str]] = {name: [] for name in spec.gates}
+    for name, deployment in spec.deployments.items():
+        deployments_of_model[deployment.model].append(f"deployments.{name}")
+        for gate_name in deployment.gates:
+            deployments_of_gate[gate_name].append(f"deployments.{name}")
+    monitors_of_deployment: dict[str, list[str]] = {name: [] for name in spec.deployments}
+    for name, monitor in spec.monitors.items():
+        monitors_of_deployment[monitor.deployment].append(f"monitors.{name}")
+
+    def pii_of(dataset_name: str) -> bool:
+        return spec.datasets[dataset_name].has_pii or any(spec.datasets[u].has_pii for u in upstream[dataset_name])
+
+    views: dict[str, dict[str, Any]] = {}
+
+    risk = spec.compliance.risk
+
+    def view(section: str, name: str, refs: dict[str, Any]) -> dict[str, Any]:
+        out = dumped[section][name]
+        out.update(name=name, address=f"{section}.{name}", refs={**refs, "risk": risk})
+        views[f"{section}.{name}"] = out
+        return out
+
+    for name in spec.datasets:
+        view("datasets", name, {"consumers": consumers[name],
+                                "upstream": [f"datasets.{u}" for u in upstream[name]],
+                                "pii": pii_of(name)})
+    for name, model in spec.models.items():
+        model_datasets: dict[str, None] = {}
+        for dataset_name in model.data.values():
+            model_datasets[dataset_name] = None
+            for u in upstream[dataset_name]:
+                model_datasets[u] = None
+        view("models", name, {"datasets": [f"datasets.{d}" for d in model_datasets],
+                              "pii": any(spec.datasets[d].has_pii for d in model_datasets),
+                              "gates": gates_of_model[name], "deployments": deployments_of_model[name]})
+    for name in spec.gates:
+        view("gates", name, {"deployments": deployments_of_gate[name]})
+    for name, deployment in spec.deployments.items():
+        view("deployments", name, {"gates": [f"gates.{g}" for g in deployment.gates],
+                                   "monitors": monitors_of_deployment[name],
+                                   "model": views[f"models.{deployment.model}"]})
+    for name, monitor in spec.monitors.items():
+        view("monitors", name, {"deployment": views[f"deployments.{monitor.deployment}"]})
+    for section in ("cluster", "storage"):
+        body = getattr(spec, section).model_dump(mode="json", by_alias=True)
+        body.update(name=section, address=section, refs={})
+        views[section] = body
+    top = spec.model_dump(mode="json", by_alias=True, include={"apiVersion", "project", "owners", "compliance"})
+    top.update(name=spec.project, address="project",
+               refs={"counts": {section: len(getattr(spec, section)) for section in SECTIONS}})
+    views["project"] = top
+    return views

@@ -1,0 +1,345 @@
+"""The spec of ``mlops.yaml``: one pydantic model per section, the single source of truth.
+
+``schemas/mlops.schema.json`` and ``schemas/policy-pack.schema.json`` are generated from these
+models (``python -m compiler.schema_export``). Every model forbids unknown keys.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+DURATION_PATTERN = r"^[0-9]+(s|m|h|d)$"
+MEMORY_PATTERN = r"^[0-9]+(Ki|Mi|Gi|Ti)$"
+CALLABLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+PRINCIPAL_PATTERN = r"^((team|user):[A-Za-z0-9._-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$"
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)]
+Memory = Annotated[str, StringConstraints(pattern=MEMORY_PATTERN)]
+CallableRef = Annotated[str, StringConstraints(pattern=CALLABLE_PATTERN)]
+Principal = Annotated[str, StringConstraints(pattern=PRINCIPAL_PATTERN)]
+Scalar = str | int | float | bool | None
+ParamValue = Scalar | list[Any] | dict[str, Any]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_MEMORY_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+
+
+def duration_seconds(text: str) -> int:
+    """``'30m'`` -> 1800."""
+    match = re.fullmatch(DURATION_PATTERN, text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use 30s, 5m, 1h or 2d)")
+    return int(text[:-1]) * _UNITS[text[-1]]
+
+
+def memory_bytes(text: str) -> int:
+    """``'8Gi'`` -> 8589934592."""
+    match = re.fullmatch(MEMORY_PATTERN, text)
+    if not match:
+        raise ValueError(f"not a memory size: {text!r} (use 512Mi or 8Gi)")
+    return int(text[:-2]) * _MEMORY_UNITS[text[-2:]]
+
+
+class Strict(BaseModel):
+    """Base for every spec model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# --- project-wide sections ---------------------------------------------------------------
+
+
+class Compliance(Strict):
+    frameworks: list[Name] = Field(default_factory=list, description="Policy packs applied besides `baseline`.")
+    risk: Literal["minimal", "limited", "high"] = "limited"
+
+
+class NodeShape(Strict):
+    cpus: float = Field(2, ge=0)
+    memory: Memory = "8Gi"
+
+
+class WorkerGroup(Strict):
+    gpus: int = Field(0, ge=0)
+    gpu_type: str | None = Field(None, description="Node selector / accelerator type, e.g. nvidia-h100.")
+    cpus: float = Field(4, ge=0)
+    memory: Memory = "16Gi"
+    min: int = Field(0, ge=0)
+    max: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> WorkerGroup:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class Cluster(Strict):
+    provider: Literal["local", "kuberay"] = "local"
+    address: str | None = Field(None, description='An existing Ray cluster ("ray://host:10001" or "auto").')
+    namespace: str | None = None
+    head: NodeShape = Field(default_factory=NodeShape)
+    workers: dict[Name, WorkerGroup] = Field(default_factory=dict)
+
+
+class Storage(Strict):
+    artifacts: str = ".mlops/artifacts"
+    state: str = ".mlops/state.db"
+    encryption: Literal["none", "sse", "kms"] = "none"
+    mlflow: str | None = None
+
+
+# --- resources ---------------------------------------------------------------------------
+
+
+class Resources(Strict):
+    cpus: float = Field(1, ge=0)
+    gpus: float = Field(0, ge=0)
+    memory: Memory | None = None
+    workers: int = Field(1, ge=1, description="More than 1: distributed training through Ray Train.")
+
+
+ColumnType = Literal["int", "float", "string", "bool", "category", "datetime"]
+LegalBasis = Literal[
+    "consent", "contract", "legal_obligation", "vital_interests", "public_task", "legitimate_interests"
+]
+
+
+class Dataset(Strict):
+    """A source dataset (``path``) or a derived one (``from`` + ``transform``)."""
+
+    path: str | None = Field(None, description="File or directory relative to the spec; stays in the repo.")
+    format: Literal["csv", "parquet", "jsonl", "npy", "dir"] | None = None
+    from_: list[Name] | None = Field(None, alias="from")
+    transform: CallableRef | None = None
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    schema_: dict[str, ColumnType] | None = Field(None, alias="schema")
+    pii: bool | list[str] = False
+    legal_basis: LegalBasis | None = None
+    retention_days: int | None = Field(None, ge=1)
+    region: str | None = None
+    access: list[Principal] = Field(default_factory=list)
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _source_or_derived(self) -> Dataset:
+        if self.path is not None and (self.from_ is not None or self.transform is not None):
+            raise ValueError("a dataset has either `path` (source) or `from` + `transform` (derived), not both")
+        if self.path is None:
+            if self.from_ is None and self.transform is None:
+                raise ValueError("a dataset needs `path` (source) or `from` + `transform` (derived)")
+            if self.transform is None:
+                raise ValueError("a derived dataset needs `transform`")
+            if not self.from_:
+                raise ValueError("a derived dataset needs `from` with at least one dataset")
+        return self
+
+    @property
+    def derived(self) -> bool:
+        return self.path is None
+
+    @property
+    def has_pii(self) -> bool:
+        return bool(self.pii)
+
+    def resolved_format(self) -> str | None:
+        """The declared format, else one guessed from the path's suffix."""
+        if self.format or self.path is None:
+            return self.format
+        suffix = self.path.rsplit(".", 1)[-1].lower() if "." in self.path.rsplit("/", 1)[-1] else ""
+        return {"csv": "csv", "parquet": "parquet", "jsonl": "jsonl", "npy": "npy"}.get(suffix, "dir")
+
+
+class Objective(Strict):
+    metric: str
+    goal: Literal["maximize", "minimize"] = "maximize"
+
+
+class Model(Strict):
+    train: CallableRef
+    evaluate: CallableRef | None = None
+    data: dict[str, Name]
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+    sweep: dict[str, list[Any]] | None = None
+    objective: Objective | None = None
+    resources: Resources = Field(default_factory=Resources)
+    seed: int = 0
+    retries: int = Field(0, ge=0)
+    timeout: Duration = "1h"
+    description: str | None = None
+    intended_use: str | None = None
+    limitations: str | None = None
+
+    @field_validator("data")
+    @classmethod
+    def _train_role(cls, value: dict[str, str]) -> dict[str, str]:
+        if "train" not in value:
+            raise ValueError("`data` needs a `train` role")
+        return value
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_values(cls, value: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+        for key, points in (value or {}).items():
+            if not points:
+                raise ValueError(f"sweep `{key}` has no values")
+        return value
+
+    @model_validator(mode="after")
+    def _objective_with_sweep(self) -> Model:
+        if self.sweep and self.objective is None:
+            raise ValueError("`objective` is required with a `sweep` (it picks the trial)")
+        return self
+
+
+class GateCheck(Strict):
+    """Either a threshold (``metric``, ``op``, ``value``) or ``no_regression`` against the live version."""
+
+    metric: str
+    op: Literal[">=", ">", "<=", "<", "=="] | None = None
+    value: float | None = None
+    no_regression: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> GateCheck:
+        threshold = self.op is not None or self.value is not None
+        if threshold and self.no_regression is not None:
+            raise ValueError("a check is either `op` + `value` or `no_regression`, not both")
+        if not threshold and self.no_regression is None:
+            raise ValueError("a check needs `op` + `value` or `no_regression`")
+        if threshold and (self.op is None or self.value is None):
+            raise ValueError("a threshold check needs both `op` and `value`")
+        return self
+
+
+class Approvals(Strict):
+    required: int = Field(1, ge=0)
+    from_: list[Principal] = Field(default_factory=list, alias="from")
+
+
+class Gate(Strict):
+    model: Name
+    checks: list[GateCheck] = Field(default_factory=list)
+    approvals: Approvals | None = None
+
+
+class Deployment(Strict):
+    model: Name
+    gates: list[Name] = Field(default_factory=list)
+    mode: Literal["realtime", "batch"] = "realtime"
+    replicas: int = Field(1, ge=0)
+    resources: Resources = Field(default_factory=Resources)
+    route: str | None = Field(None, pattern=r"^/[A-Za-z0-9/_-]*$")
+    input: Name | None = None
+    version: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _batch_input(self) -> Deployment:
+        if self.mode == "batch" and self.input is None:
+            raise ValueError("a batch deployment needs `input` (the dataset to score)")
+        if self.mode == "realtime" and self.input is not None:
+            raise ValueError("`input` is for batch deployments only")
+        return self
+
+
+DriftMethod = Literal["psi", "ks", "js", "wasserstein", "chi2"]
+
+
+class DataDriftCheck(Strict):
+    type: Literal["data_drift"]
+    method: DriftMethod = "psi"
+    threshold: float | None = Field(None, ge=0)
+    columns: list[str] | None = None
+
+
+class PredictionDriftCheck(Strict):
+    type: Literal["prediction_drift"]
+    method: DriftMethod = "ks"
+    threshold: float | None = Field(None, ge=0)
+
+
+class AccuracyCheck(Strict):
+    type: Literal["accuracy"]
+    metric: str
+    min: float
+    window: int = Field(1000, ge=1)
+
+
+class LatencyCheck(Strict):
+    type: Literal["latency"]
+    p95_ms: float = Field(gt=0)
+
+
+MonitorCheck = Annotated[
+    DataDriftCheck | PredictionDriftCheck | AccuracyCheck | LatencyCheck, Field(discriminator="type")
+]
+
+
+class Monitor(Strict):
+    deployment: Name
+    reference: Name | None = None
+    schedule: Duration = "1h"
+    checks: list[MonitorCheck] = Field(default_factory=list)
+    on_breach: list[Literal["alert", "retrain", "rollback"]] = Field(default_factory=lambda: ["alert"])
+    webhook: str | None = Field(None, description="URL that `alert` posts breaches to.")
+
+
+class Waiver(Strict):
+    policy: str
+    resource: str
+    reason: str = Field(min_length=1)
+    approved_by: Principal
+    expires: date
+
+
+class Spec(Strict):
+    """The whole of ``mlops.yaml``."""
+
+    apiVersion: Literal["mlops/v1"]
+    project: Name
+    owners: list[Principal] = Field(default_factory=list)
+    compliance: Compliance = Field(default_factory=Compliance)
+    cluster: Cluster = Field(default_factory=Cluster)
+    storage: Storage = Field(default_factory=Storage)
+    datasets: dict[Name, Dataset] = Field(default_factory=dict)
+    models: dict[Name, Model] = Field(default_factory=dict)
+    gates: dict[Name, Gate] = Field(default_factory=dict)
+    deployments: dict[Name, Deployment] = Field(default_factory=dict)
+    monitors: dict[Name, Monitor] = Field(default_factory=dict)
+    waivers: list[Waiver] = Field(default_factory=list)
+
+
+SECTIONS = ("datasets", "models", "gates", "deployments", "monitors")
+"""The named-resource sections, in dependency order."""
+
+
+# --- policy packs ------------------------------------------------------------------------
+
+AppliesTo = Literal["project", "cluster", "storage", "datasets", "models", "gates", "deployments", "monitors"]
+
+
+class Policy(Strict):
+    id: Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9]*-[0-9]{3}$")]
+    title: str
+    severity: Literal["error", "warning"] = "error"
+    applies_to: AppliesTo
+    when: dict[str, Any] | None = Field(None, description="JSON Schema: the policy applies to views it matches.")
+    schema_: dict[str, Any] = Field(alias="schema", description="JSON Schema (2020-12) the view must satisfy.")
+    message: str
+    rationale: str
+    remediation: str
+
+
+class PolicyPack(Strict):
+    apiVersion: Literal["mlops/v1"]
+    kind: Literal["PolicyPack"]
+    name: Name
+    description: str = ""
+    policies: list[Policy]

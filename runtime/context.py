@@ -1,0 +1,71 @@
+"""The one object a user's callable receives: inputs, output directory, params, seed, device, metrics.
+
+Signatures of the callables named in ``mlops.yaml``::
+
+    def build_features(ctx: RunContext) -> None          # a transform: writes files into ctx.output_dir
+    def train(ctx: RunContext) -> TrainResult            # a trainer: a model artifact and its metrics
+    def evaluate(ctx: RunContext) -> dict[str, float]    # an evaluator: metrics of ctx.model_path
+
+``ctx.inputs`` maps each input to the path of its data: for a transform the names in ``from``,
+for a trainer or evaluator the roles in ``data`` (``train``, ``eval``, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainResult:
+    """What a trainer returns: ``model`` is a torch ``state_dict`` (saved with safetensors-safe
+    ``torch.save``) or the path of a file the trainer wrote into ``ctx.output_dir``."""
+
+    model: Any
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunContext:
+    """Everything a user callable needs, and the one place it reports metrics."""
+
+    inputs: dict[str, Path]
+    output_dir: Path
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "cpu"
+    model_path: Path | None = None
+    """For an evaluator: the trained model's artifact."""
+    metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("mlops.run"))
+
+    def log_metric(self, name: str, value: float, step: int | None = None) -> None:
+        """Record one value of a metric; ``step`` defaults to the next step of that metric."""
+        series = self.metrics.setdefault(name, [])
+        series.append((len(series) if step is None else step, float(value)))
+
+    def input(self, name: str) -> Path:
+        """The path of one input, with a clear error when it is not declared."""
+        try:
+            return self.inputs[name]
+        except KeyError:
+            raise KeyError(f"no input '{name}'; declared inputs: {sorted(self.inputs)}") from None
+
+    def seed_everything(self) -> None:
+        """Seed python, numpy and torch (when installed) from ``seed``."""
+        random.seed(self.seed)
+        try:
+            import numpy as np
+
+            np.random.seed(self.seed)
+        except ImportError:  # pragma: no cover
+            pass
+        try:
+            import torch
+
+            torch.manual_seed(self.seed)
+        except ImportError:  # pragma: no cover
+            pass
