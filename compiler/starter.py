@@ -1,0 +1,80 @@
+"""``mlops init``: write a small, working starter project (spec, data, pipeline, CI workflow)."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+from compiler.errors import MlopsError, Position
+from compiler.repository import find_root
+
+TEMPLATES = Path(__file__).resolve().parent / "starter_files"
+ROWS = 600
+
+
+def _project_name(directory: Path, name: str | None) -> str:
+    raw = (name or directory.resolve().name).lower()
+    cleaned = re.sub(r"[^a-z0-9_-]+", "-", raw).strip("-_") or "project"
+    return cleaned if cleaned[0].isalpha() else f"p-{cleaned}"[:63]
+
+
+def _customers_csv(seed: int = 7) -> str:
+    """A deterministic synthetic churn table: short tenure, high spend and many support calls churn."""
+    rng = random.Random(seed)
+    lines = ["tenure_months,monthly_spend,support_calls,churned"]
+    for _ in range(ROWS):
+        tenure = rng.randint(1, 72)
+        spend = round(rng.uniform(10, 120), 2)
+        calls = rng.randint(0, 8)
+        score = -1.5 - 0.05 * tenure + 0.02 * spend + 0.45 * calls + rng.gauss(0, 0.8)
+        lines.append(f"{tenure},{spend},{calls},{int(score > 0)}")
+    return "\n".join(lines) + "\n"
+
+
+def _module_prefix(directory: Path) -> str:
+    """The dotted module path of ``directory`` inside its repository ('' when it is the root)."""
+    root = find_root(directory / "mlops.yaml")
+    relative = directory.resolve().relative_to(root)
+    parts = relative.parts
+    for part in parts:
+        if not part.isidentifier():
+            raise MlopsError.one(f"'{part}' in {relative} is not a Python identifier, so the starter's "
+                                 "pipeline could not be imported; choose another folder name",
+                                 Position(str(directory), 1, 1))
+    return ".".join(parts)
+
+
+def create_starter(directory: Path, name: str | None = None) -> list[Path]:
+    """Write the starter into ``directory``; refuse to overwrite an existing ``mlops.yaml``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    spec_path = directory / "mlops.yaml"
+    if spec_path.exists():
+        raise MlopsError.one("mlops.yaml already exists; not overwriting it", Position(str(spec_path), 1, 1))
+    if find_root(spec_path) == directory.resolve() and not (directory / ".git").exists():
+        import pygit2
+
+        pygit2.init_repository(str(directory), initial_head="main")
+    prefix = _module_prefix(directory)
+    module = f"{prefix}.pipeline" if prefix else "pipeline"
+    spec_flag = f"-f {(directory.resolve().relative_to(find_root(spec_path)) / 'mlops.yaml').as_posix()} " \
+        if prefix else ""
+    files = {
+        spec_path: (TEMPLATES / "mlops.yaml.tmpl").read_text().format(project=_project_name(directory, name),
+                                                                        module=module),
+        directory / "pipeline.py": (TEMPLATES / "pipeline.py.tmpl").read_text(),
+        directory / "data" / "customers.csv": _customers_csv(),
+        directory / ".github" / "workflows" / "mlops.yml":
+            (TEMPLATES / "github-workflow.yml.tmpl").read_text().format(spec_flag=spec_flag),
+        directory / ".gitignore": ".mlops/\nout/\n__pycache__/\n",
+    }
+    if prefix:
+        files[directory / "__init__.py"] = ""
+    written = []
+    for path, text in files.items():
+        if path.exists() and path.name != "__init__.py":
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(path)
+    return written

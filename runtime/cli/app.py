@@ -1,0 +1,74 @@
+"""The application object: owns all terminal output and the single place the CLI exits."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+
+from compiler.errors import Diagnostic, MlopsError
+
+
+class Exit(Exception):
+    """Raised to leave the CLI with ``code`` after output has been written."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass
+class Application:
+    """Global options and output channels of one ``mlops`` invocation."""
+
+    spec_file: str = "mlops.yaml"
+    json_output: bool = False
+    color: bool = True
+    out: Console = field(init=False)
+    err: Console = field(init=False)
+
+    def __post_init__(self) -> None:
+        no_color = not self.color
+        self.out = Console(no_color=no_color, highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True)
+
+    @property
+    def spec_path(self) -> Path:
+        return Path(self.spec_file)
+
+    def print(self, text: str = "", style: str | None = None) -> None:
+        """Human output (suppressed in ``--json`` mode)."""
+        if not self.json_output:
+            self.out.print(text, style=style, markup=False)
+
+    def write(self, text: str) -> None:
+        """Raw text to stdout (rendered documents, JSON), unstyled."""
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def emit_json(self, value: Any) -> None:
+        self.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+    def diagnostics(self, diagnostics: list[Diagnostic]) -> None:
+        """Positioned problems, one line each, on stderr."""
+        for diagnostic in diagnostics:
+            style = "red" if diagnostic.severity == "error" else "yellow"
+            self.err.print(diagnostic.render(), style=style, markup=False)
+
+    def fail(self, error: MlopsError) -> NoReturn:
+        """Report a user error and exit 1 (JSON on stdout too in ``--json`` mode)."""
+        if self.json_output:
+            self.emit_json({"ok": False, "diagnostics": [d.to_json() for d in error.diagnostics]})
+        self.diagnostics(error.diagnostics)
+        raise Exit(1)
+
+    def exit(self, code: int = 0) -> NoReturn:
+        raise Exit(code)
+
+
+pass_app = click.make_pass_decorator(Application, ensure=True)

@@ -1,0 +1,12 @@
+"""Every top-level command of the CLI, in the order ``mlops --help`` lists them."""
+
+from __future__ import annotations
+
+from runtime.cli.commands.compile import compile_command
+from runtime.cli.commands.graph import graph_command
+from runtime.cli.commands.init import init_command
+from runtime.cli.commands.policy import policy_group
+from runtime.cli.commands.schema import schema_command
+from runtime.cli.commands.validate import validate_command
+
+COMMANDS = [init_command, validate_command, policy_group, graph_command, compile_command, schema_command]
