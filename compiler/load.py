@@ -47,17 +47,18 @@ class Document:
 
     file: str
     data: dict[str, Any]
-    value_positions: dict[Loc, Position] = field(default_factory=dict)
-    key_positions: dict[Loc, Position] = field(default_factory=dict)
+    value_positions: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    """path -> (line, column) of the value; plain tuples because there is one per node."""
+    key_positions: dict[Loc, tuple[int, int]] = field(default_factory=dict)
 
     def position_of(self, loc: Sequence[str | int], key: bool = False) -> Position:
         """The position of the value at ``loc`` (or of its key), else of its nearest known ancestor."""
         path = tuple(loc)
         while True:
             if key and path in self.key_positions:
-                return self.key_positions[path]
+                return Position(self.file, *self.key_positions[path])
             if path in self.value_positions:
-                return self.value_positions[path]
+                return Position(self.file, *self.value_positions[path])
             if not path:
                 return Position(self.file, 1, 1)
             path = path[:-1]
@@ -122,7 +123,8 @@ def load_text(text: str, name: str) -> Document:
     builder = _Builder(name)
     if not isinstance(root, yaml.MappingNode) or root.tag != _MAP_TAG:
         raise LoadError.one("the document must be a mapping of keys to values", builder.pos(root))
-    builder.check_expansion(root)
+    if "&" in text:  # aliases need anchors: without one there is nothing to expand
+        builder.check_expansion(root)
     data = builder.build(root, ())
     return Document(name, data, builder.value_positions, builder.key_positions)
 
@@ -132,8 +134,8 @@ class _Builder:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.value_positions: dict[Loc, Position] = {}
-        self.key_positions: dict[Loc, Position] = {}
+        self.value_positions: dict[Loc, tuple[int, int]] = {}
+        self.key_positions: dict[Loc, tuple[int, int]] = {}
         self._scalars = yaml.constructor.SafeConstructor()
 
     def pos(self, node: yaml.Node) -> Position:
@@ -170,7 +172,8 @@ class _Builder:
         size(root)
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
-        self.value_positions[loc] = self.pos(node)
+        mark = node.start_mark
+        self.value_positions[loc] = (mark.line + 1, mark.column + 1)
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node)
         if isinstance(node, yaml.SequenceNode):
@@ -204,11 +207,12 @@ class _Builder:
                 raise LoadError.one("mapping keys must be plain scalars", self.pos(key_node))
             key = key_node.value
             if key in out:
-                first = self.key_positions[(*loc, key)]
+                first_line = self.key_positions[(*loc, key)][0]
                 raise LoadError.one(
-                    f"duplicate key '{key}' (first defined at line {first.line})", self.pos(key_node)
+                    f"duplicate key '{key}' (first defined at line {first_line})", self.pos(key_node)
                 )
-            self.key_positions[(*loc, key)] = self.pos(key_node)
+            mark = key_node.start_mark
+            self.key_positions[(*loc, key)] = (mark.line + 1, mark.column + 1)
             out[key] = self.build(value_node, (*loc, key))
         for key, value in merged.items():
             out.setdefault(key, value)
