@@ -113,7 +113,8 @@ def _add_datasets(b: _Builder) -> None:
         dataset = spec.datasets[name]
         address = f"datasets.{name}"
         if dataset.path is not None:
-            config = {"path": dataset.path, "format": dataset.resolved_format(), "schema": dataset.schema_}
+            config: dict[str, Any] = {"path": dataset.path, "format": dataset.resolved_format(),
+                                      "schema": dataset.schema_}
             node = Node(f"{address}/snapshot", "snapshot", address, config,
                         data_hash=b.data_hasher(b.project.dataset_path(name)))
             b.output_of[address] = b.add(node, []).id
@@ -124,7 +125,7 @@ def _add_datasets(b: _Builder) -> None:
         address = f"datasets.{name}"
         assert dataset.transform is not None and dataset.from_ is not None
         code, code_hash = b.code(dataset.transform)
-        config = {"transform": dataset.transform, "from": dataset.from_, "params": dataset.params,
+        config: dict[str, Any] = {"transform": dataset.transform, "from": dataset.from_, "params": dataset.params,
                   "format": dataset.format, "schema": dataset.schema_}
         node = Node(f"{address}/transform", "transform", address, config, code, code_hash,
                     resources=dataset.resources.model_dump(mode="json"))
@@ -191,7 +192,8 @@ def _add_deployments(b: _Builder) -> None:
         address = f"deployments.{name}"
         config = {"model": deployment.model, "gates": deployment.gates, "mode": deployment.mode,
                   "replicas": deployment.replicas, "route": deployment.route or f"/{name}",
-                  "input": deployment.input, "version": deployment.version}
+                  "input": deployment.input, "version": deployment.version,
+                  "resources": deployment.resources.model_dump(mode="json")}
         upstream = [b.output_of[f"models.{deployment.model}"], *(b.output_of[f"gates.{g}"] for g in deployment.gates)]
         if deployment.input:
             upstream.append(_dataset_node(b, deployment.input))
@@ -228,7 +230,7 @@ def build_graph(project: Project, data_hasher: PathHasher | None = None) -> Grap
     if not nx.is_directed_acyclic_graph(b.dag):  # the builders only add edges forward; this guards them
         cycle = " -> ".join(edge[0] for edge in nx.find_cycle(b.dag))
         raise ResolveError.one(f"dependency cycle: {cycle}")
-    for node_id in nx.lexicographical_topological_sort(b.dag):
+    for node_id in nx.topological_sort(b.dag):
         node: Node = b.dag.nodes[node_id]["node"]
         upstream = sorted((p, b.dag.nodes[p]["node"].fingerprint) for p in b.dag.predecessors(node_id))
         node.fingerprint = hash_value({"id": node.id, "kind": node.kind, "config": node.config,

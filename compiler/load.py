@@ -117,7 +117,8 @@ def load_text(text: str, name: str) -> Document:
         raise LoadError.one(f"invalid YAML: {message}", position) from None
     except yaml.YAMLError as exc:
         raise LoadError.one(f"invalid YAML: {exc}", Position(name, 1, 1)) from None
-    if root is None:
+    if root is None or (isinstance(root, yaml.ScalarNode) and root.tag == "tag:yaml.org,2002:null"
+                        and root.value in ("", "~", "null")):
         raise LoadError.one("the file is empty; expected a mapping with apiVersion, project, ...",
                             Position(name, 1, 1))
     builder = _Builder(name)
@@ -196,12 +197,13 @@ class _Builder:
         except (ValueError, yaml.YAMLError) as exc:
             raise LoadError.one(f"invalid scalar {node.value!r}: {exc}", self.pos(node)) from None
 
-    def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
+    def _mapping(self, node: yaml.MappingNode, loc: Loc, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """Build a mapping; ``exclude`` names keys already set by the mapping a merge (<<) goes into."""
         out: dict[str, Any] = {}
-        merged: dict[str, Any] = {}
+        merges: list[yaml.Node] = []
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE_TAG:
-                merged.update(self._merge_source(value_node, loc))
+                merges.append(value_node)
                 continue
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _SCALAR_TAGS:
                 raise LoadError.one("mapping keys must be plain scalars", self.pos(key_node))
@@ -211,20 +213,26 @@ class _Builder:
                 raise LoadError.one(
                     f"duplicate key '{key}' (first defined at line {first_line})", self.pos(key_node)
                 )
+            if key in exclude:
+                out[key] = None  # overridden by the mapping merged into; neither built nor positioned
+                continue
             mark = key_node.start_mark
             self.key_positions[(*loc, key)] = (mark.line + 1, mark.column + 1)
             out[key] = self.build(value_node, (*loc, key))
-        for key, value in merged.items():
-            out.setdefault(key, value)
+        for key in exclude:
+            out.pop(key, None)
+        for merge in merges:  # explicit keys win over merged ones, earlier merges over later ones
+            for key, value in self._merge_source(merge, loc, exclude | frozenset(out)).items():
+                out.setdefault(key, value)
         return out
 
-    def _merge_source(self, node: yaml.Node, loc: Loc) -> dict[str, Any]:
+    def _merge_source(self, node: yaml.Node, loc: Loc, exclude: frozenset[str]) -> dict[str, Any]:
         sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
         merged: dict[str, Any] = {}
         for source in sources:
             if not isinstance(source, yaml.MappingNode):
                 raise LoadError.one("a merge key (<<) takes a mapping or a list of mappings", self.pos(source))
-            for key, value in self._mapping(source, loc).items():
+            for key, value in self._mapping(source, loc, exclude | frozenset(merged)).items():
                 merged.setdefault(key, value)
         return merged
 

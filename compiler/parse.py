@@ -13,8 +13,24 @@ from pydantic import BaseModel, ValidationError
 
 from compiler.errors import Diagnostic, SpecError
 from compiler.load import Document, Loc
-from compiler.spec import SECTIONS, Spec
+from compiler.spec import (
+    CALLABLE_PATTERN,
+    DURATION_PATTERN,
+    MEMORY_PATTERN,
+    NAME_PATTERN,
+    PRINCIPAL_PATTERN,
+    SECTIONS,
+    Spec,
+)
 from compiler.suggest import did_you_mean
+
+PATTERN_HINTS = {
+    NAME_PATTERN: "is not a valid name (a lowercase letter, then lowercase letters, digits, _ or -; at most 63)",
+    DURATION_PATTERN: "is not a duration (use 30s, 5m, 1h or 2d)",
+    MEMORY_PATTERN: "is not a memory size (use 512Mi or 8Gi)",
+    CALLABLE_PATTERN: "is not a callable (use module.path:function)",
+    PRINCIPAL_PATTERN: "is not a principal (use team:NAME, user:NAME or an e-mail)",
+}
 
 
 def parse(document: Document) -> Spec:
@@ -47,10 +63,9 @@ def _data_loc(document: Document, loc: tuple[Any, ...]) -> Loc:
     out: list[str | int] = []
     node: Any = document.data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            out.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        present = (part in node) if isinstance(node, dict) else (
+            isinstance(node, list) and isinstance(part, int) and part < len(node))
+        if present:
             out.append(part)
             node = node[part]
         elif isinstance(node, dict | list):
@@ -86,12 +101,15 @@ def _diagnostic(document: Document, error: Any) -> Diagnostic:
         message = f"unknown key '{field}'{did_you_mean(field, allowed)}"
         return Diagnostic(message, document.position_of(loc, key=True), address)
     if kind == "missing":
-        return Diagnostic(f"missing required key '{field}'", document.position_of(loc[:-1]), address)
+        parent = _field_label(loc[:-1])
+        inside_of = f" in {parent}" if parent else ""
+        return Diagnostic(f"missing required key '{field}'{inside_of}", document.position_of(loc[:-1]), address)
     where = _field_label(loc)
     value = error.get("input")
     ctx = error.get("ctx") or {}
     if kind == "string_pattern_mismatch":
-        message = f"{where}: {value!r} does not match {ctx.get('pattern')}"
+        hint = PATTERN_HINTS.get(str(ctx.get("pattern")), f"does not match {ctx.get('pattern')}")
+        message = f"{where}: {value!r} {hint}"
     elif kind == "literal_error":
         message = f"{where}: {value!r} is not one of {ctx.get('expected')}"
     elif kind in ("dict_type", "model_type", "model_attributes_type"):
@@ -112,7 +130,12 @@ def _diagnostic(document: Document, error: Any) -> Diagnostic:
 def _field_label(loc: Loc) -> str:
     """The field path inside its resource: ``('models','churn','resources','cpus')`` -> ``resources.cpus``."""
     head = loc[0] if loc else ""
-    rest = loc[2:] if head in SECTIONS or head == "waivers" else loc[1:] if head in ("cluster", "storage", "compliance") else loc
+    if head in SECTIONS or head == "waivers":
+        rest = loc[2:]
+    elif head in ("cluster", "storage", "compliance"):
+        rest = loc[1:]
+    else:
+        rest = loc
     return ".".join(str(part) for part in rest)
 
 

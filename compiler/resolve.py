@@ -15,7 +15,7 @@ from typing import Any
 
 from compiler.errors import Diagnostic, Position, ResolveError
 from compiler.load import Document, Loc
-from compiler.repository import find_root, inside, module_file
+from compiler.repository import find_root, inside, module_file, top_level_names
 from compiler.spec import SECTIONS, Spec
 from compiler.suggest import did_you_mean
 
@@ -105,10 +105,10 @@ def _check_references(project: Project) -> list[Diagnostic]:
         ref(address, ("input",), "datasets", deployment.input)
         for i, gate_name in enumerate(deployment.gates):
             ref(address, ("gates", i), "gates", gate_name)
-            gate = spec.gates.get(gate_name)
-            if gate is not None and gate.model != deployment.model:
+            gated = spec.gates.get(gate_name)
+            if gated is not None and gated.model in spec.models and gated.model != deployment.model:
                 out.append(_problem(project, address, ("gates", i),
-                                    f"gate '{gate_name}' checks model '{gate.model}', not '{deployment.model}'"))
+                                    f"gate '{gate_name}' checks model '{gated.model}', not '{deployment.model}'"))
     routes: dict[str, str] = {}
     for name, deployment in spec.deployments.items():
         if deployment.mode == "realtime":
@@ -140,7 +140,8 @@ def _check_paths(project: Project) -> list[Diagnostic]:
         address = f"datasets.{name}"
         raw = dataset.path
         if PurePosixPath(raw).is_absolute() or Path(raw).is_absolute():
-            out.append(_problem(project, address, ("path",), f"path '{raw}' is absolute; use a path inside the repository"))
+            message = f"path '{raw}' is absolute; use a path inside the repository"
+            out.append(_problem(project, address, ("path",), message))
             continue
         target = project.spec_path.parent / raw
         if not inside(target, project.root):
@@ -163,6 +164,7 @@ def _check_callables(project: Project) -> list[Diagnostic]:
         refs.append((f"models.{name}", "train", model.train))
         if model.evaluate:
             refs.append((f"models.{name}", "evaluate", model.evaluate))
+    names_by_file: dict[Path, set[str] | None] = {}
     for address, field_name, target in refs:
         module = target.partition(":")[0]
         if target in project.callables:
@@ -171,8 +173,14 @@ def _check_callables(project: Project) -> list[Diagnostic]:
         if path is None:
             out.append(_problem(project, address, (field_name,),
                                 f"module '{module}' is not a file of the repository ({project.root.name}/)"))
-        else:
-            project.callables[target] = path
+            continue
+        function = target.partition(":")[2]
+        names = names_by_file.setdefault(path, top_level_names(path))
+        if names is not None and function not in names:
+            out.append(_problem(project, address, (field_name,),
+                                f"module '{module}' has no function '{function}'{did_you_mean(function, names)}"))
+            continue
+        project.callables[target] = path
     return out
 
 
@@ -243,7 +251,8 @@ def build_views(project: Project) -> dict[str, dict[str, Any]]:
     spec = project.spec
     upstream = project.upstream
     dumped = {
-        section: {name: resource.model_dump(mode="json", by_alias=True) for name, resource in getattr(spec, section).items()}
+        section: {name: resource.model_dump(mode="json", by_alias=True)
+                  for name, resource in getattr(spec, section).items()}
         for section in SECTIONS
     }
     consumers: dict[str, list[str]] = {name: [] for name in spec.datasets}

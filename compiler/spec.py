@@ -282,12 +282,15 @@ MonitorCheck = Annotated[
 ]
 
 
+BreachAction = Literal["alert", "retrain", "rollback"]
+
+
 class Monitor(Strict):
     deployment: Name
     reference: Name | None = None
     schedule: Duration = "1h"
     checks: list[MonitorCheck] = Field(default_factory=list)
-    on_breach: list[Literal["alert", "retrain", "rollback"]] = Field(default_factory=lambda: ["alert"])
+    on_breach: list[BreachAction] = Field(default_factory=lambda: list[BreachAction](["alert"]))
     webhook: str | None = Field(None, description="URL that `alert` posts breaches to.")
 
 

@@ -124,7 +124,8 @@ def test_policy_check_formats(starter: Path, tmp_path: Path) -> None:
     assert sarif["version"] == "2.1.0"
     result = sarif["runs"][0]["results"][0]
     region = result["locations"][0]["physicalLocation"]["region"]
-    assert region["startLine"] >= 1 and result["ruleId"] in {r["id"] for r in sarif["runs"][0]["tool"]["driver"]["rules"]}
+    rule_ids = {r["id"] for r in sarif["runs"][0]["tool"]["driver"]["rules"]}
+    assert region["startLine"] >= 1 and result["ruleId"] in rule_ids
     junit = ET.fromstring(mlops("-f", str(spec), "policy", "check", "--format", "junit").stdout)
     assert junit.tag == "testsuites" and junit.findall(".//failure")
     markdown = mlops("-f", str(spec), "policy", "check", "--format", "markdown").stdout

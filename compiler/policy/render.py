@@ -144,7 +144,8 @@ def render_markdown(report: PolicyReport) -> str:
     if rows:
         lines += ["| | Policy | Resource | Finding | Remediation |", "|---|---|---|---|---|"]
         for r in rows:
-            mark = "⚪ waived" if r.status == "waived" else ("🔴 error" if r.policy.severity == "error" else "🟡 warning")
+            severity_mark = "🔴 error" if r.policy.severity == "error" else "🟡 warning"
+            mark = "⚪ waived" if r.status == "waived" else severity_mark
             lines.append(f"| {mark} | `{r.policy.id}` {_cell(r.policy.title)} | `{r.address}` "
                          f"(line {r.position.line}) | {_cell(r.message)} | {_cell(r.policy.remediation)} |")
         lines.append("")
