@@ -311,7 +311,8 @@ def build_views(project: Project) -> dict[str, dict[str, Any]]:
         view("monitors", name, {"deployment": views[f"deployments.{monitor.deployment}"]})
     for section in ("cluster", "storage"):
         body = getattr(spec, section).model_dump(mode="json", by_alias=True)
-        body.update(name=section, address=section, refs={})
+        body.update(name=section, refs={})
+        body.setdefault("address", section)  # the cluster's own `address` (its Ray address) wins
         views[section] = body
     top = spec.model_dump(mode="json", by_alias=True, include={"apiVersion", "project", "owners", "compliance"})
     top.update(name=spec.project, address="project",

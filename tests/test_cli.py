@@ -105,8 +105,11 @@ def test_schema_command_prints_the_committed_schema() -> None:
 
 
 def _failing_spec(starter: Path) -> Path:
-    """The starter with no owners: a baseline error at a known line."""
-    text = (starter / "mlops.yaml").read_text().replace("owners: [team:ml-platform]\n", "")
+    """The starter with a gate that checks nothing: a baseline error."""
+    text = (starter / "mlops.yaml").read_text()
+    gate_checks = '    checks:\n      - {metric: auc, op: ">=", value: 0.7}\n      - {metric: auc, no_regression: 0.02}\n'
+    assert gate_checks in text
+    text = text.replace(gate_checks, "    checks: []\n")
     spec = starter / "no-owners.yaml"
     spec.write_text(text)
     return spec
@@ -116,7 +119,7 @@ def test_policy_check_formats(starter: Path, tmp_path: Path) -> None:
     spec = _failing_spec(starter)
     text = mlops("-f", str(spec), "policy", "check")
     assert text.returncode == 1
-    assert "error: project:" in text.stdout
+    assert "error: gates.quality:" in text.stdout
     as_json = json.loads(mlops("-f", str(spec), "policy", "check", "--format", "json").stdout)
     failed = [r for r in as_json["results"] if r["status"] == "fail"]
     assert failed and all(r["rationale"] and r["remediation"] for r in failed)

@@ -93,7 +93,9 @@ class _Formatter(string.Formatter):
     """``{address}``-style messages over a view; an unknown field stays as written."""
 
     def get_value(self, key: Any, args: Any, kwargs: Any) -> Any:
-        return kwargs.get(key, "{" + str(key) + "}") if isinstance(key, str) else super().get_value(key, args, kwargs)
+        if isinstance(key, str):
+            return kwargs.get(key, "{" + key + "}")
+        return super().get_value(key, args, kwargs)
 
     def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
         try:
@@ -125,7 +127,8 @@ def evaluate(project: Project, packs: list[LoadedPack], today: date | None = Non
                 continue
             position = project.position(address)
             if must.is_valid(view):
-                report.results.append(PolicyResult(policy, loaded.pack.name, address, "pass", policy.title, position))
+                report.results.append(PolicyResult(policy, loaded.pack.name, address, "pass", policy.title,
+                                                   position))
                 continue
             error = best_match(must.iter_errors(view))
             detail = _describe(error) if error is not None else ""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 from pydantic import ValidationError
@@ -46,14 +49,27 @@ def load_pack(path: Path, shipped: bool = False) -> LoadedPack:
         for key, schema in (("when", policy.when), ("schema", policy.schema_)):
             if schema is None:
                 continue
-            try:
-                jsonschema.Draft202012Validator.check_schema(schema)
-            except jsonschema.SchemaError as exc:
-                problems.append(Diagnostic(f"{policy.id}: `{key}` is not a valid JSON Schema: {exc.message}",
+            problem = _schema_problem(schema)
+            if problem is not None:
+                problems.append(Diagnostic(f"{policy.id}: `{key}` is not a valid JSON Schema: {problem}",
                                            document.position_of(("policies", index, key)), ""))
     if problems:
         raise PolicyPackError(problems)
     return LoadedPack(pack, document.file, document, shipped)
+
+
+def _schema_problem(schema: dict[str, Any]) -> str | None:
+    """Why ``schema`` is not a valid 2020-12 JSON Schema, or ``None`` (memoized: checking is slow)."""
+    return _check_schema_text(json.dumps(schema, sort_keys=True))
+
+
+@lru_cache(maxsize=1024)
+def _check_schema_text(text: str) -> str | None:
+    try:
+        jsonschema.Draft202012Validator.check_schema(json.loads(text))
+    except jsonschema.SchemaError as exc:
+        return exc.message
+    return None
 
 
 def _display(path: Path) -> str:
@@ -79,7 +95,8 @@ def discover(directories: list[Path]) -> list[LoadedPack]:
     return out
 
 
-def select(packs: list[LoadedPack], frameworks: list[str], framework_position: Position | None) -> list[LoadedPack]:
+def select(packs: list[LoadedPack], frameworks: list[str],
+           framework_position: Position | None) -> list[LoadedPack]:
     """The packs that apply: ``baseline``, the project's ``compliance.frameworks``, and every project pack."""
     by_name = {loaded.pack.name: loaded for loaded in packs}
     problems = []
@@ -95,8 +112,8 @@ def select(packs: list[LoadedPack], frameworks: list[str], framework_position: P
     for loaded in chosen:
         for index, policy in enumerate(loaded.pack.policies):
             if policy.id in ids:
-                raise PolicyPackError([Diagnostic(f"policy id {policy.id} is already defined in {ids[policy.id]}",
-                                                  loaded.policy_position(index), "")])
+                message = f"policy id {policy.id} is already defined in {ids[policy.id]}"
+                raise PolicyPackError([Diagnostic(message, loaded.policy_position(index), "")])
             ids[policy.id] = loaded.file
     return chosen
 
