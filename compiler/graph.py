@@ -125,7 +125,7 @@ def _add_datasets(b: _Builder) -> None:
         address = f"datasets.{name}"
         assert dataset.transform is not None and dataset.from_ is not None
         code, code_hash = b.code(dataset.transform)
-        config: dict[str, Any] = {"transform": dataset.transform, "from": dataset.from_, "params": dataset.params,
+        config = {"transform": dataset.transform, "from": dataset.from_, "params": dataset.params,
                   "format": dataset.format, "schema": dataset.schema_}
         node = Node(f"{address}/transform", "transform", address, config, code, code_hash,
                     resources=dataset.resources.model_dump(mode="json"))

@@ -107,7 +107,8 @@ def test_schema_command_prints_the_committed_schema() -> None:
 def _failing_spec(starter: Path) -> Path:
     """The starter with a gate that checks nothing: a baseline error."""
     text = (starter / "mlops.yaml").read_text()
-    gate_checks = '    checks:\n      - {metric: auc, op: ">=", value: 0.7}\n      - {metric: auc, no_regression: 0.02}\n'
+    gate_checks = ('    checks:\n      - {metric: auc, op: ">=", value: 0.7}\n'
+                   '      - {metric: auc, no_regression: 0.02}\n')
     assert gate_checks in text
     text = text.replace(gate_checks, "    checks: []\n")
     spec = starter / "no-owners.yaml"
