@@ -15,7 +15,7 @@ from pathlib import Path
 
 from compiler.errors import Diagnostic, MlopsError, Position
 from compiler.graph import Graph, Node, build_graph
-from compiler.load import Document, load_file
+from compiler.load import Document, load_file, paused_gc
 from compiler.parse import parse
 from compiler.policy.evaluate import PolicyReport, PolicyResult, evaluate
 from compiler.policy.packs import discover, select
@@ -31,9 +31,10 @@ __all__ = [
 def load_project(spec_path: str | Path, display_name: str | None = None) -> Project:
     """Load, parse and resolve one spec file; raises :class:`MlopsError` with positioned diagnostics."""
     path = Path(spec_path)
-    document = load_file(path, display_name or str(spec_path))
-    spec = parse(document)
-    return resolve(spec, document, path)
+    with paused_gc():
+        document = load_file(path, display_name or str(spec_path))
+        spec = parse(document)
+        return resolve(spec, document, path)
 
 
 def policy_dirs_for(project: Project, extra: list[Path] | None = None) -> list[Path]:
@@ -46,4 +47,5 @@ def check_policies(project: Project, extra_dirs: list[Path] | None = None) -> Po
     packs = discover(policy_dirs_for(project, extra_dirs))
     chosen = select(packs, project.spec.compliance.frameworks,
                     project.position("compliance", "frameworks") if project.spec.compliance.frameworks else None)
-    return evaluate(project, chosen)
+    with paused_gc():
+        return evaluate(project, chosen)

@@ -22,6 +22,7 @@ import networkx as nx
 
 from compiler.content_hash import PathHasher, canonical_json, hash_file, hash_path, hash_value
 from compiler.errors import ResolveError
+from compiler.load import paused_gc
 from compiler.resolve import Project
 from compiler.spec import Model
 
@@ -224,6 +225,11 @@ BUILDERS: tuple[Callable[[_Builder], None], ...] = (
 
 def build_graph(project: Project, data_hasher: PathHasher | None = None) -> Graph:
     """Run the builders, check the DAG is acyclic, and fingerprint every node."""
+    with paused_gc():
+        return _build(project, data_hasher)
+
+
+def _build(project: Project, data_hasher: PathHasher | None) -> Graph:
     b = _Builder(project, data_hasher or (lambda p: hash_path(p)))
     for builder in BUILDERS:
         builder(b)

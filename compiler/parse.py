@@ -53,7 +53,7 @@ def address_of(loc: Loc) -> str:
         return f"{head}.{loc[1]}"
     if head == "waivers" and len(loc) >= 2:
         return f"waivers[{loc[1]}]"
-    if head in ("cluster", "storage", "compliance"):
+    if head in ("cluster", "storage", "compliance", "waivers", *SECTIONS):
         return str(head)
     return "project"
 
@@ -108,22 +108,22 @@ def _diagnostic(document: Document, error: Any) -> Diagnostic:
     value = error.get("input")
     ctx = error.get("ctx") or {}
     if kind == "string_pattern_mismatch":
-        hint = PATTERN_HINTS.get(str(ctx.get("pattern")), f"does not match {ctx.get('pattern')}")
-        message = f"{where}: {value!r} {hint}"
+        text = f"{value!r} " + PATTERN_HINTS.get(str(ctx.get("pattern")), f"does not match {ctx.get('pattern')}")
     elif kind == "literal_error":
-        message = f"{where}: {value!r} is not one of {ctx.get('expected')}"
+        text = f"{value!r} is not one of {ctx.get('expected')}"
     elif kind in ("dict_type", "model_type", "model_attributes_type"):
-        message = f"{where}: expected a mapping, got {_type_name(value)}"
+        text = f"expected a mapping, got {_type_name(value)}"
     elif kind == "list_type":
-        message = f"{where}: expected a list, got {_type_name(value)}"
+        text = f"expected a list, got {_type_name(value)}"
     elif kind == "union_tag_invalid":
-        message = f"{where}: unknown type {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+        text = f"unknown type {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
     elif kind == "union_tag_not_found":
-        message = f"{where}: missing key 'type'"
+        text = "missing key 'type'"
     elif kind == "value_error":
-        message = f"{where}: {str(ctx.get('error', error['msg']))}" if where else str(ctx.get("error", error["msg"]))
+        text = str(ctx.get("error", error["msg"]))
     else:
-        message = f"{where}: {error['msg'][0].lower()}{error['msg'][1:]}" if where else error["msg"]
+        text = f"{error['msg'][0].lower()}{error['msg'][1:]}"
+    message = f"{where}: {text}" if where else text
     return Diagnostic(message, document.position_of(loc), address)
 
 
