@@ -13,9 +13,7 @@ from datetime import date
 from functools import lru_cache
 from typing import Any, Literal
 
-import jsonschema
 import jsonschema_rs
-from jsonschema.exceptions import best_match
 
 from compiler.errors import Diagnostic, Position
 from compiler.policy.packs import LoadedPack, all_policies
@@ -150,7 +148,7 @@ def evaluate(project: Project, packs: list[LoadedPack], today: date | None = Non
                 report.results.append(PolicyResult(policy, loaded.pack.name, address, "pass", policy.title,
                                                    position))
                 continue
-            error = best_match(jsonschema.Draft202012Validator(policy.schema_).iter_errors(view))
+            error = _explain(policy.schema_, view)
             detail = _describe(error) if error is not None else ""
             message = _FORMATTER.format(policy.message, **view)
             if error is not None and error.absolute_path:
@@ -166,7 +164,15 @@ def _loc(address: str, path: Any) -> tuple[str | int, ...]:
     return (*loc_of(address), *[p for p in path if p != "refs"])
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def _explain(schema: dict[str, Any], view: dict[str, Any]) -> Any:
+    """The most relevant reason ``view`` fails ``schema`` (python-jsonschema's ``best_match``; failures only)."""
+    import jsonschema
+    from jsonschema.exceptions import best_match
+
+    return best_match(jsonschema.Draft202012Validator(schema).iter_errors(view))
+
+
+def _describe(error: Any) -> str:
     where = ".".join(str(p) for p in error.absolute_path)
     return f"{where}: {error.message}" if where else error.message
 

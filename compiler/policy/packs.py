@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema_rs
 from pydantic import ValidationError
 
 from compiler.errors import Diagnostic, PolicyPackError, Position
@@ -66,9 +66,9 @@ def _schema_problem(schema: dict[str, Any]) -> str | None:
 @lru_cache(maxsize=1024)
 def _check_schema_text(text: str) -> str | None:
     try:
-        jsonschema.Draft202012Validator.check_schema(json.loads(text))
-    except jsonschema.SchemaError as exc:
-        return exc.message
+        jsonschema_rs.meta.validate(json.loads(text))
+    except jsonschema_rs.ValidationError as exc:
+        return str(exc).splitlines()[0]
     return None
 
 

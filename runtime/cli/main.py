@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import click
@@ -26,6 +27,9 @@ for command in COMMANDS:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every exit, user error or not, goes through here."""
     app = Application()
+    # A one-shot command builds a large, long-lived object graph and exits: the cyclic collector would
+    # only rescan it. Long-running commands (the reconcile loop) turn it back on for themselves.
+    gc.disable()
     try:
         cli.main(args=argv, prog_name="mlops", obj=app, standalone_mode=False)
     except Exit as done:
