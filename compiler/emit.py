@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,20 +33,13 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def emit(project: Project, report: PolicyReport, graph: Graph, out_dir: Path) -> CompileOutputs:
-    """Write all outputs into ``out_dir``; Terraform is synthesized in a temporary folder, then swapped in."""
+    """Write all outputs into ``out_dir``. ``terraform/`` always exists; it holds ``cdk.tf.json`` when the
+    project needs cloud resources (a local cluster on local storage needs none)."""
     from compiler.terraform import synthesize  # lazy: it is the only place that starts Node
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".terraform-"))
-    try:
-        written = synthesize(project, staging)
-        final = out_dir / "terraform"
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    terraform = [final / p.relative_to(staging) for p in written]
+    # synthesized in place (atomically per file): terraform.tfstate and .terraform/ kept there survive
+    (out_dir / "terraform").mkdir(parents=True, exist_ok=True)
+    terraform = synthesize(project, out_dir / "terraform")
     graph_path = out_dir / "graph.json"
     _write_atomic(graph_path, render_json(graph))
     report_path = out_dir / "policy-report.json"

@@ -146,7 +146,7 @@ def test_compile_writes_outputs_and_refuses_on_policy_error(starter: Path, tmp_p
     graph = json.loads((out / "graph.json").read_text())
     assert graph["nodes"] and graph["edges"]
     assert json.loads((out / "policy-report.json").read_text())["ok"] is True
-    assert (out / "terraform").is_dir()
+    assert (out / "terraform").is_dir() and not (out / "terraform" / "cdk.tf.json").exists()  # local: no cloud
     refused = tmp_path / "refused"
     failing = mlops("-f", str(_failing_spec(starter)), "compile", "--out", str(refused))
     assert failing.returncode == 1
@@ -183,3 +183,14 @@ def test_examples_and_policy_packs_validate_against_the_schemas() -> None:
     for path in packs:
         errors = [e.message for e in pack_schema.iter_errors(load_file(path).data)]
         assert not errors, f"{path}: {errors}"
+
+
+def test_compile_of_a_kuberay_s3_project_writes_terraform_and_keeps_terraform_state(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "terraform").mkdir(parents=True)
+    (out / "terraform" / "terraform.tfstate").write_text("{}")
+    result = mlops("-f", "examples/fraud/mlops.yaml", "compile", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    document = json.loads((out / "terraform" / "cdk.tf.json").read_text())
+    assert "helm_release" in document["resource"] and "aws_s3_bucket" in document["resource"]
+    assert (out / "terraform" / "terraform.tfstate").read_text() == "{}"
