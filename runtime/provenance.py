@@ -1,0 +1,56 @@
+"""Where a run came from: the git commit of the repository and whether its work tree was dirty."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Provenance:
+    commit: str | None
+    dirty: bool
+    actor: str
+    host: str
+
+
+def git_state(root: Path) -> tuple[str | None, bool]:
+    """(HEAD commit id, dirty?) of the repository at ``root``; (None, False) outside git."""
+    import pygit2
+
+    try:
+        repo = pygit2.Repository(str(root))
+    except (pygit2.GitError, KeyError):
+        return None, False
+    try:
+        commit = str(repo.head.target)
+    except pygit2.GitError:  # no commit yet
+        commit = None
+    dirty = any(flags not in (pygit2.enums.FileStatus.CURRENT, pygit2.enums.FileStatus.IGNORED)
+                for flags in repo.status(untracked_files="no").values())
+    return commit, dirty
+
+
+def actor(root: Path) -> str:
+    """Who is acting: ``$MLOPS_ACTOR``, else git's user.email, else the login name."""
+    explicit = os.environ.get("MLOPS_ACTOR")
+    if explicit:
+        return explicit
+    try:
+        import pygit2
+
+        config = pygit2.Repository(str(root)).config
+        return str(config["user.email"])
+    except Exception:  # noqa: BLE001 - no repo, no config entry: fall back to the login name
+        try:
+            return getpass.getuser()
+        except Exception:  # noqa: BLE001
+            return "unknown"
+
+
+def provenance(root: Path) -> Provenance:
+    commit, dirty = git_state(root)
+    return Provenance(commit, dirty, actor(root), socket.gethostname())

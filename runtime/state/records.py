@@ -1,0 +1,154 @@
+"""The records the state store keeps: plain dataclasses, one per table.
+
+Times are POSIX seconds (float). JSON-ish fields are plain dicts/lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+RunStatus = Literal["running", "succeeded", "failed"]
+VersionStatus = Literal["candidate", "approved", "rejected"]
+GateStatus = Literal["passed", "failed", "awaiting_approval"]
+
+
+@dataclass
+class NodeResult:
+    """The outcome of one graph node at one fingerprint; the plan compares against the latest one."""
+
+    node_id: str
+    address: str
+    kind: str
+    fingerprint: str
+    config: dict[str, Any]
+    """The node's config at that fingerprint (plan reasons diff it against the desired one)."""
+    code_hash: str | None = None
+    data_hash: str | None = None
+    upstream: dict[str, str] = field(default_factory=dict)
+    """Upstream node id -> its fingerprint when this node ran."""
+    status: RunStatus = "succeeded"
+    outputs: dict[str, Any] = field(default_factory=dict)
+    """What the node produced: e.g. {"artifact": uri}, {"metrics": {...}}, {"version": 3}."""
+    run_id: str | None = None
+    finished_at: float = 0.0
+
+
+@dataclass
+class Run:
+    """One execution attempt of a node (a transform, a training trial, an evaluation)."""
+
+    run_id: str
+    node_id: str
+    address: str
+    kind: str
+    fingerprint: str
+    params: dict[str, Any] = field(default_factory=dict)
+    status: RunStatus = "running"
+    attempt: int = 1
+    started_at: float = 0.0
+    finished_at: float | None = None
+    host: str = ""
+    pid: int = 0
+    device: str = "cpu"
+    git_commit: str | None = None
+    git_dirty: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Final metrics (the last value of each)."""
+    log_uri: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class MetricPoint:
+    run_id: str
+    name: str
+    step: int
+    value: float
+
+
+@dataclass
+class Snapshot:
+    """A version of a dataset's content: source data hashed, or a transform's output stored."""
+
+    address: str
+    fingerprint: str
+    content_hash: str
+    artifact_uri: str | None = None
+    created_at: float = 0.0
+
+
+@dataclass
+class ModelVersion:
+    """A trained model, numbered per model (1, 2, 3, ...), with its lineage."""
+
+    model: str
+    """The model's name (``churn``), not its address."""
+    version: int
+    fingerprint: str
+    artifact_uri: str
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    code_hash: str | None = None
+    git_commit: str | None = None
+    data: dict[str, str] = field(default_factory=dict)
+    """Dataset address -> content hash of the snapshot it was trained on (lineage)."""
+    status: VersionStatus = "candidate"
+    reason: str = ""
+    created_at: float = 0.0
+
+
+@dataclass
+class GateDecision:
+    gate: str
+    model: str
+    version: int
+    status: GateStatus
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    """Each: {"metric", "op" or "no_regression", "expected", "actual", "passed", "reason"}."""
+    decided_at: float = 0.0
+
+
+@dataclass
+class Approval:
+    gate: str
+    model: str
+    version: int
+    approver: str
+    approved_at: float = 0.0
+
+
+@dataclass
+class DeploymentState:
+    name: str
+    model: str
+    desired_version: int | None = None
+    live_version: int | None = None
+    status: str = "pending"
+    updated_at: float = 0.0
+
+
+@dataclass
+class AuditRecord:
+    seq: int
+    at: float
+    actor: str
+    action: str
+    """apply | approve | rollback | force-unlock | ..."""
+    commit: str | None
+    payload: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+@dataclass
+class LockInfo:
+    """Who holds the state lock (Terraform-style lock information)."""
+
+    id: str
+    operation: str
+    who: str
+    pid: int
+    host: str
+    since: float
