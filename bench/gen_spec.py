@@ -34,6 +34,17 @@ def spec_text(per_section: int, frameworks: list[str]) -> str:
         "project: synthetic",
         "owners: [team:ml-platform]",
         f"compliance: {{frameworks: [{', '.join(frameworks)}], risk: limited}}",
+        "cluster:",
+        "  provider: kuberay",
+        "  namespace: ml-synthetic",
+        "  head: {cpus: 2, memory: 8Gi}",
+        "  workers:",
+        "    cpu: {cpus: 8, memory: 32Gi, min: 1, max: 10}",
+        "    gpu: {gpus: 1, gpu_type: nvidia-h100, cpus: 8, memory: 64Gi, min: 0, max: 4}",
+        "storage:",
+        "  artifacts: s3://synthetic-artifacts/mlops",
+        "  state: .mlops/state.db",
+        "  encryption: kms",
         "datasets:",
     ]
     sources = max(1, per_section // 2)
@@ -44,7 +55,8 @@ def spec_text(per_section: int, frameworks: list[str]) -> str:
                 f"    path: data/src-{i % 50}.csv",
                 "    schema: {amount: float, country: string, label: int}",
                 "    pii: false",
-                "    retention_days: 365",
+                # S3 allows 1,000 lifecycle rules a bucket: half the sources expire, the rest are kept
+                *(["    retention_days: 365"] if i % 2 == 0 else []),
                 "    region: eu-west-1",
                 "    access: [team:ml-platform]",
                 f"    description: Source table {i}",
@@ -56,7 +68,6 @@ def spec_text(per_section: int, frameworks: list[str]) -> str:
                 "    transform: pipeline:transform",
                 f"    params: {{window_days: {i % 30 + 1}}}",
                 "    schema: {amount: float, country: string, label: int}",
-                "    retention_days: 365",
                 "    region: eu-west-1",
                 "    access: [team:ml-platform]",
                 f"    description: Features {i}",
@@ -84,6 +95,7 @@ def spec_text(per_section: int, frameworks: list[str]) -> str:
             f"    model: model-{i}",
             "    checks:",
             '      - {metric: auc, op: ">=", value: 0.8}',
+            "      - {metric: auc, no_regression: 0.01}",
             "    approvals: {required: 1, from: [team:risk]}",
         ]
     lines.append("deployments:")

@@ -27,9 +27,22 @@ MAX_EXPANDED_NODES = 200_000
 """An alias may repeat a subtree, but the expanded document may not exceed this many nodes
 unless it is no more than 10x the nodes actually written (a cap against alias bombs)."""
 
-_Loader: type = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
-"""libyaml's composer with the base resolver: every scalar arrives as text and only plain ones are
-typed below (the safe resolver would call back into Python for each of them)."""
+_DEFAULT_TAGS = {yaml.ScalarNode: "tag:yaml.org,2002:str", yaml.SequenceNode: "tag:yaml.org,2002:seq",
+                 yaml.MappingNode: "tag:yaml.org,2002:map"}
+
+
+class _Loader(getattr(yaml, "CBaseLoader", yaml.BaseLoader)):  # type: ignore[misc]
+    """libyaml's composer, with the cheapest possible resolver: every scalar arrives as text and only
+    plain ones are typed afterwards (the safe resolver costs a Python call chain per node)."""
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        return None
+
+    def ascend_resolver(self) -> None:
+        return None
+
+    def resolve(self, kind: type, value: Any, implicit: Any) -> str:
+        return _DEFAULT_TAGS[kind]
 _IMPLICIT = yaml.resolver.Resolver.yaml_implicit_resolvers
 _STR_TAG = "tag:yaml.org,2002:str"
 _SCALAR_TAGS = {

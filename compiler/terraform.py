@@ -441,7 +441,10 @@ def _s3_statements(project: Project, readers: dict[str, list[str]], bucket_arn: 
         datasets_of.setdefault(tuple(principals), []).append(name)
     for index, (group, names) in enumerate(datasets_of.items(), 1):
         who = [{"type": "AWS", "identifiers": [_principal(p) for p in group]}]
-        prefixes = [dataset_prefix(project, name) for name in names]
+        if len(names) == len(project.spec.datasets):  # readers of every dataset: one prefix covers them
+            prefixes = [dataset_prefix(project, names[0]).rsplit("/", 2)[0] + "/"]
+        else:
+            prefixes = [dataset_prefix(project, name) for name in names]
         statements.append({"sid": f"ReadDatasets{index}", "effect": "Allow", "principals": who,
                            "actions": ["s3:GetObject", "s3:GetObjectVersion"],
                            "resources": [f"{bucket_arn}/{prefix}*" for prefix in prefixes]})

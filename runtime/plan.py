@@ -83,7 +83,7 @@ class Plan:
 
     @property
     def summary(self) -> dict[str, int]:
-        counts = dict.fromkeys(ACTIONS, 0)
+        counts: dict[str, int] = dict.fromkeys(ACTIONS, 0)
         for change in self.resource_changes:
             counts[change.action] += 1
         return counts

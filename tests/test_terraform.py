@@ -307,6 +307,16 @@ def test_s3_bucket_policy_grants_every_dataset_principal(s3_kuberay: dict[str, A
     assert grants["operations"] == ["Decrypt", "DescribeKey"]
 
 
+def test_s3_readers_of_every_dataset_get_one_prefix_for_all(tmp_path: Path) -> None:
+    datasets = {f"d{i}": {"path": "data/transactions.csv", "access": ["team:ml"]} for i in range(600)}
+    project = load_spec(tmp_path, {"datasets": datasets, "models": None, "gates": None, "deployments": None,
+                                   "monitors": None})
+    document = render(blueprint(project))
+    statements = document["data"]["aws_iam_policy_document"]["artifacts_bucket"]["statement"]
+    read = next(s for s in statements if "s3:GetObject" in s["actions"])
+    assert read["resources"] == ["arn:${data.aws_partition.current.partition}:s3:::churn-artifacts/ml/datasets/*"]
+
+
 def test_s3_lifecycle_rule_cap_is_an_error(tmp_path: Path) -> None:
     datasets = {f"d{i}": {"path": "data/transactions.csv", "retention_days": 30} for i in range(1000)}
     project = load_spec(tmp_path, {"datasets": datasets, "models": None, "deployments": None,

@@ -1,0 +1,392 @@
+"""Apply: run a plan's nodes on Ray, record every result, and leave an audit record.
+
+The loop is DVC's reproduce shape on Ray: walk the plan in topological order, submit each ready
+node (at most ``parallelism`` at a time), retry failures with backoff, skip everything downstream
+of a node that finally failed, keep going with the rest, and record each success the moment its
+outputs are stored, so an interrupted apply never redoes finished work.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from compiler.graph import Graph, Node
+from compiler.spec import memory_bytes
+from runtime import ray_backend
+from runtime.artifacts import ArtifactStore
+from runtime.gates import decide
+from runtime.plan import NodeChange, Plan
+from runtime.provenance import Provenance
+from runtime.state.records import DeploymentState, MetricPoint, ModelVersion, NodeResult, Run, Snapshot
+from runtime.state.store import StateStore
+from runtime.worker import TaskSpec
+from runtime.workspace import Workspace
+
+Outcome = Literal["succeeded", "failed", "skipped", "blocked"]
+REMOTE_KINDS = {"transform", "trial", "evaluate"}
+BACKOFF_SECONDS = 0.5
+
+
+@dataclass
+class NodeOutcome:
+    node_id: str
+    status: Outcome
+    message: str = ""
+
+
+@dataclass
+class ApplyResult:
+    outcomes: dict[str, NodeOutcome] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(o.status in ("succeeded", "blocked") for o in self.outcomes.values())
+
+    def count(self, status: Outcome) -> int:
+        return sum(1 for o in self.outcomes.values() if o.status == status)
+
+
+ProgressHook = Callable[[str, str, str], None]
+"""(node id, event, detail): events are ``started``, ``succeeded``, ``failed``, ``retry``, ``skipped``, ``blocked``."""
+
+
+@dataclass
+class _Attempt:
+    node: Node
+    attempt: int
+    run: Run
+    started: float
+    ref: Any
+
+
+class Executor:
+    """Runs one plan against one workspace; construct, then :meth:`run`."""
+
+    def __init__(self, workspace: Workspace, store: StateStore, graph: Graph, plan: Plan,
+                 provenance: Provenance, parallelism: int = 4, progress: ProgressHook | None = None) -> None:
+        self.workspace = workspace
+        self.project = workspace.project
+        self.store = store
+        self.graph = graph
+        self.plan = plan
+        self.provenance = provenance
+        self.parallelism = max(1, parallelism)
+        self.progress = progress or (lambda node_id, event, detail: None)
+        self.artifacts = ArtifactStore(workspace.artifact_root)
+        self.recorded = store.latest_results()
+        self.outputs: dict[str, dict[str, Any]] = {nid: r.outputs for nid, r in self.recorded.items()}
+        self.result = ApplyResult()
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> ApplyResult:
+        changes = {c.node_id: c for c in self.plan.node_changes}
+        for change in self.plan.node_changes:
+            if change.action == "delete":
+                self.store.forget_node(change.node_id)
+                self._finish(change.node_id, "succeeded", "deleted")
+            elif change.action == "blocked":
+                self._finish(change.node_id, "blocked", "; ".join(change.reasons))
+        todo = [c for c in self.plan.runnable()]
+        waiting: list[tuple[float, Node, int]] = []  # (not before, node, attempt) for retries
+        in_flight: dict[Any, _Attempt] = {}
+        remaining = {c.node_id for c in todo}
+        if any(self.graph.node(c.node_id).kind in REMOTE_KINDS for c in todo):
+            ray_backend.connect(self.project.spec.cluster.address)
+        while remaining:
+            progressed = False
+            for change in todo:
+                node_id = change.node_id
+                if node_id not in remaining or any(a.node.id == node_id for a in in_flight.values()) \
+                        or any(w[1].id == node_id for w in waiting):
+                    continue
+                state = self._upstream_state(node_id, changes)
+                if state == "wait":
+                    continue
+                if state in ("failed", "skipped", "blocked"):
+                    status: Outcome = "blocked" if state == "blocked" else "skipped"
+                    self._finish(node_id, status, f"upstream {state}")
+                    remaining.discard(node_id)
+                    progressed = True
+                    continue
+                node = self.graph.node(node_id)
+                if node.kind in REMOTE_KINDS:
+                    if len(in_flight) >= self.parallelism:
+                        continue
+                    attempt = self._submit(node, 1)
+                    in_flight[attempt.ref] = attempt
+                else:
+                    self._run_local(node)
+                    remaining.discard(node_id)
+                progressed = True
+            now = time.time()
+            for entry in list(waiting):
+                if entry[0] <= now and len(in_flight) < self.parallelism:
+                    waiting.remove(entry)
+                    attempt = self._submit(entry[1], entry[2])
+                    in_flight[attempt.ref] = attempt
+                    progressed = True
+            if in_flight:
+                ready, _ = ray_backend.wait(list(in_flight), timeout=0.2)
+                for ref in ready:
+                    attempt = in_flight.pop(ref)
+                    retry = self._complete(attempt, ray_backend.result(ref))
+                    if retry is not None:
+                        waiting.append(retry)
+                    else:
+                        remaining.discard(attempt.node.id)
+                    progressed = True
+                for ref, attempt in list(in_flight.items()):
+                    limit = self._timeout(attempt.node)
+                    if limit is not None and time.time() - attempt.started > limit:
+                        ray_backend.cancel(ref)
+                        in_flight.pop(ref)
+                        retry = self._complete(attempt, {"status": "failed",
+                                                         "error": f"timed out after {limit:.0f}s"})
+                        if retry is not None:
+                            waiting.append(retry)
+                        else:
+                            remaining.discard(attempt.node.id)
+                        progressed = True
+            elif waiting and not progressed:
+                time.sleep(min(0.2, max(0.0, min(w[0] for w in waiting) - time.time())))
+            elif not progressed:
+                break  # nothing can move: every remaining node waits on something outside the plan
+        for node_id in remaining:
+            self._finish(node_id, "skipped", "not reachable")
+        return self.result
+
+    def _upstream_state(self, node_id: str, changes: dict[str, NodeChange]) -> str:
+        for parent in self.graph.dag.predecessors(node_id):
+            outcome = self.result.outcomes.get(parent)
+            if outcome is not None:
+                if outcome.status != "succeeded":
+                    return outcome.status
+                continue
+            change = changes.get(parent)
+            if change is not None and change.action in ("create", "replace", "update"):
+                return "wait"
+            if parent not in self.outputs:
+                return "wait" if change is not None else "skipped"
+        return "ready"
+
+    def _finish(self, node_id: str, status: Outcome, message: str) -> None:
+        self.result.outcomes[node_id] = NodeOutcome(node_id, status, message)
+        self.progress(node_id, status, message)
+
+    # --- remote nodes --------------------------------------------------------------------------
+
+    def _submit(self, node: Node, attempt_no: int) -> _Attempt:
+        resources = node.resources or {}
+        run = Run(run_id=uuid.uuid4().hex[:16], node_id=node.id, address=node.address, kind=node.kind,
+                  fingerprint=node.fingerprint, params=dict(node.config.get("params", {})), attempt=attempt_no,
+                  started_at=time.time(), host=self.provenance.host, git_commit=self.provenance.commit,
+                  git_dirty=self.provenance.dirty)
+        self.store.start_run(run)
+        spec = self._task_spec(node, run.run_id)
+        memory = resources.get("memory")
+        ref = ray_backend.submit(spec, float(resources.get("cpus", 1)), float(resources.get("gpus", 0)),
+                                 memory_bytes(memory) if memory else None)
+        self.progress(node.id, "started", f"attempt {attempt_no}")
+        return _Attempt(node, attempt_no, run, time.time(), ref)
+
+    def _task_spec(self, node: Node, run_id: str) -> TaskSpec:
+        spec = self.project.spec
+        root = str(self.project.root)
+        if node.kind == "transform":
+            dataset = spec.datasets[node.address.split(".", 1)[1]]
+            inputs = {name: self._dataset_uri(name) for name in dataset.from_ or []}
+            return TaskSpec(node.id, "transform", dataset.transform or "", node.code_hash, root,
+                            self.workspace.artifact_root, inputs, dict(dataset.params), 0,
+                            dataset.resources.gpus, run_id=run_id)
+        model = spec.models[node.address.split(".", 1)[1]]
+        inputs = {role: self._dataset_uri(name) for role, name in model.data.items()}
+        if node.kind == "trial":
+            return TaskSpec(node.id, "trial", model.train, node.code_hash, root, self.workspace.artifact_root,
+                            inputs, dict(node.config["params"]), model.seed, model.resources.gpus, run_id=run_id)
+        chosen = self._model_output(node)
+        return TaskSpec(node.id, "evaluate", model.evaluate or "", node.code_hash, root,
+                        self.workspace.artifact_root, inputs, dict(chosen.get("params", {})), model.seed,
+                        model.resources.gpus, model_uri=chosen["artifact"], run_id=run_id)
+
+    def _dataset_uri(self, name: str) -> str:
+        for node in self.graph.by_address(f"datasets.{name}"):
+            return str(self.outputs[node.id]["input"])
+        raise KeyError(name)
+
+    def _model_output(self, node: Node) -> dict[str, Any]:
+        """The trained model an evaluation looks at: the selection's pick, or the single trial."""
+        for parent in self.graph.dag.predecessors(node.id):
+            if self.graph.node(parent).kind in ("select", "trial"):
+                return self.outputs[parent]
+        raise KeyError(f"{node.id} has no model upstream")
+
+    def _timeout(self, node: Node) -> float | None:
+        if node.kind in ("trial", "evaluate"):
+            from compiler.spec import duration_seconds
+
+            return float(duration_seconds(self.project.spec.models[node.address.split(".", 1)[1]].timeout))
+        return None
+
+    def _retries(self, node: Node) -> int:
+        if node.kind in ("trial", "evaluate"):
+            return self.project.spec.models[node.address.split(".", 1)[1]].retries
+        return 0
+
+    def _complete(self, attempt: _Attempt, outcome: dict[str, Any]) -> tuple[float, Node, int] | None:
+        node = attempt.node
+        status = outcome.get("status", "failed")
+        metrics = outcome.get("metrics", {})
+        self.store.log_metrics(attempt.run.run_id, [MetricPoint(attempt.run.run_id, n, int(s), float(v))
+                                                   for n, s, v in outcome.get("steps", [])])
+        self.store.finish_run(attempt.run.run_id, status, metrics, outcome.get("error"), outcome.get("log_uri"),
+                              outcome.get("finished_at", time.time()))
+        if status != "succeeded":
+            if attempt.attempt <= self._retries(node):
+                delay = BACKOFF_SECONDS * 2 ** (attempt.attempt - 1)
+                self.progress(node.id, "retry", f"{outcome.get('error')} (retrying in {delay:.1f}s)")
+                return time.time() + delay, node, attempt.attempt + 1
+            self._finish(node.id, "failed", str(outcome.get("error", "failed")))
+            return None
+        outputs: dict[str, Any] = {"run_id": attempt.run.run_id, "metrics": metrics,
+                                   "device": outcome.get("device")}
+        if node.kind == "transform":
+            outputs["input"] = outcome["artifact"]
+            outputs["artifact"] = outcome["artifact"]
+        elif node.kind == "trial":
+            outputs["artifact"] = outcome["artifact"]
+            outputs["params"] = node.config["params"]
+        else:  # evaluate: the model's metrics are the trainer's, overridden by the evaluator's
+            chosen = self._model_output(node)
+            outputs.update(artifact=chosen["artifact"], params=chosen.get("params", {}),
+                           train_run_id=chosen.get("run_id"), metrics={**chosen.get("metrics", {}), **metrics})
+        self._record(node, outputs)
+        return None
+
+    # --- local nodes ---------------------------------------------------------------------------
+
+    def _run_local(self, node: Node) -> None:
+        handler: Callable[[Node], dict[str, Any] | None] = getattr(self, f"_local_{node.kind}")
+        try:
+            outputs = handler(node)
+        except Exception as exc:  # noqa: BLE001 - a local step failing is that node's failure
+            self._finish(node.id, "failed", f"{type(exc).__name__}: {exc}")
+            return
+        if outputs is not None:  # None: the handler recorded and finished the node itself
+            self._record(node, outputs)
+
+    def _local_snapshot(self, node: Node) -> dict[str, Any]:
+        name = node.address.split(".", 1)[1]
+        path = self.project.dataset_path(name)
+        uri = self.artifacts.put_dir(path) if path.is_dir() else self.artifacts.put_file(path, sha256=node.data_hash)
+        self.store.add_snapshot(Snapshot(node.address, node.fingerprint, node.data_hash or "", uri, time.time()))
+        return {"input": uri, "artifact": uri, "content_hash": node.data_hash}
+
+    def _local_select(self, node: Node) -> dict[str, Any]:
+        objective = node.config["objective"]
+        trials = [(p, self.outputs[p]) for p in self.graph.dag.predecessors(node.id)]
+        scored = [(p, o) for p, o in trials if objective["metric"] in o.get("metrics", {})]
+        if not scored:
+            raise RuntimeError(f"no trial reported the objective metric {objective['metric']!r}")
+        sign = 1 if objective["goal"] == "maximize" else -1
+        best_id, best = max(scored, key=lambda item: (sign * item[1]["metrics"][objective["metric"]], item[0]))
+        return {**best, "chosen": best_id, "trials": {p: o.get("metrics", {}) for p, o in trials}}
+
+    def _local_trial(self, node: Node) -> None:  # pragma: no cover - trials are remote
+        raise AssertionError("trials run on Ray")
+
+    def _local_gate(self, node: Node) -> None:
+        """Decide the gate for the model's newest version; records and finishes the node itself."""
+        gate_name = node.address.split(".", 1)[1]
+        gate = self.project.spec.gates[gate_name]
+        version_output = self.outputs[self._model_final(gate.model)]
+        version = int(version_output["version"])
+        baseline = self._live_metrics(gate_name, gate.model)
+        approvers = [a.approver for a in self.store.approvals(gate_name, gate.model, version)]
+        decision = decide(gate_name, gate, version, version_output.get("metrics", {}), baseline, approvers)
+        self.store.record_gate_decision(decision)
+        if decision.status == "failed":
+            reasons = "; ".join(c["reason"] for c in decision.checks if not c["passed"])
+            self.store.set_model_version_status(gate.model, version, "rejected", f"gates.{gate_name}: {reasons}")
+        outputs = {"status": decision.status, "version": version, "checks": decision.checks}
+        self.outputs[node.id] = outputs
+        self.store.record_result(self._result(node, outputs))
+        if decision.status == "passed":
+            self._finish(node.id, "succeeded", f"version {version} passed")
+        elif decision.status == "awaiting_approval":
+            self._finish(node.id, "blocked", f"awaiting approval: {node.address} (version {version})")
+        else:
+            reasons = "; ".join(c["reason"] for c in decision.checks if not c["passed"])
+            self._finish(node.id, "blocked", f"gate failed: {node.address}: {reasons}")
+
+    def _live_metrics(self, gate_name: str, model: str) -> dict[str, float] | None:
+        for name, deployment in self.project.spec.deployments.items():
+            if gate_name not in deployment.gates:
+                continue
+            state = self.store.get_deployment(name)
+            version = state and (state.live_version or state.desired_version)
+            if version:
+                live = self.store.get_model_version(model, version)
+                if live is not None:
+                    return live.metrics
+        return None
+
+    def _local_deploy(self, node: Node) -> dict[str, Any]:
+        name = node.address.split(".", 1)[1]
+        deployment = self.project.spec.deployments[name]
+        version = deployment.version or int(self.outputs[self._model_final(deployment.model)]["version"])
+        if self.store.get_model_version(deployment.model, version) is None:
+            raise RuntimeError(f"models.{deployment.model} has no version {version}")
+        previous = self.store.get_deployment(name)
+        self.store.set_deployment(DeploymentState(name, deployment.model, version,
+                                                  previous.live_version if previous else None, "promoted",
+                                                  time.time()))
+        return {"version": version}
+
+    def _local_monitor(self, node: Node) -> dict[str, Any]:
+        return {"deployment": node.config["deployment"]}
+
+    def _model_final(self, model: str) -> str:
+        nodes = self.graph.by_address(f"models.{model}")
+        for kind in ("evaluate", "select", "trial"):
+            for candidate in nodes:
+                if candidate.kind == kind:
+                    return candidate.id
+        raise KeyError(model)
+
+    # --- recording -----------------------------------------------------------------------------
+
+    def _result(self, node: Node, outputs: dict[str, Any]) -> NodeResult:
+        upstream = {p: self.graph.node(p).fingerprint for p in self.graph.dag.predecessors(node.id)}
+        return NodeResult(node.id, node.address, node.kind, node.fingerprint, node.config, node.code_hash,
+                          node.data_hash, upstream, "succeeded", outputs, outputs.get("run_id"), time.time())
+
+    def _record(self, node: Node, outputs: dict[str, Any]) -> None:
+        """Record a node's success; the model's final step also creates its next version (one transaction)."""
+        with self.store.transaction():
+            if node.address.startswith("models.") and node.id == self._model_final(node.address.split(".", 1)[1]):
+                outputs = {**outputs, "version": self._new_version(node, outputs)}
+            self.store.record_result(self._result(node, outputs))
+        self.outputs[node.id] = outputs
+        detail = f"version {outputs['version']}" if "version" in outputs else ""
+        self._finish(node.id, "succeeded", detail)
+
+    def _new_version(self, node: Node, outputs: dict[str, Any]) -> int:
+        name = node.address.split(".", 1)[1]
+        model = self.project.spec.models[name]
+        version = self.store.next_model_version(name)
+        lineage = {}
+        for dataset_name in dict.fromkeys(model.data.values()):
+            for data_node in self.graph.by_address(f"datasets.{dataset_name}"):
+                produced = self.outputs.get(data_node.id, {})
+                lineage[f"datasets.{dataset_name}"] = str(produced.get("content_hash") or produced.get("artifact"))
+        self.store.add_model_version(ModelVersion(
+            name, version, node.fingerprint, outputs["artifact"], outputs.get("train_run_id") or outputs.get("run_id"),
+            dict(outputs.get("metrics", {})), dict(outputs.get("params", {})), node.code_hash,
+            self.provenance.commit, lineage, "candidate", "", time.time()))
+        return version
+

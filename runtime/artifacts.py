@@ -1,0 +1,451 @@
+"""The artifact store: content-addressed files, directories and models, local or on fsspec storage.
+
+URIs name content, not places, so they stay valid wherever the store's root moves:
+
+* ``sha256:<hex>`` — a file whose bytes hash to ``<hex>``;
+* ``dir:sha256:<hex>`` — a directory: ``<hex>`` is the hash of its manifest, the sorted lines
+  ``<relative path>\\0<file sha256>\\n``, which is exactly what
+  :func:`compiler.content_hash.hash_path` digests, so it equals the directory's content hash.
+
+Every object lives at ``<root>/objects/<hex[:2]>/<hex[2:]>``. The root is a local directory
+(relative roots are resolved against ``base_dir``) or an fsspec URL (``s3://bucket/prefix``,
+``gs://...``, ``memory://...``; the matching fsspec driver must be installed).
+
+Writes are atomic. Locally an object is written to a temporary file under ``<root>/objects``,
+flushed, fsynced, made read-only and renamed into place (then the directory is fsynced), so a
+crash never leaves a half-written object under its final name. On object stores a single PUT is
+atomic by itself and the object is written to its final key directly. Every read that returns
+content (:meth:`~ArtifactStore.get_file`, :meth:`~ArtifactStore.read_bytes`,
+:meth:`~ArtifactStore.materialize_dir`, :meth:`~ArtifactStore.load_model`) checks the hash and
+raises :class:`ArtifactCorrupt` on a mismatch. :meth:`~ArtifactStore.local_path` is the zero-copy
+path for local readers and does not re-read the content; call :meth:`~ArtifactStore.verify` for that.
+
+Models are saved with ``torch.save`` and loaded with ``torch.load(weights_only=True)``: an artifact
+that would unpickle code (any global outside torch's allow-list) is refused, and the code never runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import stat
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from compiler.errors import MlopsError
+
+CHUNK = 1 << 20
+FILE_PREFIX = "sha256:"
+DIR_PREFIX = "dir:sha256:"
+LOCAL_PROTOCOLS = ("", "file", "local")
+
+
+class ArtifactError(MlopsError):
+    """An artifact is missing, malformed or refused."""
+
+
+class ArtifactCorrupt(ArtifactError):
+    """An object's content does not match its hash."""
+
+
+def file_uri(digest: str) -> str:
+    return FILE_PREFIX + digest
+
+
+def dir_uri(digest: str) -> str:
+    return DIR_PREFIX + digest
+
+
+def parse_uri(uri: str) -> tuple[bool, str]:
+    """``(is_directory, hex digest)`` of an artifact URI; :class:`ArtifactError` if it is not one."""
+    is_dir = uri.startswith(DIR_PREFIX)
+    digest = uri[len(DIR_PREFIX):] if is_dir else uri[len(FILE_PREFIX):] if uri.startswith(FILE_PREFIX) else ""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ArtifactError.one(f"not an artifact URI: {uri!r} (expected sha256:<hex> or dir:sha256:<hex>)")
+    return is_dir, digest
+
+
+def _listing(path: Path) -> list[Path]:
+    """The files of a directory in the order :func:`compiler.content_hash.hash_path` uses."""
+    return sorted(p for p in path.rglob("*") if p.is_file())
+
+
+class ArtifactStore:
+    """Content-addressed storage under ``root`` (a local directory or an fsspec URL)."""
+
+    def __init__(self, root: str | Path, base_dir: Path | None = None,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        text = str(root)
+        protocol, _, rest = text.partition("://") if "://" in text else ("", "", text)
+        if protocol in LOCAL_PROTOCOLS:
+            local = Path(rest).expanduser()
+            self.root = str(local if local.is_absolute() else (base_dir or Path.cwd()) / local)
+            self._backend: _Backend = _LocalBackend(Path(self.root))
+        else:
+            self.root = text.rstrip("/")
+            self._backend = _FsspecBackend(protocol, text, storage_options or {})
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def put_file(self, path: Path, sha256: str | None = None) -> str:
+        """Store a file; returns ``sha256:<hex>``. With a known ``sha256`` an object already stored is not rewritten."""
+        path = Path(path)
+        if sha256 is not None and self._backend.exists(sha256):
+            return file_uri(sha256)
+        digest = self._backend.write_file(path)
+        if sha256 is not None and digest != sha256:
+            raise ArtifactError.one(f"{path} changed while it was stored (expected sha256 {sha256}, got {digest})")
+        return file_uri(digest)
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store bytes; returns ``sha256:<hex>``."""
+        digest = hashlib.sha256(data).hexdigest()
+        if not self._backend.exists(digest):
+            self._backend.write_bytes(digest, data)
+        return file_uri(digest)
+
+    def put_dir(self, path: Path) -> str:
+        """Store every file under a directory and its manifest; returns ``dir:sha256:<manifest hex>``."""
+        path = Path(path)
+        if not path.is_dir():
+            raise ArtifactError.one(f"{path} is not a directory")
+        lines = []
+        for child in _listing(path):
+            relative = child.relative_to(path).as_posix()
+            if "\n" in relative:
+                raise ArtifactError.one(f"{child}: file names with a newline cannot be stored")
+            _, digest = parse_uri(self.put_file(child))
+            lines.append(relative.encode() + b"\0" + digest.encode() + b"\n")
+        _, manifest = parse_uri(self.put_bytes(b"".join(lines)))
+        return dir_uri(manifest)
+
+    def save_model(self, state_dict: dict[str, Any]) -> str:
+        """``torch.save`` a state dict to a temporary file and store it; returns ``sha256:<hex>``."""
+        import torch
+
+        fd, name = tempfile.mkstemp(suffix=".pt")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(state_dict, handle)
+            return self.put_file(Path(name))
+        finally:
+            os.unlink(name)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def exists(self, uri: str) -> bool:
+        """Whether the artifact is fully present (for a directory: its manifest and every file)."""
+        is_dir, digest = parse_uri(uri)
+        if not self._backend.exists(digest):
+            return False
+        if not is_dir:
+            return True
+        try:
+            entries = self._manifest(digest)
+        except ArtifactError:
+            return False
+        return all(self._backend.exists(file_digest) for _, file_digest in entries)
+
+    def read_bytes(self, uri: str) -> bytes:
+        """The content of a file artifact, checked against its hash."""
+        is_dir, digest = parse_uri(uri)
+        if is_dir:
+            raise ArtifactError.one(f"{uri} is a directory; use materialize_dir")
+        return self._read_verified(digest)
+
+    def get_file(self, uri: str, dest: Path) -> Path:
+        """Copy a file artifact to ``dest`` (atomically, checked against its hash); returns ``dest``."""
+        is_dir, digest = parse_uri(uri)
+        if is_dir:
+            raise ArtifactError.one(f"{uri} is a directory; use materialize_dir")
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._copy_verified(digest, dest)
+        return dest
+
+    def materialize_dir(self, uri: str, dest: Path) -> Path:
+        """Recreate a directory artifact at ``dest`` (which must not exist or be empty); returns ``dest``.
+
+        The files are checked against their hashes; the directory appears at ``dest`` all at once.
+        """
+        is_dir, digest = parse_uri(uri)
+        if not is_dir:
+            raise ArtifactError.one(f"{uri} is a file; use get_file")
+        dest = Path(dest)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise ArtifactError.one(f"cannot materialize {uri} into {dest}: it exists and is not an empty directory")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        try:
+            for relative, file_digest in self._manifest(digest):
+                target = staging / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._copy_verified(file_digest, target)
+            os.chmod(staging, 0o755)
+            os.replace(staging, dest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return dest
+
+    def local_path(self, uri: str) -> Path | None:
+        """A local path holding the artifact (read-only; not re-hashed), or ``None`` on remote storage.
+
+        A directory artifact is laid out once as a tree of hard links under ``<root>/trees/<hex>``.
+        """
+        is_dir, digest = parse_uri(uri)
+        if not isinstance(self._backend, _LocalBackend):
+            return None
+        if not is_dir:
+            path = self._backend.object_path(digest)
+            return path if path.is_file() else None
+        if not self._backend.exists(digest):
+            return None
+        return self._backend.tree(digest, self._manifest(digest))
+
+    def verify(self, uri: str) -> None:
+        """Re-read an artifact (every file of a directory) and raise :class:`ArtifactCorrupt` on a mismatch."""
+        is_dir, digest = parse_uri(uri)
+        for _, file_digest in self._manifest(digest) if is_dir else []:
+            self._hash_object(file_digest)
+        self._hash_object(digest)
+
+    def load_model(self, uri: str, map_location: str = "cpu") -> dict[str, Any]:
+        """Load a model saved by :meth:`save_model` without unpickling code (``weights_only=True``)."""
+        import pickle
+
+        import torch
+
+        data = self.read_bytes(uri)
+        try:
+            model = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            detail = str(exc.__context__ or "").strip() or (str(exc).strip().splitlines() or ["?"])[0]
+            raise ArtifactError.one(f"refusing to load model {uri}: it is not a plain weights file, and loading it "
+                                    f"without weights_only could run code ({detail})") from exc
+        except (RuntimeError, ValueError, EOFError) as exc:
+            raise ArtifactError.one(f"model {uri} is not a torch weights file: {exc}") from exc
+        if not isinstance(model, dict):
+            raise ArtifactError.one(f"model {uri} is a {type(model).__name__}, not a state dict")
+        return model
+
+    def cleanup_temp(self, older_than_s: float = 3600.0) -> int:
+        """Delete temporary files a crashed writer left (local storage); returns how many went."""
+        return self._backend.cleanup_temp(older_than_s) if isinstance(self._backend, _LocalBackend) else 0
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _manifest(self, digest: str) -> list[tuple[str, str]]:
+        entries = []
+        for line in self._read_verified(digest).split(b"\n")[:-1]:
+            relative, sep, file_digest = line.decode().partition("\0")
+            parts = PurePosixPath(relative).parts
+            if not sep or not parts or relative.startswith("/") or ".." in parts:
+                raise ArtifactError.one(f"dir:sha256:{digest} is not a valid directory manifest")
+            parse_uri(file_uri(file_digest))
+            entries.append((relative, file_digest))
+        return entries
+
+    def _read_verified(self, digest: str) -> bytes:
+        with self._backend.open_read(digest) as handle:
+            data = handle.read()
+        _check(digest, hashlib.sha256(data).hexdigest())
+        return data
+
+    def _hash_object(self, digest: str) -> None:
+        hasher = hashlib.sha256()
+        with self._backend.open_read(digest) as handle:
+            for chunk in _chunks(handle):
+                hasher.update(chunk)
+        _check(digest, hasher.hexdigest())
+
+    def _copy_verified(self, digest: str, dest: Path) -> None:
+        tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex}")
+        hasher = hashlib.sha256()
+        try:
+            with self._backend.open_read(digest) as source, open(tmp, "wb") as out:
+                for chunk in _chunks(source):
+                    hasher.update(chunk)
+                    out.write(chunk)
+            _check(digest, hasher.hexdigest())
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def _check(expected: str, actual: str) -> None:
+    if actual != expected:
+        raise ArtifactCorrupt.one(f"artifact sha256:{expected} is corrupt: its content hashes to {actual}")
+
+
+def _chunks(handle: IO[bytes]) -> Iterator[bytes]:
+    while chunk := handle.read(CHUNK):
+        yield chunk
+
+
+class _Backend:
+    """Where objects live, addressed by hex digest."""
+
+    def exists(self, digest: str) -> bool:
+        raise NotImplementedError
+
+    def open_read(self, digest: str) -> IO[bytes]:
+        raise NotImplementedError
+
+    def write_file(self, path: Path) -> str:
+        """Store a file's bytes under their hash; returns the hash."""
+        raise NotImplementedError
+
+    def write_bytes(self, digest: str, data: bytes) -> None:
+        raise NotImplementedError
+
+
+class _LocalBackend(_Backend):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.objects = root / "objects"
+
+    def object_path(self, digest: str) -> Path:
+        return self.objects / digest[:2] / digest[2:]
+
+    def exists(self, digest: str) -> bool:
+        return self.object_path(digest).is_file()
+
+    def open_read(self, digest: str) -> IO[bytes]:
+        try:
+            return open(self.object_path(digest), "rb")
+        except FileNotFoundError:
+            raise ArtifactError.one(f"artifact sha256:{digest} is not in {self.root}") from None
+
+    def write_file(self, path: Path) -> str:
+        hasher = hashlib.sha256()
+        with open(path, "rb") as source:
+            return self._write(lambda out: _copy_hashing(source, out, hasher), hasher)
+
+    def write_bytes(self, digest: str, data: bytes) -> None:
+        hasher = hashlib.sha256(data)
+        _check(digest, self._write(lambda out: out.write(data), hasher))
+
+    def _write(self, fill: Callable[[IO[bytes]], object], hasher: hashlib._Hash) -> str:
+        """Write through ``fill`` into a temporary file, then move it under its hash: the atomic step."""
+        self.objects.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".tmp-", dir=self.objects)
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                fill(out)
+                out.flush()
+                os.fsync(out.fileno())
+            digest = hasher.hexdigest()
+            os.chmod(tmp, 0o444)
+            final = self.object_path(digest)
+            final.parent.mkdir(exist_ok=True)
+            os.replace(tmp, final)  # replaces a damaged copy too; equal content otherwise
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(final.parent)
+        return digest
+
+    def tree(self, digest: str, entries: list[tuple[str, str]]) -> Path:
+        """``<root>/trees/<digest>``: the directory as read-only hard links to its objects, made once."""
+        tree = self.root / "trees" / digest
+        if tree.is_dir():
+            return tree
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}.tmp-", dir=tree.parent))
+        try:
+            for relative, file_digest in entries:
+                target = staging / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = self.object_path(file_digest)
+                if not source.is_file():
+                    raise ArtifactError.one(f"artifact sha256:{file_digest} is not in {self.root}")
+                try:
+                    os.link(source, target)
+                except OSError:
+                    shutil.copyfile(source, target)
+                    os.chmod(target, 0o444)
+            for directory in sorted((p for p in staging.rglob("*") if p.is_dir()), reverse=True):
+                os.chmod(directory, 0o555)
+            os.chmod(staging, 0o555)
+            try:
+                os.rename(staging, tree)
+            except OSError:  # another process made it first
+                if not tree.is_dir():
+                    raise
+                _remove_tree(staging)
+        except BaseException:
+            _remove_tree(staging)
+            raise
+        return tree
+
+    def cleanup_temp(self, older_than_s: float) -> int:
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for tmp in self.objects.glob(".tmp-*") if self.objects.is_dir() else []:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+
+class _FsspecBackend(_Backend):
+    def __init__(self, protocol: str, root: str, options: dict[str, Any]) -> None:
+        import fsspec
+
+        self.fs = fsspec.filesystem(protocol, **options)
+        self.base = str(self.fs._strip_protocol(root)).rstrip("/")
+
+    def key(self, digest: str) -> str:
+        return f"{self.base}/objects/{digest[:2]}/{digest[2:]}"
+
+    def exists(self, digest: str) -> bool:
+        return bool(self.fs.exists(self.key(digest)))
+
+    def open_read(self, digest: str) -> IO[bytes]:
+        try:
+            return self.fs.open(self.key(digest), "rb")
+        except FileNotFoundError:
+            raise ArtifactError.one(f"artifact sha256:{digest} is not in {self.base}") from None
+
+    def write_file(self, path: Path) -> str:
+        hasher = hashlib.sha256()
+        with open(path, "rb") as source:
+            for chunk in _chunks(source):
+                hasher.update(chunk)
+        digest = hasher.hexdigest()
+        if not self.exists(digest):
+            self.fs.put_file(str(path), self.key(digest))  # one PUT: visible only once complete
+        return digest
+
+    def write_bytes(self, digest: str, data: bytes) -> None:
+        self.fs.pipe_file(self.key(digest), data)
+
+
+def _copy_hashing(source: IO[bytes], out: IO[bytes], hasher: hashlib._Hash) -> None:
+    for chunk in _chunks(source):
+        hasher.update(chunk)
+        out.write(chunk)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a directory even when its subdirectories were made read-only."""
+    for directory in [path, *(p for p in path.rglob("*") if p.is_dir())] if path.is_dir() else []:
+        os.chmod(directory, stat.S_IRWXU)
+    shutil.rmtree(path, ignore_errors=True)

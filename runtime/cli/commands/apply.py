@@ -1,0 +1,51 @@
+"""``mlops apply``: run the plan on Ray and record the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from compiler.errors import MlopsError
+from compiler.spec import duration_seconds
+from runtime.cli.app import Application, pass_app
+from runtime.cli.commands.common import project_or_fail
+from runtime.cli.options import global_options
+from runtime.cli.plan_render import render_outcomes, render_plan
+from runtime.cli.progress import NodeProgress
+
+
+@click.command("apply")
+@click.argument("plan_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--parallelism", default=4, show_default=True, type=click.IntRange(1), help="Nodes run at once.")
+@click.option("--target", "targets", multiple=True, help="Only this resource (and what it needs); repeatable.")
+@click.option("--lock-timeout", default="0s", show_default=True, help="Wait this long for the state lock (30s, 5m).")
+@click.option("--allow-dirty", is_flag=True, help="Apply even with uncommitted changes in the work tree.")
+@global_options
+@pass_app
+def apply_command(app: Application, plan_file: str | None, parallelism: int, targets: tuple[str, ...],
+                  lock_timeout: str, allow_dirty: bool) -> None:
+    """Make the live state match the spec."""
+    from runtime.operations import apply_project
+
+    project = project_or_fail(app)
+    try:
+        timeout = float(duration_seconds(lock_timeout))
+    except ValueError as error:
+        app.fail(MlopsError.one(f"--lock-timeout: {error}"))
+    progress = NodeProgress(app.err, enabled=not app.json_output)
+    try:
+        with progress:
+            outcome = apply_project(project, plan_path=Path(plan_file) if plan_file else None,
+                                    targets=list(targets), parallelism=parallelism, lock_timeout=timeout,
+                                    progress=progress.update, allow_dirty=allow_dirty)
+    except MlopsError as error:
+        app.fail(error)
+    if app.json_output:
+        app.emit_json({"ok": outcome.result.ok, "plan": outcome.plan.to_json(), "seconds": outcome.seconds,
+                       "outcomes": {nid: {"status": o.status, "message": o.message}
+                                    for nid, o in outcome.result.outcomes.items()}})
+    else:
+        render_plan(app.out, outcome.plan)
+        render_outcomes(app.out, outcome.result, outcome.seconds)
+    app.exit(0 if outcome.result.ok else 1)

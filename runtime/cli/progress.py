@@ -1,0 +1,45 @@
+"""A live progress display for apply: nodes running, done and failed (rich)."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class NodeProgress:
+    """Counts node events into one progress bar; prints failures and retries as they happen."""
+
+    def __init__(self, console: Console, enabled: bool = True) -> None:
+        self.console = console
+        self.enabled = enabled and console.is_terminal
+        self.running: set[str] = set()
+        self.done = 0
+        self.failed = 0
+        self._progress = Progress(TextColumn("[bold]apply"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                                  console=console, transient=True)
+        self._task = self._progress.add_task("apply", total=None, status="")
+
+    def __enter__(self) -> NodeProgress:
+        if self.enabled:
+            self._progress.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.enabled:
+            self._progress.stop()
+
+    def update(self, node_id: str, event: str, detail: str) -> None:
+        if event == "started":
+            self.running.add(node_id)
+        elif event in ("succeeded", "failed", "skipped", "blocked"):
+            self.running.discard(node_id)
+            self.done += 1
+            self.failed += event == "failed"
+        if event in ("failed", "retry") and self.enabled:
+            self.console.print(f"[red]{event}[/red] {node_id}: {detail}", markup=True, highlight=False)
+        status = f"{len(self.running)} running, {self.done} done, {self.failed} failed"
+        self._progress.update(self._task, completed=self.done, status=status)

@@ -1,0 +1,189 @@
+"""The audit trail: append-only, hash-chained records of every apply, approval and rollback.
+
+Each record's ``hash`` is ``sha256(prev_hash + canonical_json(record without its hash))`` and its
+``prev_hash`` is the hash of the record before it (``""`` for the first), so changing, removing or
+reordering any record breaks the chain from there on. Removing the *last* record leaves a valid
+shorter chain, so the head (record count and last hash) is also anchored twice: in the
+``audit_head`` table, written in the same transaction as the record, and in a sidecar file next to
+the database (``state.db.audit-head``), written atomically once the record is durable.
+
+Threat model, honestly:
+
+* Detected: accidental or casual tampering through SQL or a SQLite browser — editing a record
+  (even after dropping the append-only triggers), deleting one in the middle, reordering records,
+  deleting the last records (the anchors remember the count), dropping the triggers, rewriting
+  the whole chain but not the sidecar file.
+* Not detected: someone who can write both the database and the sidecar file and recomputes the
+  chain and both anchors; nothing local can stop that. To make such edits evident, copy the head
+  (``head(store)``) somewhere they cannot write — a git commit, a CI log, a WORM bucket — and
+  compare it later. The triggers only stop ordinary SQL; anyone with the file can drop them.
+* After a crash between the database commit and the sidecar write, the sidecar may lag the log
+  by a record; that is not reported (it is a prefix of the chain) and the next append catches up.
+  The sidecar is never overwritten while it disagrees with the log, so evidence is not erased.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from compiler.content_hash import canonical_json
+from runtime.state.records import AuditRecord
+from runtime.state.store import StateStore
+
+TRIGGERS = ("audit_no_update", "audit_no_delete")
+
+
+def head_path(store: StateStore) -> Path:
+    """The sidecar file that anchors the head of the log: ``<state file>.audit-head``."""
+    return store.path.with_name(store.path.name + ".audit-head")
+
+
+def record_hash(record: AuditRecord) -> str:
+    """The hash a record must carry: sha256 of its ``prev_hash`` + the canonical JSON of the rest."""
+    body = {"seq": record.seq, "at": record.at, "actor": record.actor, "action": record.action,
+            "commit": record.commit, "payload": record.payload, "prev_hash": record.prev_hash}
+    return hashlib.sha256((record.prev_hash + canonical_json(body)).encode()).hexdigest()
+
+
+def append(store: StateStore, actor: str, action: str, payload: dict[str, Any], commit: str | None = None,
+           at: float | None = None) -> AuditRecord:
+    """Append one record (atomically; inside the caller's transaction when there is one) and return it."""
+    normal_payload = json.loads(canonical_json(payload))  # what reading it back will give, so the hash holds
+    conn = store.connection
+    with store.transaction():
+        count, prev_hash = conn.execute("SELECT count, hash FROM audit_head WHERE id = 1").fetchone()
+        record = AuditRecord(seq=count + 1, at=time.time() if at is None else at, actor=actor, action=action,
+                             commit=commit, payload=normal_payload, prev_hash=prev_hash, hash="")
+        record.hash = record_hash(record)
+        conn.execute("INSERT INTO audit (seq, at, actor, action, git_commit, payload, prev_hash, hash)"
+                     " VALUES (?,?,?,?,?,?,?,?)",
+                     (record.seq, record.at, actor, action, commit, canonical_json(normal_payload), prev_hash,
+                      record.hash))
+        conn.execute("UPDATE audit_head SET count = ?, hash = ? WHERE id = 1", (record.seq, record.hash))
+        store.after_commit(lambda: _publish_head(store))
+    return record
+
+
+def log(store: StateStore, limit: int | None = None) -> list[AuditRecord]:
+    """The records in order (oldest first); with ``limit``, only the newest ``limit`` of them."""
+    if limit is None:
+        rows = store.query("SELECT * FROM audit ORDER BY seq")
+    else:
+        rows = store.query("SELECT * FROM (SELECT * FROM audit ORDER BY seq DESC LIMIT ?) ORDER BY seq", (limit,))
+    return [_record(row) for row in rows]
+
+
+def head(store: StateStore) -> tuple[int, str]:
+    """The anchored head: (number of records, hash of the last one)."""
+    count, last = store.query("SELECT count, hash FROM audit_head WHERE id = 1")[0]
+    return int(count), str(last)
+
+
+def verify(store: StateStore) -> list[str]:
+    """Every problem found in the log (an empty list means it is intact as far as it can tell)."""
+    problems: list[str] = []
+    hashes: dict[int, str] = {}
+    expected_seq, prev_hash = 1, ""
+    for row in store.query("SELECT * FROM audit ORDER BY seq"):
+        seq = row["seq"]
+        if seq != expected_seq:
+            missing = f"record {expected_seq}" if seq == expected_seq + 1 else f"records {expected_seq}-{seq - 1}"
+            problems.append(f"{missing} missing: deleted from the log")
+        if row["prev_hash"] != prev_hash:
+            problems.append(f"record {seq}: does not follow the record before it (a record was deleted, inserted "
+                            "or reordered)")
+        try:
+            record = _record(row)
+        except ValueError:
+            problems.append(f"record {seq}: edited (its payload is not valid JSON)")
+        else:
+            if record_hash(record) != record.hash:
+                problems.append(f"record {seq}: edited (its content does not match its hash)")
+        hashes[seq] = row["hash"]
+        expected_seq, prev_hash = seq + 1, row["hash"]
+    last_seq = expected_seq - 1
+    anchored_count, anchored_hash = head(store)
+    if anchored_count > last_seq:
+        problems.append(f"the audit head in the database says {anchored_count} records but the log ends at record "
+                        f"{last_seq}: the last records were deleted")
+    elif (anchored_count, anchored_hash) != (last_seq, prev_hash):
+        problems.append("the audit head in the database does not match the end of the log: the log was rewritten")
+    problems.extend(_check_sidecar(head_path(store), hashes))
+    present = {row[0] for row in store.query(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit'")}
+    problems.extend(f"the append-only trigger {name} was dropped" for name in TRIGGERS if name not in present)
+    return problems
+
+
+def _check_sidecar(path: Path, hashes: dict[int, str]) -> list[str]:
+    sidecar = _read_sidecar(path)
+    if sidecar is None:
+        return [f"{path.name} is missing: the log's head is not anchored"] if hashes else []
+    if isinstance(sidecar, str):
+        return [f"{path.name} is unreadable ({sidecar})"]
+    side_count, side_hash = sidecar
+    last_seq = max(hashes, default=0)
+    if side_count > last_seq:
+        return [f"{path.name} says the log has {side_count} records but it ends at record {last_seq}: "
+                "the last records were deleted"]
+    if side_count and hashes.get(side_count) != side_hash:
+        return [f"{path.name} does not match record {side_count}: the log was rewritten"]
+    return []
+
+
+def _read_sidecar(path: Path) -> tuple[int, str] | str | None:
+    """(count, hash); an error message when unreadable; ``None`` when missing."""
+    try:
+        data = json.loads(path.read_text())
+        return int(data["count"]), str(data["hash"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return str(exc)
+
+
+def _publish_head(store: StateStore) -> None:
+    """Make the log durable, then anchor its head in the sidecar file (unless the sidecar disagrees)."""
+    store.sync()
+    count, last = head(store)
+    path = head_path(store)
+    current = _read_sidecar(path)
+    if isinstance(current, tuple):
+        side_count, side_hash = current
+        rows = store.query("SELECT hash FROM audit WHERE seq = ?", (side_count,))
+        if side_count > count or (side_count and (not rows or rows[0][0] != side_hash)):
+            return  # keep the evidence for verify
+        if side_count >= count:
+            return
+    _write_atomically(path, json.dumps({"count": count, "hash": last}) + "\n")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _record(row: sqlite3.Row) -> AuditRecord:
+    return AuditRecord(seq=row["seq"], at=row["at"], actor=row["actor"], action=row["action"],
+                       commit=row["git_commit"], payload=json.loads(row["payload"]), prev_hash=row["prev_hash"],
+                       hash=row["hash"])

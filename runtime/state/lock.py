@@ -1,0 +1,216 @@
+"""The state lock: one apply (or other writing operation) per state at a time.
+
+The lock is ``fcntl.flock`` on ``<state file>.lock``. The kernel releases a flock when its holder
+exits for any reason, ``kill -9`` included, so a dead apply never blocks the next one. The holder
+writes who it is (:class:`LockInfo`, JSON) into the lock file so a blocked caller can say who holds
+it, Terraform-style. Stale information left by a killed holder is harmless (the next holder
+overwrites it) and ``force_unlock`` clears it; a lock held by a *live* process cannot be broken
+from outside — stop that process instead.
+
+The lock file is never deleted (deleting it while held would let a second process lock a new
+file). Children forked while the lock is held share it until they exit; processes started with
+``exec`` (``subprocess``, Ray's workers) do not inherit it (the descriptor is close-on-exec).
+On NFS, Linux maps flock to POSIX byte-range locks, which work when the server supports locking.
+
+>>> import tempfile, pathlib
+>>> state = pathlib.Path(tempfile.mkdtemp()) / "state.db"
+>>> with acquire(state, "apply", "me@host") as lock:
+...     read_info(state).operation
+'apply'
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+
+from compiler.errors import Diagnostic, MlopsError
+from runtime.state.records import LockInfo
+
+POLL_S = 0.1
+
+
+class LockError(MlopsError):
+    """A lock operation was refused (wrong ID, lock still held by a live process, nothing to unlock)."""
+
+
+class LockHeld(LockError):
+    """The state is locked by another operation; ``info`` says by whom (``None`` if it could not be read)."""
+
+    def __init__(self, info: LockInfo | None, lock_path: Path) -> None:
+        self.info = info
+        self.lock_path = lock_path
+        super().__init__([Diagnostic(_held_message(info, lock_path))])
+
+    def __reduce__(self) -> tuple[type[LockHeld], tuple[LockInfo | None, Path]]:
+        return LockHeld, (self.info, self.lock_path)
+
+
+def lock_path(state_path: Path | str) -> Path:
+    """``<state file>.lock``."""
+    return Path(f"{state_path}.lock")
+
+
+def default_who() -> str:
+    """``user@host``, the default holder name."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+class StateLock:
+    """A held state lock; release it with :meth:`release` or by leaving the ``with`` block."""
+
+    def __init__(self, path: Path, fd: int, info: LockInfo) -> None:
+        self.path = path
+        self.info = info
+        self._fd = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd >= 0
+
+    def release(self) -> None:
+        """Clear the holder information and unlock (idempotent)."""
+        if self._fd < 0:
+            return
+        fd, self._fd = self._fd, -1
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __enter__(self) -> StateLock:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()
+
+
+def acquire(state_path: Path | str, operation: str, who: str | None = None, timeout: float = 0.0) -> StateLock:
+    """Lock the state for ``operation``; wait up to ``timeout`` seconds (0: fail at once) or raise :class:`LockHeld`."""
+    path = lock_path(state_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    deadline = time.monotonic() + max(timeout, 0.0)
+    try:
+        while not _try_flock(fd):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LockHeld(read_info(state_path), path)
+            time.sleep(min(POLL_S, remaining))
+    except BaseException:
+        os.close(fd)
+        raise
+    info = LockInfo(id=str(uuid.uuid4()), operation=operation, who=who or default_who(), pid=os.getpid(),
+                    host=socket.gethostname(), since=time.time())
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(asdict(info)).encode(), 0)
+    except BaseException:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        raise
+    return StateLock(path, fd, info)
+
+
+def read_info(state_path: Path | str) -> LockInfo | None:
+    """The holder information in the lock file (possibly stale: see :func:`holder`); ``None`` if there is none."""
+    path = lock_path(state_path)
+    for _ in range(20):  # the holder may be between truncating the file and writing its information
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        if text:
+            try:
+                data = json.loads(text)
+                return LockInfo(id=str(data["id"]), operation=str(data["operation"]), who=str(data["who"]),
+                                pid=int(data["pid"]), host=str(data["host"]), since=float(data["since"]))
+            except (ValueError, KeyError, TypeError):
+                pass
+        time.sleep(0.01)
+    return None
+
+
+def holder(state_path: Path | str) -> LockInfo | None:
+    """Who holds the lock right now, or ``None`` when it is free (stale information is ignored)."""
+    path = lock_path(state_path)
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        if _try_flock(fd):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+    finally:
+        os.close(fd)
+    return read_info(state_path)
+
+
+def force_unlock(state_path: Path | str, lock_id: str) -> LockInfo:
+    """Clear the lock information ``lock_id`` left by a holder that is gone; return what was cleared.
+
+    Refuses when ``lock_id`` is not the lock's ID, and when the lock is still held by a live process
+    (a flock cannot be taken from its holder: stop that process and the kernel releases the lock).
+    """
+    path = lock_path(state_path)
+    info = read_info(state_path)
+    if info is None:
+        raise LockError.one(f"the state is not locked: {path} holds no lock information")
+    if info.id != lock_id:
+        raise LockError.one(f"lock ID {lock_id!r} does not match the lock's ID {info.id!r}; nothing was unlocked")
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        if not _try_flock(fd):
+            raise LockError.one(
+                f"lock {info.id} is held by a live process (PID {info.pid} on {info.host}, {info.operation} by "
+                f"{info.who} since {_iso(info.since)}); a held lock cannot be broken from outside: stop that "
+                "process and the lock is released")
+        try:
+            current = read_info(state_path)
+            if current is not None and current.id == lock_id:
+                os.ftruncate(fd, 0)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    return info
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _iso(since: float) -> str:
+    return datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
+
+
+def _held_message(info: LockInfo | None, path: Path) -> str:
+    lines = ["Error acquiring the state lock: another operation holds it", "Lock Info:"]
+    if info is None:
+        lines.append("  (the holder wrote no lock information yet)")
+    else:
+        lines += [f"  ID:        {info.id}", f"  Path:      {path}", f"  Operation: {info.operation}",
+                  f"  Who:       {info.who}", f"  PID:       {info.pid}", f"  Host:      {info.host}",
+                  f"  Created:   {_iso(info.since)}"]
+    lines.append("mlops locks the state so that one operation at a time changes it. Wait for that one to "
+                 "finish, or retry with --lock-timeout to wait for it. A lock is released when its holder exits, "
+                 "even when it is killed.")
+    return "\n".join(lines)

@@ -1,0 +1,194 @@
+"""The state database's schema as an ordered list of migration steps, tracked by ``PRAGMA user_version``.
+
+Step ``i`` (0-based) takes the schema from version ``i`` to ``i + 1``. A step is a tuple of SQL
+statements run in one ``BEGIN IMMEDIATE`` transaction together with the version bump, so a crash
+mid-migration leaves the previous version intact. Append new steps; never edit a released one.
+
+>>> import sqlite3
+>>> conn = sqlite3.connect(":memory:", isolation_level=None)
+>>> migrate(conn)
+1
+>>> migrate(conn)   # already current: nothing to do
+1
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+Step = tuple[str, ...]
+
+V1: Step = (
+    # One row per node outcome; the plan compares the desired graph with the latest succeeded row per node.
+    """CREATE TABLE node_results (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        node_id TEXT NOT NULL,
+        address TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        config TEXT NOT NULL,
+        code_hash TEXT,
+        data_hash TEXT,
+        upstream TEXT NOT NULL,
+        status TEXT NOT NULL,
+        outputs TEXT NOT NULL,
+        run_id TEXT,
+        finished_at REAL NOT NULL
+    )""",
+    "CREATE INDEX node_results_by_node ON node_results (node_id, status, id)",
+    "CREATE INDEX node_results_by_status ON node_results (status, node_id, id)",
+    """CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        address TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        params TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        device TEXT NOT NULL,
+        git_commit TEXT,
+        git_dirty INTEGER NOT NULL,
+        metrics TEXT NOT NULL,
+        log_uri TEXT,
+        error TEXT
+    )""",
+    "CREATE INDEX runs_by_address ON runs (address, started_at)",
+    "CREATE INDEX runs_by_start ON runs (started_at)",
+    """CREATE TABLE metrics (
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        value REAL NOT NULL,
+        PRIMARY KEY (run_id, name, step)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE snapshots (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        address TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        artifact_uri TEXT,
+        created_at REAL NOT NULL
+    )""",
+    "CREATE INDEX snapshots_by_address ON snapshots (address, id)",
+    # The highest version ever handed out per model: versions are never reused, even after a row is deleted.
+    """CREATE TABLE model_counters (
+        model TEXT PRIMARY KEY,
+        last_version INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE model_versions (
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        fingerprint TEXT NOT NULL,
+        artifact_uri TEXT NOT NULL,
+        run_id TEXT,
+        metrics TEXT NOT NULL,
+        params TEXT NOT NULL,
+        code_hash TEXT,
+        git_commit TEXT,
+        data TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (model, version)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX model_versions_by_fingerprint ON model_versions (model, fingerprint)",
+    """CREATE TABLE gate_decisions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        gate TEXT NOT NULL,
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        checks TEXT NOT NULL,
+        decided_at REAL NOT NULL,
+        FOREIGN KEY (model, version) REFERENCES model_versions (model, version) ON DELETE CASCADE
+    )""",
+    "CREATE INDEX gate_decisions_by_version ON gate_decisions (gate, model, version, id)",
+    """CREATE TABLE approvals (
+        gate TEXT NOT NULL,
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        approver TEXT NOT NULL,
+        approved_at REAL NOT NULL,
+        PRIMARY KEY (gate, model, version, approver),
+        FOREIGN KEY (model, version) REFERENCES model_versions (model, version) ON DELETE CASCADE
+    ) WITHOUT ROWID""",
+    """CREATE TABLE deployments (
+        name TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        desired_version INTEGER,
+        live_version INTEGER,
+        status TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE file_hashes (
+        path TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        inode INTEGER NOT NULL,
+        sha256 TEXT NOT NULL
+    ) WITHOUT ROWID""",
+    # The audit trail: append-only, hash-chained (see runtime/state/audit.py).
+    """CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        git_commit TEXT,
+        payload TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )""",
+    """CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+       BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+    """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+       BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+    """CREATE TABLE audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        count INTEGER NOT NULL,
+        hash TEXT NOT NULL
+    )""",
+    "INSERT INTO audit_head (id, count, hash) VALUES (1, 0, '')",
+)
+
+MIGRATIONS: tuple[Step, ...] = (V1,)
+"""Every step in order; ``len(MIGRATIONS)`` is the current schema version."""
+
+
+class SchemaTooNew(Exception):
+    """The database was written by a newer mlops (its schema version is above the latest known)."""
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The database's ``PRAGMA user_version``."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, steps: Sequence[Step] = MIGRATIONS) -> int:
+    """Apply the steps the database lacks, each atomically; return the resulting version.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``) so the explicit transactions hold.
+    """
+    current = schema_version(conn)
+    if current > len(steps):
+        raise SchemaTooNew(f"the state database has schema version {current}, newer than this mlops "
+                           f"understands ({len(steps)}); upgrade mlops")
+    for version in range(current, len(steps)):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if schema_version(conn) != version:  # another process migrated meanwhile
+                conn.execute("ROLLBACK")
+                continue
+            for statement in steps[version]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return schema_version(conn)

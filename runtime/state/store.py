@@ -1,0 +1,527 @@
+"""The state store: one SQLite file holding what the runtime did (results, runs, versions, gates, ...).
+
+Settings, chosen for a single-host embedded store that must survive ``kill -9`` of an apply:
+
+* WAL journal: readers (``plan``, ``status``) never block the writer (``apply``) and vice versa.
+* ``synchronous=NORMAL``: in WAL mode every committed transaction survives a crash of the process
+  (kill -9, OOM); only an OS crash or power loss may drop the last few commits, never corrupt the
+  file. Losing a commit there only means a node runs again (artifacts are content-addressed, so a
+  re-run converges). ``FULL`` would fsync on every commit, a few ms each, which a 200-node apply
+  pays hundreds of times. Records that must be durable at once (the audit trail) call :meth:`sync`.
+* ``foreign_keys=ON``, ``busy_timeout``; a ``database is locked`` error that outlives the busy
+  timeout is retried with backoff in :func:`_retry`, the one place that does it.
+
+Every method is atomic; :meth:`StateStore.transaction` groups several into one transaction::
+
+    with store.transaction():
+        version = store.next_model_version("churn")
+        store.add_model_version(ModelVersion("churn", version, fp, uri))
+        store.record_result(result)
+
+A store is safe to share between threads of one process (calls are serialised); open one per process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+from compiler.content_hash import canonical_json
+from compiler.errors import MlopsError
+from runtime.state.migrations import SchemaTooNew, migrate, schema_version
+from runtime.state.records import (
+    Approval,
+    DeploymentState,
+    GateDecision,
+    GateStatus,
+    MetricPoint,
+    ModelVersion,
+    NodeResult,
+    Run,
+    RunStatus,
+    Snapshot,
+    VersionStatus,
+)
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_S = 5.0
+RETRY_ATTEMPTS = 8
+RETRY_FIRST_DELAY_S = 0.05
+RETRY_MAX_DELAY_S = 2.0
+
+
+class StateError(MlopsError):
+    """The state database cannot be used as asked (locked too long, too new, unknown record)."""
+
+    @classmethod
+    def of(cls, message: str) -> StateError:
+        return cls.one(message)  # type: ignore[return-value]
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    message = str(exc).lower()
+    return "database is locked" in message or "database is busy" in message or "database table is locked" in message
+
+
+def _retry(operation: Callable[[], T]) -> T:
+    """Run ``operation``; on ``database is locked`` retry with exponential backoff and jitter.
+
+    SQLite's busy handler already waits ``busy_timeout`` inside each attempt; this outer loop covers
+    the cases it does not (a lock held longer, a busy error returned without waiting).
+    """
+    attempts, delay = RETRY_ATTEMPTS, RETRY_FIRST_DELAY_S
+    for attempt in range(attempts):
+        try:
+            return operation()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            if attempt == attempts - 1:
+                raise StateError.of(f"the state database stayed locked by another process: {exc}") from exc
+            time.sleep(delay * (1.0 + random.random()))
+            delay = min(delay * 2, RETRY_MAX_DELAY_S)
+    raise AssertionError("unreachable")
+
+
+def _dump(value: Any) -> str:
+    return canonical_json(value)
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class StateStore:
+    """Typed access to the state database; create with :meth:`open`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._after_commit: list[Callable[[], None]] = []
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path | str, busy_timeout: float = BUSY_TIMEOUT_S) -> StateStore:
+        """Open (creating it and its parent directories if needed) and migrate the database at ``path``."""
+        if "://" in str(path):
+            raise StateError.of(f"state {path}: only a local SQLite file is supported as the state store")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            mode = _retry(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            if str(mode).lower() != "wal":
+                raise StateError.of(f"{path}: cannot use WAL journaling (got {mode!r}); is it on a network drive?")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            _retry(lambda: migrate(conn))
+        except SchemaTooNew as exc:
+            conn.close()
+            raise StateError.of(f"{path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StateError.of(f"{path}: not a usable state database: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The raw connection (for the audit module and tests); prefer the typed methods."""
+        return self._conn
+
+    def schema_version(self) -> int:
+        with self._lock:
+            return schema_version(self._conn)
+
+    def sync(self) -> None:
+        """Make every committed transaction durable now (fsync the WAL and the database file)."""
+        with self._lock:
+            for name in (f"{self.path}-wal", str(self.path)):
+                try:
+                    fd = os.open(name, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+    # --- transactions ----------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[StateStore]:
+        """One atomic unit: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on an exception).
+
+        Nested use makes a savepoint, so an inner failure the caller catches undoes only the inner part.
+        """
+        with self._lock:
+            if self._depth == 0:
+                yield from self._outer()
+            else:
+                yield from self._savepoint()
+
+    def _outer(self) -> Iterator[StateStore]:
+        _retry(lambda: self._conn.execute("BEGIN IMMEDIATE"))
+        self._depth = 1
+        try:
+            yield self
+            _retry(lambda: self._conn.execute("COMMIT"))
+        except BaseException:
+            self._after_commit.clear()
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        finally:
+            self._depth = 0
+        hooks, self._after_commit = self._after_commit, []
+        for hook in hooks:
+            hook()
+
+    def _savepoint(self) -> Iterator[StateStore]:
+        name = f"sp{self._depth}"
+        hooks_before = len(self._after_commit)
+        self._conn.execute(f"SAVEPOINT {name}")
+        self._depth += 1
+        try:
+            yield self
+        except BaseException:
+            del self._after_commit[hooks_before:]
+            self._conn.execute(f"ROLLBACK TO {name}")
+            self._conn.execute(f"RELEASE {name}")
+            raise
+        else:
+            self._conn.execute(f"RELEASE {name}")
+        finally:
+            self._depth -= 1
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._depth > 0
+
+    def after_commit(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` once the current outermost transaction commits (at once when there is none)."""
+        with self._lock:
+            if self._depth == 0:
+                hook()
+            else:
+                self._after_commit.append(hook)
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        """Rows of one read-only statement (for sibling modules such as the audit trail)."""
+        return self._rows(sql, params)
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            args = tuple(params)
+            return _retry(lambda: self._conn.execute(sql, args).fetchall())
+
+    def _row(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        rows = self._rows(sql, params)
+        return rows[0] if rows else None
+
+    def _exec(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        """Execute one write statement atomically (inside the current transaction when there is one)."""
+        with self.transaction():
+            return self._conn.execute(sql, tuple(params))
+
+    # --- node results ----------------------------------------------------------------------------
+
+    def record_result(self, result: NodeResult) -> None:
+        self._exec(
+            "INSERT INTO node_results (node_id, address, kind, fingerprint, config, code_hash, data_hash, upstream,"
+            " status, outputs, run_id, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (result.node_id, result.address, result.kind, result.fingerprint, _dump(result.config), result.code_hash,
+             result.data_hash, _dump(result.upstream), result.status, _dump(result.outputs), result.run_id,
+             result.finished_at or time.time()))
+
+    def latest_result(self, node_id: str, succeeded_only: bool = True) -> NodeResult | None:
+        """The newest result of a node: the newest *succeeded* one unless ``succeeded_only`` is false."""
+        where = "node_id = ? AND status = 'succeeded'" if succeeded_only else "node_id = ?"
+        row = self._row(f"SELECT * FROM node_results WHERE {where} ORDER BY id DESC LIMIT 1", (node_id,))
+        return _node_result(row) if row else None
+
+    def latest_results(self) -> dict[str, NodeResult]:
+        """Node id -> its newest succeeded result, for every node that ever succeeded (one query)."""
+        rows = self._rows(
+            "SELECT r.* FROM node_results r JOIN (SELECT MAX(id) AS id FROM node_results WHERE status = 'succeeded'"
+            " GROUP BY node_id) m ON r.id = m.id")
+        return {row["node_id"]: _node_result(row) for row in rows}
+
+    def forget_node(self, node_id: str) -> int:
+        """Delete every result of a node (it will be planned as new); returns how many rows went."""
+        return self._exec("DELETE FROM node_results WHERE node_id = ?", (node_id,)).rowcount
+
+    # --- runs ------------------------------------------------------------------------------------
+
+    def start_run(self, run: Run) -> None:
+        self._exec(
+            "INSERT INTO runs (run_id, node_id, address, kind, fingerprint, params, status, attempt, started_at,"
+            " finished_at, host, pid, device, git_commit, git_dirty, metrics, log_uri, error)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (run.run_id, run.node_id, run.address, run.kind, run.fingerprint, _dump(run.params), run.status,
+             run.attempt, run.started_at or time.time(), run.finished_at, run.host, run.pid, run.device,
+             run.git_commit, int(run.git_dirty), _dump(run.metrics), run.log_uri, run.error))
+
+    def finish_run(self, run_id: str, status: RunStatus, metrics: dict[str, float] | None = None,
+                   error: str | None = None, log_uri: str | None = None, finished_at: float | None = None) -> None:
+        """Close a run: its final status, metrics, error and log; unknown ids are an error."""
+        cursor = self._exec(
+            "UPDATE runs SET status = ?, metrics = ?, error = ?, log_uri = COALESCE(?, log_uri), finished_at = ?"
+            " WHERE run_id = ?",
+            (status, _dump(metrics or {}), error, log_uri, finished_at or time.time(), run_id))
+        if cursor.rowcount == 0:
+            raise StateError.of(f"unknown run '{run_id}'")
+
+    def log_metrics(self, run_id: str, points: list[MetricPoint]) -> None:
+        """Store metric values of a run (a value logged again at the same step replaces the old one)."""
+        for point in points:
+            if point.run_id != run_id:
+                raise ValueError(f"metric point of run {point.run_id!r} logged under run {run_id!r}")
+        try:
+            with self.transaction():
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO metrics (run_id, name, step, value) VALUES (?,?,?,?)",
+                    [(run_id, p.name, p.step, p.value) for p in points])
+        except sqlite3.IntegrityError as exc:
+            raise StateError.of(f"cannot log metrics of unknown run '{run_id}'") from exc
+
+    def get_run(self, run_id: str) -> Run | None:
+        row = self._row("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        return _run(row) if row else None
+
+    def list_runs(self, address: str | None = None, limit: int = 100) -> list[Run]:
+        """The newest runs first, optionally of one resource address."""
+        if address is None:
+            rows = self._rows("SELECT * FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,))
+        else:
+            rows = self._rows("SELECT * FROM runs WHERE address = ? ORDER BY started_at DESC, rowid DESC LIMIT ?",
+                              (address, limit))
+        return [_run(row) for row in rows]
+
+    def metric_history(self, run_id: str) -> list[MetricPoint]:
+        """Every logged value of a run, by metric name then step."""
+        rows = self._rows("SELECT * FROM metrics WHERE run_id = ? ORDER BY name, step", (run_id,))
+        return [MetricPoint(row["run_id"], row["name"], row["step"], row["value"]) for row in rows]
+
+    # --- snapshots -------------------------------------------------------------------------------
+
+    def add_snapshot(self, snapshot: Snapshot) -> None:
+        self._exec(
+            "INSERT INTO snapshots (address, fingerprint, content_hash, artifact_uri, created_at) VALUES (?,?,?,?,?)",
+            (snapshot.address, snapshot.fingerprint, snapshot.content_hash, snapshot.artifact_uri,
+             snapshot.created_at or time.time()))
+
+    def latest_snapshot(self, address: str) -> Snapshot | None:
+        row = self._row("SELECT * FROM snapshots WHERE address = ? ORDER BY id DESC LIMIT 1", (address,))
+        return _snapshot(row) if row else None
+
+    def snapshots(self, address: str) -> list[Snapshot]:
+        """A dataset's snapshots, oldest first."""
+        return [_snapshot(row) for row in self._rows("SELECT * FROM snapshots WHERE address = ? ORDER BY id",
+                                                     (address,))]
+
+    # --- model versions --------------------------------------------------------------------------
+
+    def next_model_version(self, model: str) -> int:
+        """Reserve the next version number of ``model`` (1, 2, ...); a number is never handed out twice.
+
+        Call it inside the transaction that adds the version so a rollback releases the number; called
+        alone it commits at once and a version that is never added leaves a gap.
+        """
+        with self.transaction():
+            rows = self._conn.execute(
+                "INSERT INTO model_counters (model, last_version) VALUES (?, 1)"
+                " ON CONFLICT (model) DO UPDATE SET last_version = last_version + 1 RETURNING last_version",
+                (model,)).fetchall()
+            return int(rows[0][0])
+
+    def add_model_version(self, version: ModelVersion) -> None:
+        """Store a model version (its number from :meth:`next_model_version`); the number must be new."""
+        try:
+            with self.transaction():
+                self._conn.execute(
+                    "INSERT INTO model_versions (model, version, fingerprint, artifact_uri, run_id, metrics, params,"
+                    " code_hash, git_commit, data, status, reason, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (version.model, version.version, version.fingerprint, version.artifact_uri, version.run_id,
+                     _dump(version.metrics), _dump(version.params), version.code_hash, version.git_commit,
+                     _dump(version.data), version.status, version.reason, version.created_at or time.time()))
+                self._conn.execute(
+                    "INSERT INTO model_counters (model, last_version) VALUES (?, ?) ON CONFLICT (model)"
+                    " DO UPDATE SET last_version = MAX(last_version, excluded.last_version)",
+                    (version.model, version.version))
+        except sqlite3.IntegrityError as exc:
+            raise StateError.of(f"model '{version.model}' already has a version {version.version}") from exc
+
+    def model_versions(self, model: str) -> list[ModelVersion]:
+        """A model's versions, oldest first."""
+        return [_model_version(row) for row in
+                self._rows("SELECT * FROM model_versions WHERE model = ? ORDER BY version", (model,))]
+
+    def get_model_version(self, model: str, version: int) -> ModelVersion | None:
+        row = self._row("SELECT * FROM model_versions WHERE model = ? AND version = ?", (model, version))
+        return _model_version(row) if row else None
+
+    def set_model_version_status(self, model: str, version: int, status: VersionStatus, reason: str = "") -> None:
+        cursor = self._exec("UPDATE model_versions SET status = ?, reason = ? WHERE model = ? AND version = ?",
+                            (status, reason, model, version))
+        if cursor.rowcount == 0:
+            raise StateError.of(f"model '{model}' has no version {version}")
+
+    def models(self) -> list[str]:
+        """Names of the models that have at least one version, sorted."""
+        return [row[0] for row in self._rows("SELECT DISTINCT model FROM model_versions ORDER BY model")]
+
+    # --- gates -----------------------------------------------------------------------------------
+
+    def record_gate_decision(self, decision: GateDecision) -> None:
+        """Store a gate's decision on a version (the version must exist)."""
+        try:
+            self._exec(
+                "INSERT INTO gate_decisions (gate, model, version, status, checks, decided_at) VALUES (?,?,?,?,?,?)",
+                (decision.gate, decision.model, decision.version, decision.status, _dump(decision.checks),
+                 decision.decided_at or time.time()))
+        except sqlite3.IntegrityError as exc:
+            raise StateError.of(f"model '{decision.model}' has no version {decision.version}") from exc
+
+    def latest_gate_decision(self, gate: str, model: str, version: int | None = None) -> GateDecision | None:
+        """The newest decision of ``gate`` on that version (on any version of ``model`` when ``None``)."""
+        if version is None:
+            row = self._row("SELECT * FROM gate_decisions WHERE gate = ? AND model = ? ORDER BY id DESC LIMIT 1",
+                            (gate, model))
+        else:
+            row = self._row("SELECT * FROM gate_decisions WHERE gate = ? AND model = ? AND version = ?"
+                            " ORDER BY id DESC LIMIT 1", (gate, model, version))
+        return _gate_decision(row) if row else None
+
+    def add_approval(self, approval: Approval) -> bool:
+        """Record an approval; idempotent per (gate, model, version, approver). True when it is new."""
+        try:
+            cursor = self._exec(
+                "INSERT OR IGNORE INTO approvals (gate, model, version, approver, approved_at) VALUES (?,?,?,?,?)",
+                (approval.gate, approval.model, approval.version, approval.approver,
+                 approval.approved_at or time.time()))
+        except sqlite3.IntegrityError as exc:
+            raise StateError.of(f"model '{approval.model}' has no version {approval.version}") from exc
+        return cursor.rowcount == 1
+
+    def approvals(self, gate: str, model: str, version: int) -> list[Approval]:
+        """The approvals of one version behind a gate, oldest first."""
+        rows = self._rows("SELECT * FROM approvals WHERE gate = ? AND model = ? AND version = ?"
+                          " ORDER BY approved_at, approver", (gate, model, version))
+        return [Approval(row["gate"], row["model"], row["version"], row["approver"], row["approved_at"])
+                for row in rows]
+
+    # --- deployments -----------------------------------------------------------------------------
+
+    def set_deployment(self, deployment: DeploymentState) -> None:
+        """Create or replace a deployment's desired / live state."""
+        self._exec(
+            "INSERT INTO deployments (name, model, desired_version, live_version, status, updated_at)"
+            " VALUES (?,?,?,?,?,?) ON CONFLICT (name) DO UPDATE SET model = excluded.model,"
+            " desired_version = excluded.desired_version, live_version = excluded.live_version,"
+            " status = excluded.status, updated_at = excluded.updated_at",
+            (deployment.name, deployment.model, deployment.desired_version, deployment.live_version,
+             deployment.status, deployment.updated_at or time.time()))
+
+    def get_deployment(self, name: str) -> DeploymentState | None:
+        row = self._row("SELECT * FROM deployments WHERE name = ?", (name,))
+        return _deployment(row) if row else None
+
+    def deployments(self) -> list[DeploymentState]:
+        return [_deployment(row) for row in self._rows("SELECT * FROM deployments ORDER BY name")]
+
+    # --- hash cache ------------------------------------------------------------------------------
+
+    def cached_hash(self, path: str, size: int, mtime_ns: int, inode: int) -> str | None:
+        """The sha256 stored for ``path`` if its size, mtime and inode still match, else ``None``."""
+        row = self._row("SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ? AND inode = ?",
+                        (path, size, mtime_ns, inode))
+        return str(row[0]) if row else None
+
+    def cached_hashes_under(self, directory: str) -> dict[str, tuple[int, int, int, str]]:
+        """Every cached entry below ``directory`` (an absolute path): path -> (size, mtime_ns, inode, sha256)."""
+        prefix = directory.rstrip("/") + "/"
+        rows = self._rows("SELECT * FROM file_hashes WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + "0"))
+        return {row["path"]: (row["size"], row["mtime_ns"], row["inode"], row["sha256"]) for row in rows}
+
+    def store_hash(self, path: str, size: int, mtime_ns: int, inode: int, sha256: str) -> None:
+        self.store_hashes([(path, size, mtime_ns, inode, sha256)])
+
+    def store_hashes(self, entries: Iterable[tuple[str, int, int, int, str]]) -> None:
+        """Store many ``(path, size, mtime_ns, inode, sha256)`` entries in one transaction."""
+        rows = list(entries)
+        if not rows:
+            return
+        with self.transaction():
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, inode, sha256) VALUES (?,?,?,?,?)", rows)
+
+
+# --- rows -> records -----------------------------------------------------------------------------
+
+def _node_result(row: sqlite3.Row) -> NodeResult:
+    return NodeResult(
+        node_id=row["node_id"], address=row["address"], kind=row["kind"], fingerprint=row["fingerprint"],
+        config=_load(row["config"]), code_hash=row["code_hash"], data_hash=row["data_hash"],
+        upstream=_load(row["upstream"]), status=cast(RunStatus, row["status"]), outputs=_load(row["outputs"]),
+        run_id=row["run_id"], finished_at=row["finished_at"])
+
+
+def _run(row: sqlite3.Row) -> Run:
+    return Run(
+        run_id=row["run_id"], node_id=row["node_id"], address=row["address"], kind=row["kind"],
+        fingerprint=row["fingerprint"], params=_load(row["params"]), status=cast(RunStatus, row["status"]),
+        attempt=row["attempt"], started_at=row["started_at"], finished_at=row["finished_at"], host=row["host"],
+        pid=row["pid"], device=row["device"], git_commit=row["git_commit"], git_dirty=bool(row["git_dirty"]),
+        metrics=_load(row["metrics"]), log_uri=row["log_uri"], error=row["error"])
+
+
+def _snapshot(row: sqlite3.Row) -> Snapshot:
+    return Snapshot(address=row["address"], fingerprint=row["fingerprint"], content_hash=row["content_hash"],
+                    artifact_uri=row["artifact_uri"], created_at=row["created_at"])
+
+
+def _model_version(row: sqlite3.Row) -> ModelVersion:
+    return ModelVersion(
+        model=row["model"], version=row["version"], fingerprint=row["fingerprint"], artifact_uri=row["artifact_uri"],
+        run_id=row["run_id"], metrics=_load(row["metrics"]), params=_load(row["params"]),
+        code_hash=row["code_hash"], git_commit=row["git_commit"], data=_load(row["data"]),
+        status=cast(VersionStatus, row["status"]), reason=row["reason"], created_at=row["created_at"])
+
+
+def _gate_decision(row: sqlite3.Row) -> GateDecision:
+    return GateDecision(gate=row["gate"], model=row["model"], version=row["version"],
+                        status=cast(GateStatus, row["status"]), checks=_load(row["checks"]),
+                        decided_at=row["decided_at"])
+
+
+def _deployment(row: sqlite3.Row) -> DeploymentState:
+    return DeploymentState(name=row["name"], model=row["model"], desired_version=row["desired_version"],
+                           live_version=row["live_version"], status=row["status"], updated_at=row["updated_at"])

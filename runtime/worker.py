@@ -1,0 +1,150 @@
+"""What runs inside a Ray task: import the user's callable, give it a RunContext, store what it made.
+
+Everything here executes in a Ray worker process. It returns a plain dict (never raises for a
+failure of the user's code) so the driver can record the log and decide about retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import logging
+import os
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.context import RunContext, TrainResult
+
+_LOADED_CODE: dict[str, str] = {}
+"""module name -> code hash it was imported at (a worker process is reused across applies)."""
+
+
+@dataclass
+class TaskSpec:
+    """The picklable description of one node's work."""
+
+    node_id: str
+    kind: str
+    """transform | trial | evaluate"""
+    target: str
+    """``module:function``"""
+    code_hash: str | None
+    repo_root: str
+    artifact_root: str
+    inputs: dict[str, str]
+    """Input name -> artifact URI (a file, or ``dir:`` for a directory)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    gpus: float = 0.0
+    model_uri: str | None = None
+    run_id: str = ""
+
+
+def _import(target: str, code_hash: str | None, repo_root: str) -> Any:
+    module_name, _, function = target.partition(":")
+    if repo_root not in sys.path:
+        sys.path.insert(0, repo_root)
+    module = sys.modules.get(module_name)
+    if module is None:
+        module = importlib.import_module(module_name)
+    elif _LOADED_CODE.get(module_name) != code_hash:
+        module = importlib.reload(module)
+    _LOADED_CODE[module_name] = code_hash or ""
+    return getattr(module, function)
+
+
+def _device(gpus: float) -> str:
+    if gpus <= 0:
+        return "cpu"
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover
+        return "cpu"
+
+
+def _input_path(store: Any, uri: str, scratch: Path) -> Path:
+    """A readable path for an input artifact: the store's own copy when local, else a fresh download."""
+    from runtime.artifacts import parse_uri
+
+    local = store.local_path(uri)
+    if local is not None:
+        return Path(local)
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    is_dir, _ = parse_uri(uri)
+    return Path(store.materialize_dir(uri, scratch) if is_dir else store.get_file(uri, scratch))
+
+
+def run_task(spec: TaskSpec) -> dict[str, Any]:
+    """Run one transform, trial or evaluation; store its outputs; return what the driver records."""
+    from runtime.artifacts import ArtifactStore
+
+    store = ArtifactStore(spec.artifact_root)
+    started = time.time()
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root_logger = logging.getLogger()
+    root_logger.addHandler(handler)
+    result: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "device": _device(spec.gpus),
+                              "started_at": started}
+    with tempfile.TemporaryDirectory(prefix="mlops-run-") as scratch:
+        output_dir = Path(scratch) / "output"
+        output_dir.mkdir()
+        model_path = None
+        if spec.model_uri:
+            model_path = Path(scratch) / "model.pt"
+            store.get_file(spec.model_uri, model_path)
+        inputs = {name: _input_path(store, uri, Path(scratch) / "inputs" / name) for name, uri in spec.inputs.items()}
+        ctx = RunContext(inputs=inputs, output_dir=output_dir,
+                         params=dict(spec.params), seed=spec.seed, device=result["device"], model_path=model_path,
+                         logger=logging.getLogger(f"mlops.run.{spec.node_id}"))
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                ctx.seed_everything()
+                function = _import(spec.target, spec.code_hash, spec.repo_root)
+                returned = function(ctx)
+                result.update(_store_outputs(spec, ctx, returned, store))
+            result["status"] = "succeeded"
+        except Exception as exc:  # noqa: BLE001 - the user's code failed: report it, the driver retries
+            log.write(traceback.format_exc())
+            result["status"] = "failed"
+            result["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            root_logger.removeHandler(handler)
+        result["steps"] = [(name, step, value) for name, series in ctx.metrics.items() for step, value in series]
+        result["log_uri"] = store.put_bytes(log.getvalue().encode())
+        result["finished_at"] = time.time()
+    return result
+
+
+def _store_outputs(spec: TaskSpec, ctx: RunContext, returned: Any, store: Any) -> dict[str, Any]:
+    last = {name: series[-1][1] for name, series in ctx.metrics.items() if series}
+    if spec.kind == "transform":
+        files = [p for p in ctx.output_dir.rglob("*") if p.is_file()]
+        if not files:
+            raise RuntimeError(f"transform {spec.target} wrote nothing into ctx.output_dir")
+        return {"artifact": store.put_dir(ctx.output_dir), "metrics": last}
+    if spec.kind == "trial":
+        if isinstance(returned, TrainResult):
+            model, metrics = returned.model, dict(returned.metrics)
+        elif isinstance(returned, tuple) and len(returned) == 2:
+            model, metrics = returned
+        else:
+            raise TypeError(f"{spec.target} must return TrainResult(model=..., metrics={{...}}), "
+                            f"got {type(returned).__name__}")
+        uri = store.put_file(Path(model)) if isinstance(model, str | Path) else store.save_model(model)
+        return {"artifact": uri, "metrics": {**last, **{k: float(v) for k, v in metrics.items()}}}
+    if spec.kind == "evaluate":
+        if not isinstance(returned, dict):
+            raise TypeError(f"{spec.target} must return a dict of metrics, got {type(returned).__name__}")
+        return {"metrics": {**last, **{k: float(v) for k, v in returned.items()}}}
+    raise ValueError(f"unknown task kind {spec.kind}")
