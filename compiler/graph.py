@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -56,29 +57,42 @@ class Node:
         return out
 
 
-@dataclass
 class Graph:
-    """The DAG (node ids as networkx nodes, :class:`Node` under the ``node`` attribute)."""
+    """The DAG (node ids as networkx nodes, :class:`Node` under the ``node`` attribute).
 
-    dag: nx.DiGraph
+    A built graph is not changed afterwards, so its order and address index are computed once.
+    """
+
+    def __init__(self, dag: nx.DiGraph) -> None:
+        self.dag = dag
 
     def node(self, node_id: str) -> Node:
         node: Node = self.dag.nodes[node_id]["node"]
         return node
 
-    def nodes(self) -> list[Node]:
-        """Every node in a stable topological order."""
+    @cached_property
+    def _order(self) -> list[Node]:
         return [self.node(n) for n in nx.lexicographical_topological_sort(self.dag)]
 
+    @cached_property
+    def _by_address(self) -> dict[str, list[Node]]:
+        index: dict[str, list[Node]] = {}
+        for node in self._order:
+            index.setdefault(node.address, []).append(node)
+        return index
+
+    def nodes(self) -> list[Node]:
+        """Every node in a stable topological order."""
+        return list(self._order)
+
     def by_address(self, address: str) -> list[Node]:
-        return [n for n in self.nodes() if n.address == address]
+        return list(self._by_address.get(address, []))
 
     def downstream(self, node_id: str) -> set[str]:
         return set(nx.descendants(self.dag, node_id))
 
     def to_json(self) -> dict[str, Any]:
-        nodes = self.nodes()
-        return {"nodes": [n.to_json() for n in nodes],
+        return {"nodes": [n.to_json() for n in self._order],
                 "edges": sorted([a, b] for a, b in self.dag.edges)}
 
 
@@ -114,10 +128,10 @@ def _add_datasets(b: _Builder) -> None:
         dataset = spec.datasets[name]
         address = f"datasets.{name}"
         if dataset.path is not None:
-            config: dict[str, Any] = {"path": dataset.path, "format": dataset.resolved_format(),
-                                      "schema": dataset.schema_}
-            node = Node(f"{address}/snapshot", "snapshot", address, config,
-                        data_hash=b.data_hasher(b.project.dataset_path(name)))
+            path = b.project.dataset_path(name)
+            form = dataset.resolved_format() or ("dir" if path.is_dir() else None)
+            config: dict[str, Any] = {"path": dataset.path, "format": form, "schema": dataset.schema_}
+            node = Node(f"{address}/snapshot", "snapshot", address, config, data_hash=b.data_hasher(path))
             b.output_of[address] = b.add(node, []).id
     for name in order:
         dataset = spec.datasets[name]

@@ -148,7 +148,7 @@ def _check_paths(project: Project) -> list[Diagnostic]:
             out.append(_problem(project, address, ("path",), f"path '{raw}' leaves the repository"))
         elif not target.exists():
             out.append(_problem(project, address, ("path",), f"path '{raw}' does not exist"))
-        elif dataset.resolved_format() == "dir" and not target.is_dir():
+        elif dataset.format == "dir" and not target.is_dir():
             out.append(_problem(project, address, ("path",), f"path '{raw}' is a file but format is 'dir'"))
     return out
 

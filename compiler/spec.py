@@ -150,11 +150,13 @@ class Dataset(Strict):
         return bool(self.pii)
 
     def resolved_format(self) -> str | None:
-        """The declared format, else one guessed from the path's suffix."""
+        """The declared format, else the path's known suffix; ``None`` when neither says (the snapshot
+        step tells a directory from an opaque file by looking)."""
         if self.format or self.path is None:
             return self.format
-        suffix = self.path.rsplit(".", 1)[-1].lower() if "." in self.path.rsplit("/", 1)[-1] else ""
-        return {"csv": "csv", "parquet": "parquet", "jsonl": "jsonl", "npy": "npy"}.get(suffix, "dir")
+        last = self.path.rstrip("/").rsplit("/", 1)[-1]
+        suffix = last.rsplit(".", 1)[-1].lower() if "." in last else ""
+        return suffix if suffix in ("csv", "parquet", "jsonl", "npy") else None
 
 
 class Objective(Strict):
