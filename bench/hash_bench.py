@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -71,43 +72,41 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "mlops-hash-bench")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-
-    data = args.dir / "data"
-    total = generate(data, args.size_mib)
+def run(repeat: int, size_mib: int = 1024, directory: Path | None = None) -> dict[str, Any]:
+    """Generate (or reuse) the file set and measure cold, warm and baseline hashing; medians."""
+    data = (directory or Path(tempfile.gettempdir()) / "mlops-hash-bench") / "data"
+    total = generate(data, size_mib)
     mb = total / 1e6
-    cold_cached, cold_disk, warm, baseline = [], [], [], []
+    cold_cached: list[float] = []
+    cold_disk: list[float] = []
+    warm: list[float] = []
+    baseline: list[float] = []
     expected = hash_path(data)
     with tempfile.TemporaryDirectory() as scratch:
-        for run in range(args.repeat):
+        for attempt in range(repeat):
             for evicted, into in ((False, cold_cached), (True, cold_disk)):
                 if evicted:
                     evict(data)
                 else:
                     hash_path(data)  # make sure the pages are in memory
-                with StateStore.open(Path(scratch) / f"cold-{run}-{evicted}.db") as store:
+                with StateStore.open(Path(scratch) / f"cold-{attempt}-{evicted}.db") as store:
                     hasher = CachedHasher(store)
                     into.append(timed(lambda h=hasher: h(data)))  # type: ignore[misc]
                     assert hasher(data) == expected and hasher.bytes_hashed == total
         state = Path(scratch) / "warm.db"
         with StateStore.open(state) as store:
             CachedHasher(store)(data)
-        for _ in range(args.repeat):
-            def warm_pass() -> None:
-                with StateStore.open(state) as store:
-                    hasher = CachedHasher(store)
-                    assert hasher(data) == expected and hasher.files_hashed == 0
-            warm.append(timed(warm_pass))
-        for _ in range(args.repeat):
-            baseline.append(timed(lambda: hash_path(data)))
 
-    results = {
+        def warm_pass() -> None:
+            with StateStore.open(state) as store:
+                hasher = CachedHasher(store)
+                assert hasher(data) == expected and hasher.files_hashed == 0
+
+        for _ in range(repeat):
+            warm.append(timed(warm_pass))
+        for _ in range(repeat):
+            baseline.append(timed(lambda: hash_path(data)))
+    return {
         "bytes": total,
         "files": sum(1 for _ in data.rglob("*.bin")),
         "cold_page_cache_s": statistics.median(cold_cached),
@@ -116,15 +115,31 @@ def main() -> None:
         "cold_from_disk_mb_per_s": mb / statistics.median(cold_disk),
         "warm_s": statistics.median(warm),
         "baseline_hash_path_mb_per_s": mb / statistics.median(baseline),
-        "repeat": args.repeat,
+        "repeat": repeat,
     }
-    print(f"file set: {results['files']} files, {mb:,.0f} MB under {data}")
-    print(f"cold, pages cached : {results['cold_page_cache_mb_per_s']:8.0f} MB/s  "
-          f"({results['cold_page_cache_s']:.3f} s)   target >= {TARGET_COLD_MBPS:.0f} MB/s")
-    print(f"cold, from disk    : {results['cold_from_disk_mb_per_s']:8.0f} MB/s  ({results['cold_from_disk_s']:.3f} s)")
-    print(f"warm (cached) pass : {results['warm_s'] * 1000:8.1f} ms  (open the state + look up every file)")
-    print(f"baseline hash_path : {results['baseline_hash_path_mb_per_s']:8.0f} MB/s  (no cache)")
-    print(f"medians of {args.repeat} runs")
+
+
+def markdown(results: dict[str, Any]) -> str:
+    cold = results["cold_page_cache_mb_per_s"]
+    return "\n".join([
+        "| measurement | median | target | met |", "|---|---|---|---|",
+        f"| cold hashing, {results['files']:,} files / {results['bytes'] / 2**30:.2f} GiB, pages cached | "
+        f"{cold:,.0f} MB/s | ≥ {TARGET_COLD_MBPS:.0f} MB/s | {'yes' if cold >= TARGET_COLD_MBPS else 'NO'} |",
+        f"| cold hashing, evicted from the page cache | {results['cold_from_disk_mb_per_s']:,.0f} MB/s | | |",
+        f"| warm pass (open state, look up every file; no data read) | {results['warm_s'] * 1000:.1f} ms | | |",
+        f"| plain `hash_path`, no cache (reference) | {results['baseline_hash_path_mb_per_s']:,.0f} MB/s | | |",
+    ]) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "mlops-hash-bench")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results = run(args.repeat, args.size_mib, args.dir)
+    print(markdown(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
