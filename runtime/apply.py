@@ -96,13 +96,13 @@ class Executor:
         in_flight: dict[Any, _Attempt] = {}
         remaining = {c.node_id for c in todo}
         if any(self.graph.node(c.node_id).kind in REMOTE_KINDS for c in todo):
-            ray_backend.connect(self.project.spec.cluster.address)
+            ray_backend.connect(self._cluster_address())
         while remaining:
             progressed = False
+            active = {a.node.id for a in in_flight.values()} | {w[1].id for w in waiting}
             for change in todo:
                 node_id = change.node_id
-                if node_id not in remaining or any(a.node.id == node_id for a in in_flight.values()) \
-                        or any(w[1].id == node_id for w in waiting):
+                if node_id not in remaining or node_id in active:
                     continue
                 state = self._upstream_state(node_id, changes)
                 if state == "wait":
@@ -119,6 +119,7 @@ class Executor:
                         continue
                     attempt = self._submit(node, 1)
                     in_flight[attempt.ref] = attempt
+                    active.add(node_id)
                 else:
                     self._run_local(node)
                     remaining.discard(node_id)
@@ -159,6 +160,15 @@ class Executor:
         for node_id in remaining:
             self._finish(node_id, "skipped", "not reachable")
         return self.result
+
+    def _cluster_address(self) -> str | None:
+        """The spec's ``cluster.address``, else the local cluster ``mlops up`` started, else none (embedded)."""
+        from runtime import cluster
+
+        if self.project.spec.cluster.address:
+            return self.project.spec.cluster.address
+        local = cluster.running(self.workspace.state_path)
+        return local.address if local else None
 
     def _upstream_state(self, node_id: str, changes: dict[str, NodeChange]) -> str:
         for parent in self.graph.dag.predecessors(node_id):
@@ -207,7 +217,8 @@ class Executor:
         inputs = {role: self._dataset_uri(name) for role, name in model.data.items()}
         if node.kind == "trial":
             return TaskSpec(node.id, "trial", model.train, node.code_hash, root, self.workspace.artifact_root,
-                            inputs, dict(node.config["params"]), model.seed, model.resources.gpus, run_id=run_id)
+                            inputs, dict(node.config["params"]), model.seed, model.resources.gpus, run_id=run_id,
+                            workers=model.resources.workers)
         chosen = self._model_output(node)
         return TaskSpec(node.id, "evaluate", model.evaluate or "", node.code_hash, root,
                         self.workspace.artifact_root, inputs, dict(chosen.get("params", {})), model.seed,
@@ -244,7 +255,7 @@ class Executor:
         self.store.log_metrics(attempt.run.run_id, [MetricPoint(attempt.run.run_id, n, int(s), float(v))
                                                    for n, s, v in outcome.get("steps", [])])
         self.store.finish_run(attempt.run.run_id, status, metrics, outcome.get("error"), outcome.get("log_uri"),
-                              outcome.get("finished_at", time.time()))
+                              outcome.get("finished_at", time.time()), outcome.get("device"))
         if status != "succeeded":
             if attempt.attempt <= self._retries(node):
                 delay = BACKOFF_SECONDS * 2 ** (attempt.attempt - 1)
@@ -312,6 +323,10 @@ class Executor:
         if decision.status == "failed":
             reasons = "; ".join(c["reason"] for c in decision.checks if not c["passed"])
             self.store.set_model_version_status(gate.model, version, "rejected", f"gates.{gate_name}: {reasons}")
+        elif decision.status == "passed":
+            current = self.store.get_model_version(gate.model, version)
+            if current is not None and current.status == "candidate":  # a rejection by another gate stands
+                self.store.set_model_version_status(gate.model, version, "approved", f"passed gates.{gate_name}")
         outputs = {"status": decision.status, "version": version, "checks": decision.checks}
         self.outputs[node.id] = outputs
         self.store.record_result(self._result(node, outputs))
@@ -336,16 +351,19 @@ class Executor:
         return None
 
     def _local_deploy(self, node: Node) -> dict[str, Any]:
+        """Serve the version the spec pins, else a rollback's pin while no newer version passed the gates,
+        else the newest version that passed them."""
         name = node.address.split(".", 1)[1]
         deployment = self.project.spec.deployments[name]
-        version = deployment.version or int(self.outputs[self._model_final(deployment.model)]["version"])
-        if self.store.get_model_version(deployment.model, version) is None:
-            raise RuntimeError(f"models.{deployment.model} has no version {version}")
+        newest = int(self.outputs[self._model_final(deployment.model)]["version"])
         previous = self.store.get_deployment(name)
-        self.store.set_deployment(DeploymentState(name, deployment.model, version,
-                                                  previous.live_version if previous else None, "promoted",
-                                                  time.time()))
-        return {"version": version}
+        pin: tuple[int | None, str] | None = None
+        version = deployment.version or newest
+        if deployment.version is None and previous is not None and previous.pinned_version is not None \
+                and newest <= (previous.desired_version or 0):
+            version = previous.pinned_version
+            pin = (previous.desired_version, previous.pin_reason or "rollback")
+        return deploy_version(self.workspace, self.store, name, version, pin=pin, graph=self.graph)
 
     def _local_monitor(self, node: Node) -> dict[str, Any]:
         return {"deployment": node.config["deployment"]}
@@ -379,6 +397,7 @@ class Executor:
         name = node.address.split(".", 1)[1]
         model = self.project.spec.models[name]
         version = self.store.next_model_version(name)
+        self.store.consume_retrain_requests(name, version)
         lineage = {}
         for dataset_name in dict.fromkeys(model.data.values()):
             for data_node in self.graph.by_address(f"datasets.{dataset_name}"):
@@ -390,3 +409,72 @@ class Executor:
             self.provenance.commit, lineage, "candidate", "", time.time()))
         return version
 
+
+def connect_for_serving(workspace: Workspace, project: Any) -> int:
+    """Join the cluster that hosts Serve and return its HTTP port.
+
+    ``cluster.address`` wins; else the local cluster ``mlops up`` started (started now if none is
+    running, so deployments outlive this process); a process already connected to Ray (tests, the
+    reconciler) keeps its connection.
+    """
+    import os
+
+    import ray
+
+    from runtime import cluster
+
+    port = int(os.environ.get("MLOPS_SERVE_PORT", cluster.DEFAULT_SERVE_PORT))
+    if ray.is_initialized():
+        local = cluster.running(workspace.state_path)
+        return local.serve_port if local else port
+    if project.spec.cluster.address:
+        ray_backend.connect(project.spec.cluster.address)
+        return port
+    local = cluster.running(workspace.state_path) or cluster.up(workspace.state_path)
+    ray_backend.connect(local.address)
+    return local.serve_port
+
+
+def deploy_version(workspace: Workspace, store: StateStore, name: str, version: int,
+                   pin: tuple[int | None, str] | None = None, graph: Graph | None = None) -> dict[str, Any]:
+    """Make ``version`` the one deployment ``name`` serves, and record it.
+
+    A realtime deployment is rolled out on Ray Serve (blue/green; a failed start leaves the old version
+    serving and raises). ``pin`` = (the version rolled back from, why) marks a rollback: it is kept
+    until a version newer than the one rolled back from passes the gates.
+    """
+    project = workspace.project
+    deployment = project.spec.deployments[name]
+    model_version = store.get_model_version(deployment.model, version)
+    if model_version is None:
+        raise RuntimeError(f"models.{deployment.model} has no version {version}")
+    previous = store.get_deployment(name)
+    live_version = previous.live_version if previous else None
+    desired = pin[0] if pin is not None and pin[0] is not None else version
+    outputs: dict[str, Any] = {"version": version, "mode": deployment.mode}
+    if deployment.mode == "realtime":
+        from runtime import serving
+
+        route = deployment.route or f"/{name}"
+        model = project.spec.models[deployment.model]
+        trial_code = model_version.code_hash
+        if graph is not None:
+            trial_code = next((n.code_hash for n in graph.by_address(f"models.{deployment.model}")
+                               if n.kind == "trial"), trial_code)
+        spec = serving.ServeSpec(name, version, model.train, trial_code, str(project.root), workspace.artifact_root,
+                                 model_version.artifact_uri, dict(model_version.params))
+        port = connect_for_serving(workspace, project)
+        try:
+            serving.deploy(spec, route, deployment.replicas, deployment.resources.cpus, deployment.resources.gpus,
+                           port)
+        except serving.RolloutFailed as failed:
+            store.set_deployment(DeploymentState(name, deployment.model, desired, live_version,
+                                                 "Degraded: rollout failed", time.time(),
+                                                 previous.pinned_version if previous else None,
+                                                 previous.pin_reason if previous else None))
+            raise RuntimeError(f"rollout of version {version} failed, version {live_version} keeps serving: "
+                               f"{failed}") from failed
+        outputs.update(route=route, url=f"http://127.0.0.1:{port}{route}")
+    store.set_deployment(DeploymentState(name, deployment.model, desired, version, "Healthy", time.time(),
+                                         version if pin is not None else None, pin[1] if pin else None))
+    return outputs

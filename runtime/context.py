@@ -8,6 +8,13 @@ Signatures of the callables named in ``mlops.yaml``::
 
 ``ctx.inputs`` maps each input to the path of its data: for a transform the names in ``from``,
 for a trainer or evaluator the roles in ``data`` (``train``, ``eval``, ...).
+
+A model with ``resources.workers: N > 1`` trains through Ray Train: ``train(ctx)`` runs on N
+workers at once, each with ``ctx.rank`` (0 .. N-1) and ``ctx.world_size`` (N) set and
+``torch.distributed`` initialised (gloo on CPU, nccl on GPU) and the same seed. Wrap the model with
+``ray.train.torch.prepare_model`` (DDP) and shard the data by rank; only rank 0's returned
+``TrainResult`` and its ``ctx.log_metric`` values are kept. A trainer written like this also runs
+with ``workers: 1`` when it only does the distributed parts under ``if ctx.world_size > 1:``.
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ class RunContext:
     """For an evaluator: the trained model's artifact."""
     metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("mlops.run"))
+    world_size: int = 1
+    """How many workers run this trainer at once (``resources.workers``); 1 outside distributed training."""
+    rank: int = 0
+    """This worker's rank, 0 .. ``world_size - 1``; rank 0's result and metrics are the ones kept."""
 
     def log_metric(self, name: str, value: float, step: int | None = None) -> None:
         """Record one value of a metric; ``step`` defaults to the next step of that metric."""

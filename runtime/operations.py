@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from compiler import build_graph
 from compiler.errors import MlopsError
@@ -23,7 +24,7 @@ from runtime.plan import GateView, Plan, make_plan
 from runtime.provenance import provenance
 from runtime.state import audit
 from runtime.state.lock import acquire
-from runtime.state.records import Approval
+from runtime.state.records import Approval, NodeResult
 from runtime.state.store import StateStore
 from runtime.workspace import Workspace
 
@@ -73,7 +74,63 @@ def plan_project(project: Project, store: StateStore, targets: list[str] | None 
     if unknown:
         raise MlopsError.one(f"--target {unknown[0]}: no such resource")
     graph = build_graph(project, data_hasher=CachedHasher(store))
-    return graph, make_plan(graph, store.latest_results(), gate_views(project, graph, store), targets)
+    recorded = store.latest_results()
+    forced = {**retrain_requests(project, graph, store), **serving_drift(project, graph, store, recorded)}
+    return graph, make_plan(graph, recorded, gate_views(project, graph, store), targets, forced)
+
+
+def retrain_requests(project: Project, graph: Graph, store: StateStore) -> dict[str, str]:
+    """Trials of models a monitor asked to retrain: ``monitor breach: monitors.x``."""
+    forced = {}
+    for request in store.open_retrain_requests():
+        for node in graph.by_address(f"models.{request.model}"):
+            if node.kind == "trial":
+                forced[node.id] = f"monitor breach: {request.reason}"
+    return forced
+
+
+def serving_drift(project: Project, graph: Graph, store: StateStore,
+                  recorded: dict[str, NodeResult]) -> dict[str, str]:
+    """Realtime deployments whose live state in Ray Serve differs from the record (deleted or changed
+    behind the tool's back). Serve is asked only when this process can reach it."""
+    from runtime import cluster
+
+    realtime = {name for name, d in project.spec.deployments.items() if d.mode == "realtime"}
+    if not realtime:
+        return {}
+    workspace = Workspace.of(project)
+    if not _serve_reachable(project, workspace, cluster.running(workspace.state_path)):
+        return {}
+    from runtime import serving
+
+    forced = {}
+    for name in sorted(realtime):
+        node_id = f"deployments.{name}/deploy"
+        result = recorded.get(node_id)
+        state = store.get_deployment(name)
+        if result is None or state is None or state.live_version is None:
+            continue
+        live = serving.live(name)
+        if live is None:
+            forced[node_id] = f"live state differs: deployments.{name} is not running in Ray Serve"
+        elif live.version != state.live_version:
+            forced[node_id] = (f"live state differs: Ray Serve runs version {live.version} of deployments.{name}, "
+                               f"expected {state.live_version}")
+    return forced
+
+
+def _serve_reachable(project: Project, workspace: Workspace, local: Any) -> bool:
+    import ray
+
+    from runtime import ray_backend
+
+    if ray.is_initialized():
+        return True
+    address = project.spec.cluster.address or (local.address if local else None)
+    if address is None:
+        return False
+    ray_backend.connect(address)
+    return True
 
 
 @dataclass
@@ -130,3 +187,56 @@ def approve(project: Project, gate_name: str, version: int, by: str | None = Non
             audit.append(store, approver, "approve", {"gate": f"gates.{gate_name}", "model": gate.model,
                                                       "version": version}, origin.commit)
     return approval
+
+
+@dataclass
+class RollbackOutcome:
+    deployment: str
+    model: str
+    from_version: int | None
+    to_version: int
+    permanent_change: str
+    """The spec change that makes the rollback last (GitOps: a pull request that pins the version)."""
+
+
+def rollback_target(project: Project, store: StateStore, deployment: str, to: int | None) -> int:
+    """``to``, or the newest version before the live one that passed every gate in front of the deployment."""
+    spec = project.spec.deployments[deployment]
+    state = store.get_deployment(deployment)
+    current = state.live_version if state else None
+    if to is not None:
+        if store.get_model_version(spec.model, to) is None:
+            raise MlopsError.one(f"models.{spec.model} has no version {to}", address=f"deployments.{deployment}")
+        return to
+    for version in sorted((v.version for v in store.model_versions(spec.model)), reverse=True):
+        if current is not None and version >= current:
+            continue
+        decisions = [store.latest_gate_decision(g, spec.model, version) for g in spec.gates]
+        if all(d is not None and d.status == "passed" for d in decisions):
+            return version
+    raise MlopsError.one(f"no earlier version of models.{spec.model} passed the gates of deployments.{deployment}",
+                         address=f"deployments.{deployment}")
+
+
+def rollback(project: Project, deployment: str, to: int | None = None, reason: str = "manual rollback",
+             store: StateStore | None = None) -> RollbackOutcome:
+    """Serve an earlier version now; it stays until a newer version passes the gates or the spec pins one."""
+    if deployment not in project.spec.deployments:
+        from compiler.suggest import did_you_mean
+
+        raise MlopsError.one(f"unknown deployment '{deployment}'{did_you_mean(deployment, project.spec.deployments)}")
+    if store is None:
+        with opened(project) as (_, own):
+            return rollback(project, deployment, to, reason, own)
+    from runtime.apply import deploy_version
+
+    spec = project.spec.deployments[deployment]
+    origin = provenance(project.root)
+    target = rollback_target(project, store, deployment, to)
+    state = store.get_deployment(deployment)
+    previous = state.live_version if state else None
+    deploy_version(Workspace.of(project), store, deployment, target, pin=(previous, reason))
+    audit.append(store, origin.actor, "rollback", {"deployment": f"deployments.{deployment}", "model": spec.model,
+                                                   "from": previous, "to": target, "reason": reason}, origin.commit)
+    return RollbackOutcome(deployment, spec.model, previous, target,
+                           f"set `deployments.{deployment}.version: {target}` in {project.spec_path.name}")

@@ -176,8 +176,14 @@ def _strongest(actions: Iterable[Action]) -> Action:
 
 
 def make_plan(graph: Graph, recorded: dict[str, NodeResult], gates: dict[str, GateView],
-              targets: list[str] | None = None) -> Plan:
-    """Compare ``graph`` with the recorded node results; ``gates`` holds each gate's latest decision."""
+              targets: list[str] | None = None, forced: dict[str, str] | None = None) -> Plan:
+    """Compare ``graph`` with the recorded node results; ``gates`` holds each gate's latest decision.
+
+    ``forced`` maps node ids that must run again although their fingerprint is recorded to the reason
+    (``monitor breach: monitors.x``, ``live state differs: ...``). Whatever is downstream of a node
+    that runs again runs again too.
+    """
+    forced = forced or {}
     nodes = graph.nodes()
     selected = _targeted(graph, targets) if targets else None
     changes: dict[str, NodeChange] = {}
@@ -185,7 +191,18 @@ def make_plan(graph: Graph, recorded: dict[str, NodeResult], gates: dict[str, Ga
         if selected is not None and node.id not in selected:
             continue
         upstream = {p: graph.node(p).fingerprint for p in graph.dag.predecessors(node.id)}
-        changes[node.id] = _node_change(node, recorded.get(node.id), upstream, changes, gates)
+        change = _node_change(node, recorded.get(node.id), upstream, changes, gates)
+        if change.action == "no-op":
+            rerun = [changes[p].address for p in upstream
+                     if p in changes and changes[p].action in ("create", "replace")]
+            if node.id in forced:
+                change = NodeChange(node.id, node.address, node.kind, "replace", (forced[node.id],),
+                                    node.fingerprint, change.before)
+            elif rerun:
+                change = NodeChange(node.id, node.address, node.kind, "replace",
+                                    tuple(dict.fromkeys(f"upstream changed: {a}" for a in rerun if a != node.address))
+                                    or ("upstream runs again",), node.fingerprint, change.before)
+        changes[node.id] = change
     if selected is None:
         for node_id, result in sorted(recorded.items()):
             if node_id not in graph.dag:

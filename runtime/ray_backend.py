@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -9,6 +10,9 @@ from typing import Any
 from runtime.worker import TaskSpec, run_task
 
 _REMOTE: Any = None
+_DISTRIBUTED: set[str] = set()
+"""Ids of the running refs that coordinate a Ray Train run (cancelled gracefully, see :func:`cancel`)."""
+CANCEL_GRACE_S = 15.0
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -50,12 +54,24 @@ def _remote() -> Any:
 
 
 def submit(spec: TaskSpec, cpus: float, gpus: float, memory_bytes: int | None) -> Any:
-    """Run ``spec`` as a Ray task; a worker that dies is retried by Ray (``max_retries``)."""
+    """Run ``spec`` as a Ray task; a worker that dies is retried by Ray (``max_retries``).
+
+    A distributed trial (``spec.workers > 1``) asks these resources for each of its Ray Train
+    workers; its coordinating task holds none itself, so it cannot starve the workers it waits for.
+    """
+    if spec.workers > 1:
+        per_worker = {"CPU": cpus, **({"GPU": gpus} if gpus else {}),
+                      **({"memory": float(memory_bytes)} if memory_bytes else {})}
+        spec = dataclasses.replace(spec, worker_resources=per_worker)
+        cpus, gpus, memory_bytes = 0.0, 0.0, None
     options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 3, "retry_exceptions": False,
                                "name": spec.node_id}
     if memory_bytes:
         options["memory"] = memory_bytes
-    return _remote().options(**options).remote(spec)
+    ref = _remote().options(**options).remote(spec)
+    if spec.workers > 1:
+        _DISTRIBUTED.add(ref.hex())
+    return ref
 
 
 def wait(refs: Sequence[Any], timeout: float) -> tuple[list[Any], list[Any]]:
@@ -65,6 +81,9 @@ def wait(refs: Sequence[Any], timeout: float) -> tuple[list[Any], list[Any]]:
     if not refs:
         return [], []
     ready, pending = ray.wait(list(refs), num_returns=1, timeout=timeout)
+    if ready and pending:  # collect everything else that is already done, without waiting
+        more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+        ready += more
     return ready, pending
 
 
@@ -72,6 +91,7 @@ def result(ref: Any) -> dict[str, Any]:
     """The task's returned dict; a task whose worker kept dying becomes a failure dict."""
     import ray
 
+    _DISTRIBUTED.discard(ref.hex())
     try:
         value: dict[str, Any] = ray.get(ref)
         return value
@@ -80,6 +100,19 @@ def result(ref: Any) -> dict[str, Any]:
 
 
 def cancel(ref: Any) -> None:
+    """Stop a running task by killing its worker.
+
+    A distributed trial is interrupted first (``KeyboardInterrupt``: Ray Train aborts its run and
+    removes the workers' placement group) and killed only if it is still running after
+    ``CANCEL_GRACE_S``. Killed at once, its placement group would outlive it, holding the workers'
+    CPUs until the driver exits: Ray Train's own cleaner needs the dashboard, which is not started.
+    """
     import ray
 
+    if ref.hex() in _DISTRIBUTED:
+        _DISTRIBUTED.discard(ref.hex())
+        ray.cancel(ref, force=False)
+        ready, _ = ray.wait([ref], timeout=CANCEL_GRACE_S)
+        if ready:
+            return
     ray.cancel(ref, force=True)

@@ -45,6 +45,10 @@ class TaskSpec:
     gpus: float = 0.0
     model_uri: str | None = None
     run_id: str = ""
+    workers: int = 1
+    """More than 1: a trial trained by that many Ray Train workers (:mod:`runtime.distributed`)."""
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    """Ray resources of each worker of a distributed trial (``CPU``, ``GPU``, ``memory``); set on submit."""
 
 
 def _import(target: str, code_hash: str | None, repo_root: str) -> Any:
@@ -84,7 +88,23 @@ def _input_path(store: Any, uri: str, scratch: Path) -> Path:
 
 
 def run_task(spec: TaskSpec) -> dict[str, Any]:
-    """Run one transform, trial or evaluation; store its outputs; return what the driver records."""
+    """Run one transform, trial or evaluation; store its outputs; return what the driver records.
+
+    A trial with ``workers > 1`` is handed to :func:`runtime.distributed.run_distributed`, which runs
+    :func:`execute` on every Ray Train worker.
+    """
+    if spec.kind == "trial" and spec.workers > 1:
+        from runtime.distributed import run_distributed
+
+        return run_distributed(spec)
+    return execute(spec)
+
+
+def execute(spec: TaskSpec, rank: int = 0, world_size: int = 1, device: str | None = None) -> dict[str, Any]:
+    """Run the user's callable once in this process and store what it made (rank 0 only when distributed).
+
+    With ``world_size > 1`` the log is returned as text (``log``) rather than stored.
+    """
     from runtime.artifacts import ArtifactStore
 
     store = ArtifactStore(spec.artifact_root)
@@ -94,8 +114,8 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root_logger = logging.getLogger()
     root_logger.addHandler(handler)
-    result: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "device": _device(spec.gpus),
-                              "started_at": started}
+    result: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(),
+                              "device": device or _device(spec.gpus), "started_at": started}
     with tempfile.TemporaryDirectory(prefix="mlops-run-") as scratch:
         output_dir = Path(scratch) / "output"
         output_dir.mkdir()
@@ -106,13 +126,14 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
         inputs = {name: _input_path(store, uri, Path(scratch) / "inputs" / name) for name, uri in spec.inputs.items()}
         ctx = RunContext(inputs=inputs, output_dir=output_dir,
                          params=dict(spec.params), seed=spec.seed, device=result["device"], model_path=model_path,
-                         logger=logging.getLogger(f"mlops.run.{spec.node_id}"))
+                         logger=logging.getLogger(f"mlops.run.{spec.node_id}"), world_size=world_size, rank=rank)
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 ctx.seed_everything()
                 function = _import(spec.target, spec.code_hash, spec.repo_root)
                 returned = function(ctx)
-                result.update(_store_outputs(spec, ctx, returned, store))
+                if rank == 0:
+                    result.update(_store_outputs(spec, ctx, returned, store))
             result["status"] = "succeeded"
         except Exception as exc:  # noqa: BLE001 - the user's code failed: report it, the driver retries
             log.write(traceback.format_exc())
@@ -121,7 +142,10 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
         finally:
             root_logger.removeHandler(handler)
         result["steps"] = [(name, step, value) for name, series in ctx.metrics.items() for step, value in series]
-        result["log_uri"] = store.put_bytes(log.getvalue().encode())
+        if world_size == 1:
+            result["log_uri"] = store.put_bytes(log.getvalue().encode())
+        else:  # the ranks' logs are stored together by runtime.distributed
+            result["log"] = log.getvalue()
         result["finished_at"] = time.time()
     return result
 

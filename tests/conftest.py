@@ -41,6 +41,14 @@ def train(ctx: RunContext) -> TrainResult:
 def evaluate(ctx: RunContext) -> dict[str, float]:
     """A fixed score."""
     return {"auc": 0.9}
+
+
+def load_predictor(model_path, params):
+    """Serving: every row scores the model's ``w``."""
+    import torch
+
+    weight = float(torch.load(model_path, weights_only=True)["w"])
+    return lambda rows: [weight for _ in rows]
 '''
 """The default ``pipeline.py`` a project made by :func:`write_project` gets."""
 
@@ -91,3 +99,16 @@ MakeProject = Callable[..., Path]
 def make_project() -> MakeProject:
     """:func:`write_project`: ``make_project(tmp_path, spec, files={...})`` -> the spec's path."""
     return write_project
+
+
+@pytest.fixture(scope="module", autouse=True)
+def serve_port() -> int:
+    """A free port for Ray Serve's HTTP proxy, fresh for each test module (``MLOPS_SERVE_PORT``)."""
+    import os
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    os.environ["MLOPS_SERVE_PORT"] = str(port)
+    return port

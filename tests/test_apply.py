@@ -52,6 +52,11 @@ def train(ctx):
 def evaluate(ctx):
     state = torch.load(ctx.model_path, weights_only=True)
     return {"auc_eval": float(state["weight"].abs().mean())}
+
+
+def load_predictor(model_path, params):
+    weight = torch.load(model_path, weights_only=True)["weight"]
+    return lambda rows: [float(weight.sum()) * float(row.get("x", 1)) for row in rows]
 '''
 
 

@@ -28,7 +28,7 @@ SPEC: dict[str, Any] = {
 
 def _graph(root: Path, make_project: Any, spec: dict[str, Any] | None = None, data: str = "a,b\n1,2\n",
            pipeline_extra: str = "") -> Graph:
-    from tests.conftest import PIPELINE_SOURCE
+    from conftest import PIPELINE_SOURCE
 
     path = make_project(root, spec or SPEC, files={"data/raw.csv": data}, pipeline=PIPELINE_SOURCE + pipeline_extra)
     return build_graph(load_project(path))
@@ -159,3 +159,14 @@ def test_resource_action_from_node_actions(actions: list[Any], expected: str) ->
     from runtime.plan import _strongest
 
     assert _strongest(actions) == expected
+
+
+def test_a_forced_node_reruns_with_its_reason_and_so_does_its_downstream(tmp_path: Path, make_project: Any) -> None:
+    graph = _graph(tmp_path, make_project)
+    plan = make_plan(graph, _recorded(graph), {}, forced={"models.churn/train": "monitor breach: monitors.drift"})
+    actions = _actions(plan)
+    assert actions["datasets.features"] == "no-op"
+    assert actions["models.churn"] == "replace" and _reasons(plan, "models.churn") == ["monitor breach: monitors.drift"]
+    assert actions["gates.quality"] == "replace"
+    assert _reasons(plan, "gates.quality") == ["upstream changed: models.churn"]
+    assert actions["deployments.api"] == "replace"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -250,3 +250,16 @@ def evaluate(ctx: RunContext) -> dict[str, float]:
     for name, value in metrics.items():
         ctx.log_metric(name, value)
     return metrics
+
+
+def load_predictor(model_path: Path, params: dict[str, Any]) -> Callable[[list[dict[str, Any]]], list[float]]:
+    """Serving: rows of feature columns (as in ``datasets.features``) -> fraud probabilities."""
+    model = model_from_state(_load_state(model_path))
+
+    def predictor(rows: list[dict[str, Any]]) -> list[float]:
+        if not rows:
+            return []
+        x = np.array([[float(row[name]) for name in FEATURE_NAMES] for row in rows], dtype=np.float32)
+        return [float(p) for p in predict(model, x)]
+
+    return predictor

@@ -156,7 +156,46 @@ V1: Step = (
     "INSERT INTO audit_head (id, count, hash) VALUES (1, 0, '')",
 )
 
-MIGRATIONS: tuple[Step, ...] = (V1,)
+V2: Step = (
+    # Live operations: monitor results with their history, label feedback, retrain requests from
+    # monitor breaches, rollback pins, and the reconciler's last sync.
+    """CREATE TABLE monitor_results (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        monitor TEXT NOT NULL,
+        deployment TEXT NOT NULL,
+        version INTEGER,
+        at REAL NOT NULL,
+        breached INTEGER NOT NULL,
+        checks TEXT NOT NULL,
+        actions TEXT NOT NULL
+    )""",
+    "CREATE INDEX monitor_results_by_monitor ON monitor_results (monitor, id)",
+    """CREATE TABLE feedback (
+        id TEXT PRIMARY KEY,
+        label REAL NOT NULL,
+        at REAL NOT NULL
+    )""",
+    """CREATE TABLE retrain_requests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        model TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at REAL NOT NULL,
+        consumed_by INTEGER
+    )""",
+    "CREATE INDEX retrain_requests_open ON retrain_requests (model, consumed_by)",
+    "ALTER TABLE deployments ADD COLUMN pinned_version INTEGER",
+    "ALTER TABLE deployments ADD COLUMN pin_reason TEXT",
+    """CREATE TABLE reconciler (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        commit_id TEXT,
+        synced_at REAL,
+        tick_at REAL,
+        error TEXT,
+        errors INTEGER NOT NULL DEFAULT 0
+    )""",
+)
+
+MIGRATIONS: tuple[Step, ...] = (V1, V2)
 """Every step in order; ``len(MIGRATIONS)`` is the current schema version."""
 
 

@@ -127,6 +127,42 @@ class DeploymentState:
     live_version: int | None = None
     status: str = "pending"
     updated_at: float = 0.0
+    pinned_version: int | None = None
+    """Set by a rollback: served instead of the newest approved version until the spec pins one."""
+    pin_reason: str | None = None
+
+
+@dataclass
+class MonitorResult:
+    """One evaluation of a monitor: each check's result, whether any breached, what was done about it."""
+
+    monitor: str
+    deployment: str
+    version: int | None
+    at: float
+    breached: bool
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RetrainRequest:
+    """A monitor breach asking for a model to be trained again (consumed by the version it produced)."""
+
+    id: int
+    model: str
+    reason: str
+    at: float
+    consumed_by: int | None = None
+
+
+@dataclass
+class ReconcilerStatus:
+    commit: str | None = None
+    synced_at: float | None = None
+    tick_at: float | None = None
+    error: str | None = None
+    errors: int = 0
 
 
 @dataclass

@@ -45,7 +45,10 @@ from runtime.state.records import (
     GateStatus,
     MetricPoint,
     ModelVersion,
+    MonitorResult,
     NodeResult,
+    ReconcilerStatus,
+    RetrainRequest,
     Run,
     RunStatus,
     Snapshot,
@@ -290,12 +293,13 @@ class StateStore:
              run.git_commit, int(run.git_dirty), _dump(run.metrics), run.log_uri, run.error))
 
     def finish_run(self, run_id: str, status: RunStatus, metrics: dict[str, float] | None = None,
-                   error: str | None = None, log_uri: str | None = None, finished_at: float | None = None) -> None:
-        """Close a run: its final status, metrics, error and log; unknown ids are an error."""
+                   error: str | None = None, log_uri: str | None = None, finished_at: float | None = None,
+                   device: str | None = None) -> None:
+        """Close a run: its final status, metrics, error, log and the device it ran on; unknown ids are an error."""
         cursor = self._exec(
-            "UPDATE runs SET status = ?, metrics = ?, error = ?, log_uri = COALESCE(?, log_uri), finished_at = ?"
-            " WHERE run_id = ?",
-            (status, _dump(metrics or {}), error, log_uri, finished_at or time.time(), run_id))
+            "UPDATE runs SET status = ?, metrics = ?, error = ?, log_uri = COALESCE(?, log_uri), finished_at = ?,"
+            " device = COALESCE(?, device) WHERE run_id = ?",
+            (status, _dump(metrics or {}), error, log_uri, finished_at or time.time(), device, run_id))
         if cursor.rowcount == 0:
             raise StateError.of(f"unknown run '{run_id}'")
 
@@ -441,14 +445,16 @@ class StateStore:
     # --- deployments -----------------------------------------------------------------------------
 
     def set_deployment(self, deployment: DeploymentState) -> None:
-        """Create or replace a deployment's desired / live state."""
+        """Create or replace a deployment's desired / live state (and its rollback pin)."""
         self._exec(
-            "INSERT INTO deployments (name, model, desired_version, live_version, status, updated_at)"
-            " VALUES (?,?,?,?,?,?) ON CONFLICT (name) DO UPDATE SET model = excluded.model,"
-            " desired_version = excluded.desired_version, live_version = excluded.live_version,"
-            " status = excluded.status, updated_at = excluded.updated_at",
+            "INSERT INTO deployments (name, model, desired_version, live_version, status, updated_at,"
+            " pinned_version, pin_reason) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (name) DO UPDATE SET"
+            " model = excluded.model, desired_version = excluded.desired_version,"
+            " live_version = excluded.live_version, status = excluded.status, updated_at = excluded.updated_at,"
+            " pinned_version = excluded.pinned_version, pin_reason = excluded.pin_reason",
             (deployment.name, deployment.model, deployment.desired_version, deployment.live_version,
-             deployment.status, deployment.updated_at or time.time()))
+             deployment.status, deployment.updated_at or time.time(), deployment.pinned_version,
+             deployment.pin_reason))
 
     def get_deployment(self, name: str) -> DeploymentState | None:
         row = self._row("SELECT * FROM deployments WHERE name = ?", (name,))
@@ -459,6 +465,65 @@ class StateStore:
 
     # --- hash cache ------------------------------------------------------------------------------
 
+
+    # --- live operations: monitors, feedback, retrain requests, the reconciler --------------------
+
+    def add_monitor_result(self, result: MonitorResult) -> None:
+        self._exec("INSERT INTO monitor_results (monitor, deployment, version, at, breached, checks, actions)"
+                   " VALUES (?,?,?,?,?,?,?)",
+                   (result.monitor, result.deployment, result.version, result.at, int(result.breached),
+                    _dump(result.checks), _dump(result.actions)))
+
+    def monitor_results(self, monitor: str, limit: int = 100) -> list[MonitorResult]:
+        """A monitor's results, oldest first (the newest ``limit``)."""
+        rows = self.query("SELECT * FROM (SELECT * FROM monitor_results WHERE monitor = ? ORDER BY id DESC LIMIT ?)"
+                          " ORDER BY id", (monitor, limit))
+        return [MonitorResult(r["monitor"], r["deployment"], r["version"], r["at"], bool(r["breached"]),
+                              _load(r["checks"]), _load(r["actions"])) for r in rows]
+
+    def add_feedback(self, labels: list[tuple[str, float]]) -> int:
+        """Labels for logged predictions, by prediction id (a later label replaces an earlier one)."""
+        now = time.time()
+        with self.transaction():
+            self._conn.executemany("INSERT OR REPLACE INTO feedback (id, label, at) VALUES (?,?,?)",
+                                   [(pid, float(label), now) for pid, label in labels])
+        return len(labels)
+
+    def feedback(self, ids: list[str]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.query(f"SELECT id, label FROM feedback WHERE id IN ({marks})", chunk):
+                out[row["id"]] = row["label"]
+        return out
+
+    def request_retrain(self, model: str, reason: str) -> None:
+        """Ask for ``model`` to be trained again (once: an open request for it is not repeated)."""
+        with self.transaction():
+            if not self.query("SELECT 1 FROM retrain_requests WHERE model = ? AND consumed_by IS NULL", (model,)):
+                self._exec("INSERT INTO retrain_requests (model, reason, at) VALUES (?,?,?)",
+                           (model, reason, time.time()))
+
+    def open_retrain_requests(self) -> list[RetrainRequest]:
+        return [RetrainRequest(r["id"], r["model"], r["reason"], r["at"], r["consumed_by"])
+                for r in self.query("SELECT * FROM retrain_requests WHERE consumed_by IS NULL ORDER BY id")]
+
+    def consume_retrain_requests(self, model: str, version: int) -> None:
+        self._exec("UPDATE retrain_requests SET consumed_by = ? WHERE model = ? AND consumed_by IS NULL",
+                   (version, model))
+
+    def reconciler_status(self) -> ReconcilerStatus:
+        row = self._row("SELECT * FROM reconciler WHERE id = 1", ())
+        if row is None:
+            return ReconcilerStatus()
+        return ReconcilerStatus(row["commit_id"], row["synced_at"], row["tick_at"], row["error"], row["errors"])
+
+    def set_reconciler_status(self, status: ReconcilerStatus) -> None:
+        self._exec("INSERT INTO reconciler (id, commit_id, synced_at, tick_at, error, errors) VALUES (1,?,?,?,?,?)"
+                   " ON CONFLICT (id) DO UPDATE SET commit_id = excluded.commit_id, synced_at = excluded.synced_at,"
+                   " tick_at = excluded.tick_at, error = excluded.error, errors = excluded.errors",
+                   (status.commit, status.synced_at, status.tick_at, status.error, status.errors))
     def cached_hash(self, path: str, size: int, mtime_ns: int, inode: int) -> str | None:
         """The sha256 stored for ``path`` if its size, mtime and inode still match, else ``None``."""
         row = self._row("SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ? AND inode = ?",
@@ -524,4 +589,5 @@ def _gate_decision(row: sqlite3.Row) -> GateDecision:
 
 def _deployment(row: sqlite3.Row) -> DeploymentState:
     return DeploymentState(name=row["name"], model=row["model"], desired_version=row["desired_version"],
-                           live_version=row["live_version"], status=row["status"], updated_at=row["updated_at"])
+                           live_version=row["live_version"], status=row["status"], updated_at=row["updated_at"],
+                           pinned_version=row["pinned_version"], pin_reason=row["pin_reason"])

@@ -1,0 +1,90 @@
+"""``mlops audit log|verify``: the append-only, hash-chained audit trail."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from compiler.errors import Diagnostic, MlopsError
+from runtime.cli.app import Application, pass_app
+from runtime.cli.commands.common import project_or_fail
+from runtime.cli.commands.runs import print_wide
+from runtime.cli.options import global_options
+
+
+@click.group("audit")
+@global_options
+def audit_group() -> None:
+    """The audit trail of applies, approvals and rollbacks."""
+
+
+@audit_group.command("log")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Only the newest N records.")
+@global_options
+@pass_app
+def log_command(app: Application, limit: int | None) -> None:
+    """The audit records, oldest first."""
+    from runtime import inspect
+    from runtime.operations import opened
+
+    project = project_or_fail(app)
+    try:
+        with opened(project) as (_, store):
+            records = inspect.audit_log(store, limit)
+    except MlopsError as error:
+        app.fail(error)
+    if app.json_output:
+        app.emit_json({"records": [asdict(r) for r in records]})
+        app.exit(0)
+    if not records:
+        app.print("The audit trail is empty.")
+        app.exit(0)
+    table = Table("SEQ", "AT", "ACTOR", "ACTION", "COMMIT", "WHAT", box=None, header_style="bold")
+    for record in records:
+        table.add_row(*map(Text, (str(record.seq), inspect.when(record.at), record.actor, record.action,
+                                  inspect.short(record.commit, 7), _summary(record.action, record.payload))))
+    print_wide(app, table)
+    app.exit(0)
+
+
+def _summary(action: str, payload: dict[str, Any]) -> str:
+    """One line about what a record did."""
+    if action == "apply":
+        changes = payload.get("changes") or {}
+        failed = [n for n, status in (payload.get("outcomes") or {}).items() if status == "failed"]
+        text = ", ".join(f"{address} {what}" for address, what in sorted(changes.items())) or "no changes"
+        return text + (f"; failed: {', '.join(sorted(failed))}" if failed else "")
+    if action == "approve":
+        return f"{payload.get('gate')} models.{payload.get('model')}@{payload.get('version')}"
+    if action == "force-unlock":
+        lock = payload.get("lock") or {}
+        return f"lock {lock.get('id')} ({lock.get('operation')} by {lock.get('who')}, pid {lock.get('pid')})"
+    return json.dumps(payload, sort_keys=True)
+
+
+@audit_group.command("verify")
+@global_options
+@pass_app
+def verify_command(app: Application) -> None:
+    """Check the hash chain; exit 1 with one line per problem when a record was edited or deleted."""
+    from runtime import inspect
+    from runtime.operations import opened
+
+    project = project_or_fail(app)
+    try:
+        with opened(project) as (_, store):
+            check = inspect.verify_audit(store)
+    except MlopsError as error:
+        app.fail(error)
+    if app.json_output:
+        app.emit_json(check.to_json())
+    if not check.ok:
+        app.diagnostics([Diagnostic(problem, address="audit") for problem in check.problems])
+        app.exit(1)
+    app.print(f"audit trail intact: {check.records} records")
+    app.exit(0)

@@ -1,0 +1,98 @@
+"""``mlops lineage ADDR[@N]``: where a model version or a dataset snapshot came from, as a tree."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+from rich.text import Text
+from rich.tree import Tree
+
+from compiler.errors import MlopsError
+from runtime.cli.app import Application, pass_app
+from runtime.cli.commands.common import project_or_fail
+from runtime.cli.commands.runs import print_wide
+from runtime.cli.options import global_options
+
+if TYPE_CHECKING:
+    from runtime.inspect import DataLineage, DatasetLineage, ModelLineage
+
+
+@click.command("lineage")
+@click.argument("target", metavar="ADDR[@N]")
+@global_options
+@pass_app
+def lineage_command(app: Application, target: str) -> None:
+    """Where a model version or a dataset came from.
+
+    ADDR is models.NAME[@VERSION] (the newest version without @) or datasets.NAME[@SNAPSHOT].
+    """
+    from runtime import inspect
+    from runtime.operations import opened
+
+    project = project_or_fail(app)
+    try:
+        with opened(project) as (_, store):
+            found = inspect.lineage(project, store, target)
+    except MlopsError as error:
+        app.fail(error)
+    if app.json_output:
+        app.emit_json(found.to_json())
+    else:
+        tree = _model_tree(found) if isinstance(found, inspect.ModelLineage) else _dataset_tree(found)
+        print_wide(app, tree)
+    app.exit(0)
+
+
+def _model_tree(found: ModelLineage) -> Tree:
+    from runtime import inspect
+
+    v = found.version
+    tree = Tree(Text.assemble((f"{found.address}@{v.version}", "bold"), f"  {v.status}",
+                              f": {v.reason}" if v.reason else ""))
+    run = found.run
+    tree.add(Text(f"run {run.run_id}  {run.node_id}  {run.status}" if run else
+                  f"run {v.run_id or '-'} (not recorded)"))
+    params = tree.add("params")
+    for key, value in sorted(v.params.items()):
+        params.add(Text(f"{key} = {inspect.number(value)}"))
+    tree.add(Text(f"metrics  {inspect.key_metrics(v.metrics, most=8)}"))
+    tree.add(Text(f"code hash  {v.code_hash or '-'}"))
+    tree.add(Text(f"git commit  {v.git_commit or '-'}"))
+    tree.add(Text(f"artifact  {v.artifact_uri}"))
+    data = tree.add("data")
+    for item in found.data:
+        _data_node(data, item)
+    tree.add(Text(f"upstream datasets (spec)  {', '.join(found.upstream_datasets) or 'none'}"))
+    return tree
+
+
+def _data_node(parent: Tree, item: DataLineage) -> None:
+    from runtime import inspect
+
+    made = f"  (transform run {item.run_id})" if item.run_id else ""
+    branch = parent.add(Text.assemble((item.address, "bold"), f"  {item.content_hash or 'unknown content'}",
+                                      (f"  {inspect.when(item.created_at)}" if item.created_at else "", "dim"),
+                                      (made, "dim")))
+    for upstream in item.upstream:
+        _data_node(branch, upstream)
+
+
+def _dataset_tree(found: DatasetLineage) -> Tree:
+    from runtime import inspect
+
+    kind = f"source: {found.source}" if found.source else f"derived: {found.transform}" if found.transform else ""
+    tree = Tree(Text.assemble((found.address, "bold"), f"  {kind}" if kind else ""))
+    tree.add(Text(f"upstream  {', '.join(found.upstream) or 'none'}"))
+    tree.add(Text(f"consumers  {', '.join(found.consumers) or 'none'}"))
+    snapshots = tree.add("snapshots" if found.snapshots else "snapshots: none yet")
+    for snapshot in found.snapshots:
+        item = snapshot.lineage
+        used = f"  used by {', '.join(snapshot.used_by)}" if snapshot.used_by else ""
+        branch = snapshots.add(Text.assemble((f"#{snapshot.number}", "bold"), f"  {item.content_hash or '-'}",
+                                             (f"  {inspect.when(item.created_at)}", "dim"), used))
+        if item.run_id:
+            branch.add(Text(f"transform run {item.run_id}"))
+        for upstream in item.upstream:
+            _data_node(branch, upstream)
+    return tree

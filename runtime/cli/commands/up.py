@@ -1,0 +1,63 @@
+"""``mlops up`` / ``mlops down``: start and stop the project's long-lived local Ray cluster.
+
+On the embedded default (``cluster.provider: local`` without ``cluster.address``) realtime deployments
+must outlive ``mlops apply``: they run on a local Ray head that ``mlops up`` starts in the background.
+Apply and the reconciler join it; ``mlops down`` stops it and every process it started.
+"""
+
+from __future__ import annotations
+
+import click
+
+from compiler.errors import MlopsError
+from runtime.cli.app import Application, pass_app
+from runtime.cli.commands.common import project_or_fail
+from runtime.cli.options import global_options
+
+
+@click.command("up")
+@click.option("--num-cpus", type=click.IntRange(1), default=None, help="CPUs the local cluster offers (default: all).")
+@click.option("--serve-port", type=click.IntRange(1, 65535), default=None,
+              help="Ray Serve's HTTP port (default 8000, or a free one when 8000 is taken).")
+@global_options
+@pass_app
+def up_command(app: Application, num_cpus: int | None, serve_port: int | None) -> None:
+    """Start the project's local Ray cluster in the background (idempotent)."""
+    from runtime import cluster
+    from runtime.workspace import Workspace
+
+    project = project_or_fail(app)
+    try:
+        state_path = Workspace.of(project).state_path
+        existing = cluster.running(state_path)
+        local = existing or cluster.up(state_path, num_cpus=num_cpus, serve_port=serve_port)
+    except MlopsError as error:
+        app.fail(error)
+    if app.json_output:
+        app.emit_json({"ok": True, "started": existing is None, "address": local.address,
+                       "serve_url": local.serve_url, "pgid": local.pgid})
+    else:
+        verb = "is already running" if existing else "started"
+        app.print(f"Local Ray cluster {verb} at {local.address}; deployments answer at {local.serve_url}.")
+        app.print("`mlops apply` and `mlops reconcile` join it; `mlops down` stops it.")
+    app.exit(0)
+
+
+@click.command("down")
+@global_options
+@pass_app
+def down_command(app: Application) -> None:
+    """Stop the project's local Ray cluster and everything running on it (its deployments too)."""
+    from runtime import cluster
+    from runtime.workspace import Workspace
+
+    project = project_or_fail(app)
+    try:
+        stopped = cluster.down(Workspace.of(project).state_path)
+    except MlopsError as error:
+        app.fail(error)
+    if app.json_output:
+        app.emit_json({"ok": True, "stopped": stopped})
+    else:
+        app.print("Local Ray cluster stopped." if stopped else "No local Ray cluster was running.")
+    app.exit(0)

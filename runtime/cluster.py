@@ -1,0 +1,234 @@
+"""The embedded default's long-lived local Ray cluster: ``mlops up`` / ``mlops down``.
+
+Serve deployments must outlive the ``mlops apply`` process, so on the embedded default they run on
+a local Ray head started in the background (``ray start --head --block`` in its own process group).
+Its address, process group and Serve HTTP port are kept in ``<state dir>/cluster.json``; apply and
+the reconciler join it when it is up. ``cluster.address`` in the spec (an existing cluster) wins.
+
+The head uses Ray's token authentication (its GCS listens on every interface) with the user's token
+(``~/.ray/auth_token``, created when missing, or ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH``);
+:func:`running` prepares the calling process to present it, since Ray only does that by itself for
+``address="auto"``. ``RAY_AUTH_MODE=disabled`` in the environment of ``mlops up`` opts out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from compiler.errors import MlopsError
+
+DEFAULT_SERVE_PORT = 8000
+READY_LINE = b"Ray runtime started"
+"""What ``ray start`` logs once the GCS, the raylet and the agents are up."""
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    address: str
+    """``127.0.0.1:PORT`` of the GCS."""
+    pgid: int
+    serve_port: int
+    temp_dir: str
+    started_at: float
+    auth: str = "token"
+    """Ray's authentication mode on the head: ``token`` or ``disabled``."""
+
+    @property
+    def serve_url(self) -> str:
+        return f"http://127.0.0.1:{self.serve_port}"
+
+
+def info_path(state_path: Path) -> Path:
+    return state_path.parent / "cluster.json"
+
+
+def _reap(pid: int) -> None:
+    """Collect ``pid`` if it is an exited child of this process (a zombie still counts as alive)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def members(session: int) -> list[int]:
+    """Live (not zombie) processes of the cluster's session: the head and everything it started, Ray's
+    workers included (they move to process groups of their own but stay in the session)."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: only the head's process group can be seen
+        try:
+            os.killpg(session, 0)
+        except ProcessLookupError:
+            return []
+        except PermissionError:
+            pass
+        return [session]
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if fields[0] != "Z" and int(fields[3]) == session:  # state, ppid, pgrp, session
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pgid: int) -> bool:
+    _reap(pgid)
+    return bool(members(pgid))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _authenticate(cluster: LocalCluster) -> None:
+    """Make this process present the Ray token when it connects (Ray skips it for explicit addresses)."""
+    if cluster.auth == "token":
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def running(state_path: Path) -> LocalCluster | None:
+    """The cluster ``mlops up`` started for this state, if it is still alive (this process is then set
+    up to authenticate to it)."""
+    path = info_path(state_path)
+    try:
+        cluster = LocalCluster(**json.loads(path.read_text()))
+    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        return None
+    if not _alive(cluster.pgid):
+        return None
+    _authenticate(cluster)
+    return cluster
+
+
+def _ensure_token() -> None:
+    """Create the user's Ray token (``~/.ray/auth_token``, mode 0600) unless one is configured."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    path = Path.home() / ".ray" / "auth_token"
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secrets.token_hex(32))
+
+
+@contextlib.contextmanager
+def _exclusive(state_path: Path) -> Iterator[None]:
+    """One ``up``/``down`` at a time per state directory (two applies must not start two heads)."""
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    with (state_path.parent / "cluster.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def up(state_path: Path, num_cpus: int | None = None, serve_port: int | None = None,
+       timeout: float = 90.0) -> LocalCluster:
+    """Start the local head (idempotent: an alive one is returned as is) and wait until it is ready.
+
+    The Serve port is ``serve_port``, else ``$MLOPS_SERVE_PORT``, else 8000 when free, else any free port.
+    """
+    with _exclusive(state_path):
+        existing = running(state_path)
+        if existing is not None:
+            return existing
+        return _start(state_path, num_cpus, serve_port, timeout)
+
+
+def _start(state_path: Path, num_cpus: int | None, serve_port: int | None, timeout: float) -> LocalCluster:
+    port = _free_port()
+    temp_dir = Path(tempfile.gettempdir()) / f"mlops-ray-{port}"
+    ray = Path(sys.executable).with_name("ray")
+    # Ports Ray would otherwise take at fixed defaults (10001, 52365): a second cluster on the machine
+    # would fail to bind them, and `ray start --block` stops the whole head when one of its processes dies.
+    command = [str(ray), "start", "--head", "--block", f"--port={port}", "--include-dashboard=false",
+               f"--temp-dir={temp_dir}", "--disable-usage-stats", f"--ray-client-server-port={_free_port()}",
+               f"--dashboard-agent-listen-port={_free_port()}"]
+    if num_cpus is not None:
+        command.append(f"--num-cpus={num_cpus}")
+    auth = "disabled" if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled" else "token"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": auth}
+    if auth == "token":
+        _ensure_token()
+    log = state_path.parent / "cluster.log"
+    offset = log.stat().st_size if log.exists() else 0
+    with log.open("ab") as log_file:  # the child keeps its own descriptor
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, env=env)
+    chosen_port = serve_port or int(os.environ.get("MLOPS_SERVE_PORT") or 0) or _free_port_or(DEFAULT_SERVE_PORT)
+    cluster = LocalCluster(f"127.0.0.1:{port}", process.pid, chosen_port, str(temp_dir), time.time(), auth)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise MlopsError.one(f"the local Ray head exited with {process.returncode}; see {log}")
+        with log.open("rb") as handle:
+            handle.seek(offset)
+            if READY_LINE in handle.read():
+                break
+        time.sleep(0.2)
+    else:
+        down_pgid(process.pid)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise MlopsError.one(f"the local Ray head did not start within {timeout:.0f}s; see {log}")
+    info = info_path(state_path)
+    tmp = info.with_name(info.name + ".tmp")
+    tmp.write_text(json.dumps(asdict(cluster)))
+    tmp.replace(info)
+    _authenticate(cluster)
+    return cluster
+
+
+def _free_port_or(preferred: int) -> int:
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", preferred)) != 0:
+            return preferred
+    return _free_port()
+
+
+def down_pgid(pgid: int, timeout: float = 15.0) -> None:
+    """Stop a head started in its own session: SIGTERM to ``ray start --block`` (it stops the raylet, the
+    GCS and the agents in order; workers exit with their raylet), then SIGKILL whatever is left of the
+    session after ``timeout`` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pgid, signal.SIGTERM)
+    deadline = time.time() + timeout
+    while time.time() < deadline and _alive(pgid):
+        time.sleep(0.2)
+    for pid in members(pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _reap(pgid)
+
+
+def down(state_path: Path) -> bool:
+    """Stop the local head and everything it started; ``False`` when none was running."""
+    with _exclusive(state_path):
+        cluster = running(state_path)
+        info_path(state_path).unlink(missing_ok=True)
+        if cluster is None:
+            return False
+        down_pgid(cluster.pgid)
+        shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+        return True

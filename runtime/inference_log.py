@@ -1,0 +1,91 @@
+"""The inference log: a sample of what a deployment was asked and answered, kept for its monitors.
+
+Each serving replica appends JSON lines to its own file under
+``<artifact root>/inference/<deployment>/<replica>.jsonl`` (one writer per file, so no locking).
+A record::
+
+    {"id": "3f2a...", "at": 1764150000.1, "version": 3, "inputs": {"amount": 12.5, ...},
+     "prediction": 0.83, "latency_ms": 4.2}
+
+Labels arrive later through ``mlops monitor feedback FILE`` (rows of ``id,label``) and are kept in
+the state store; monitors join them to records by ``id``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+
+@dataclass(frozen=True)
+class InferenceRecord:
+    id: str
+    at: float
+    version: int
+    inputs: dict[str, Any]
+    prediction: Any
+    latency_ms: float
+
+
+def log_dir(artifact_root: str, deployment: str) -> Path:
+    """Where a deployment's replicas write (local artifact roots only)."""
+    return Path(artifact_root) / "inference" / deployment
+
+
+class InferenceWriter:
+    """Appends records for one replica; flushes every ``flush_every`` records or ``flush_seconds``."""
+
+    def __init__(self, directory: Path, replica: str, flush_every: int = 64, flush_seconds: float = 1.0) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"{replica}.jsonl"
+        self._handle: TextIO = self.path.open("a", encoding="utf-8")
+        self._pending = 0
+        self._last_flush = time.monotonic()
+        self.flush_every = flush_every
+        self.flush_seconds = flush_seconds
+
+    def write(self, record: InferenceRecord) -> None:
+        self._handle.write(json.dumps(record.__dict__, separators=(",", ":"), default=float) + "\n")
+        self._pending += 1
+        if self._pending >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._pending = 0
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+        self._handle.close()
+
+
+def read(directory: Path, since: float = 0.0, limit: int | None = None) -> list[InferenceRecord]:
+    """Records of every replica newer than ``since``, oldest first; the newest ``limit`` when given.
+
+    A torn last line (a replica killed mid-write) is skipped, not an error.
+    """
+    records = list(_records(directory, since))
+    records.sort(key=lambda r: r.at)
+    return records[-limit:] if limit else records
+
+
+def _records(directory: Path, since: float) -> Iterator[InferenceRecord]:
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.glob("*.jsonl")):
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if raw.get("at", 0) > since:
+                    yield InferenceRecord(raw["id"], raw["at"], raw["version"], raw["inputs"], raw["prediction"],
+                                          raw.get("latency_ms", 0.0))
