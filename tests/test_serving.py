@@ -49,7 +49,8 @@ def ray_cluster() -> Any:
 
 
 def ask(port: int, x: float) -> dict[str, Any]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/api", data=json.dumps({"instances": [{"x": x}]}).encode(),
+    body = json.dumps({"instances": [{"x": x}]}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api", data=body,
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         answer: dict[str, Any] = json.loads(response.read())
