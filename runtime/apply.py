@@ -475,6 +475,25 @@ def deploy_version(workspace: Workspace, store: StateStore, name: str, version: 
             raise RuntimeError(f"rollout of version {version} failed, version {live_version} keeps serving: "
                                f"{failed}") from failed
         outputs.update(route=route, url=f"http://127.0.0.1:{port}{route}")
+    else:
+        from runtime.batch import BatchSpec, score
+
+        assert deployment.input is not None
+        input_uri = dataset_uri(project, store, deployment.input)
+        model = project.spec.models[deployment.model]
+        batch = BatchSpec(name, version, model.train, model_version.code_hash, str(project.root),
+                          workspace.artifact_root, model_version.artifact_uri, input_uri, dict(model_version.params))
+        ray_backend.connect(project.spec.cluster.address)
+        outputs.update(ray_backend.call(score, batch, deployment.resources.cpus, deployment.resources.gpus))
     store.set_deployment(DeploymentState(name, deployment.model, desired, version, "Healthy", time.time(),
                                          version if pin is not None else None, pin[1] if pin else None))
     return outputs
+
+
+def dataset_uri(project: Any, store: StateStore, name: str) -> str:
+    """The artifact of a dataset's latest recorded content (its snapshot, or its transform's output)."""
+    step = "snapshot" if project.spec.datasets[name].path is not None else "transform"
+    result = store.latest_result(f"datasets.{name}/{step}")
+    if result is None or "input" not in result.outputs:
+        raise RuntimeError(f"datasets.{name} has not been built yet")
+    return str(result.outputs["input"])

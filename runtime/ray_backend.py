@@ -116,3 +116,10 @@ def cancel(ref: Any) -> None:
         if ready:
             return
     ray.cancel(ref, force=True)
+
+
+def call(function: Any, argument: Any, cpus: float, gpus: float) -> Any:
+    """Run ``function(argument)`` as one Ray task with these resources and wait for its result."""
+    import ray
+
+    return ray.get(ray.remote(function).options(num_cpus=cpus, num_gpus=gpus, max_retries=3).remote(argument))

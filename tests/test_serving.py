@@ -102,3 +102,24 @@ def test_a_deployment_deleted_behind_the_tools_back_is_found_and_repaired(
     assert ask(serve_port, 2)["predictions"] == [6.0]
     live = serving.live("api")
     assert live is not None and live.health == "Healthy" and live.version is not None
+
+
+def test_batch_deployment_scores_its_input_into_a_versioned_predictions_artifact(
+        tmp_path: Path, make_project: Any) -> None:
+    from runtime.artifacts import ArtifactStore
+    from runtime.workspace import Workspace
+
+    body = spec({"w": 4})
+    body["datasets"]["to_score"] = {"path": "data/score.csv"}
+    body["deployments"] = {"nightly": {"model": "m", "mode": "batch", "input": "to_score"}}
+    path = make_project(tmp_path, body, files={"data/raw.csv": "x\n1\n", "data/score.csv": "id,x\na,1\nb,2.5\n"},
+                        pipeline=PIPELINE)
+    project = load_project(path)
+    outcome = apply_project(project)
+    assert outcome.result.ok, outcome.result.outcomes
+    with opened(project) as (workspace, store):
+        result = store.latest_result("deployments.nightly/deploy")
+        state = store.get_deployment("nightly")
+    assert result is not None and result.outputs["rows"] == 2 and state is not None and state.live_version == 1
+    text = ArtifactStore(Workspace.of(project).artifact_root).read_bytes(result.outputs["predictions"]).decode()
+    assert text.splitlines() == ["id,x,prediction", "a,1,4.0", "b,2.5,10.0"]
