@@ -40,12 +40,15 @@ def check(project: Project, available: dict[str, float] | None) -> None:
     for section in ("datasets", "models", "deployments"):
         for name, resource in getattr(project.spec, section).items():
             asked = resource.resources
-            for key, amount, field in (("GPU", asked.gpus, "gpus"), ("CPU", asked.cpus, "cpus")):
+            workers = asked.workers if section == "models" else 1
+            for key, each, field in (("GPU", asked.gpus, "gpus"), ("CPU", asked.cpus, "cpus")):
                 have = available.get(key, 0.0)
+                amount = each * workers  # Ray Train reserves every worker at once
                 if amount > have:
                     what = "GPU(s)" if key == "GPU" else "CPU(s)"
+                    split = f" ({workers} workers × {each:g})" if workers > 1 else ""
                     problems.append(Diagnostic(
-                        f"infeasible: asks for {amount:g} {what} but the cluster has {have:g}",
+                        f"infeasible: asks for {amount:g} {what}{split} but the cluster has {have:g}",
                         project.position(f"{section}.{name}", "resources", field), f"{section}.{name}"))
     if problems:
         raise MlopsError(problems)

@@ -133,6 +133,18 @@ def _serve_reachable(project: Project, workspace: Workspace, local: Any) -> bool
     return True
 
 
+def close_interrupted_runs(store: StateStore) -> int:
+    """Mark failed the runs an apply left ``running`` when it died (kill -9, power loss); returns how many.
+
+    Call it holding the apply lock: no other apply is running then, so every ``running`` run is orphaned.
+    """
+    rows = store.query("SELECT run_id FROM runs WHERE status = 'running'")
+    with store.transaction():
+        for row in rows:
+            store.finish_run(row[0], "failed", error="interrupted: the apply running it ended before it finished")
+    return len(rows)
+
+
 @dataclass
 class ApplyOutcome:
     plan: Plan
@@ -151,6 +163,7 @@ def apply_project(project: Project, *, plan_path: Path | None = None, targets: l
     workspace = Workspace.of(project)
     saved = planfile.load(plan_path) if plan_path else None
     with acquire(workspace.state_path, "apply", origin.actor, timeout=lock_timeout), opened(project) as (_, store):
+        close_interrupted_runs(store)
         graph, plan = plan_project(project, store, saved.targets if saved else targets)
         if saved is not None and plan_path is not None:
             planfile.check_fresh(saved, plan, plan_path)

@@ -75,3 +75,14 @@ def test_infeasible_gpu_request_is_a_positioned_error_at_plan_time(tmp_path: Pat
     assert result.returncode == 1
     line = result.stderr.strip().splitlines()[0]
     assert line.startswith("mlops.yaml:") and "models.churn: infeasible: asks for 2 GPU(s)" in line
+
+
+def test_distributed_training_wider_than_the_cluster_is_infeasible(tmp_path: Path, make_project: Any) -> None:
+    import os
+
+    cpus = os.cpu_count() or 1
+    spec = {**SPEC, "models": {"churn": {**SPEC["models"]["churn"], "resources": {"cpus": 1, "workers": cpus + 1}}}}
+    make_project(tmp_path, spec, files={"data/raw.csv": "a\n1\n"})
+    result = mlops(tmp_path, "plan")
+    assert result.returncode == 1
+    assert f"infeasible: asks for {cpus + 1} CPU(s) ({cpus + 1} workers × 1)" in result.stderr
