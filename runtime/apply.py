@@ -8,6 +8,7 @@ outputs are stored, so an interrupted apply never redoes finished work.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable
@@ -61,6 +62,8 @@ class _Attempt:
     run: Run
     started: float
     ref: Any
+    chained: bool = False
+    """Submitted behind running upstream tasks: its run is recorded when it reports back."""
 
 
 class Executor:
@@ -80,6 +83,8 @@ class Executor:
         self.recorded = store.latest_results()
         self.outputs: dict[str, dict[str, Any]] = {nid: r.outputs for nid, r in self.recorded.items()}
         self.result = ApplyResult()
+        self._order = {node.id: index for index, node in enumerate(graph.nodes())}
+        self.changes = {c.node_id: c for c in plan.node_changes}
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -106,6 +111,12 @@ class Executor:
                     continue
                 state = self._upstream_state(node_id, changes)
                 if state == "wait":
+                    chain = self._chain(node_id, in_flight) if len(in_flight) < self.parallelism else None
+                    if chain is not None:
+                        attempt = self._submit(self.graph.node(node_id), 1, chain)
+                        in_flight[attempt.ref] = attempt
+                        active.add(node_id)
+                        progressed = True
                     continue
                 if state in ("failed", "skipped", "blocked"):
                     status: Outcome = "blocked" if state == "blocked" else "skipped"
@@ -133,9 +144,13 @@ class Executor:
                     progressed = True
             if in_flight:
                 ready, _ = ray_backend.wait(list(in_flight), timeout=0.2)
-                for ref in ready:
+                for ref in sorted(ready, key=lambda r: self._order[in_flight[r].node.id]):
                     attempt = in_flight.pop(ref)
-                    retry = self._complete(attempt, ray_backend.result(ref))
+                    outcome = ray_backend.result(ref)
+                    progressed = True
+                    if outcome.get("status") == "upstream_failed":
+                        continue  # never ran: decided again once its upstream is settled
+                    retry = self._complete(attempt, outcome)
                     if retry is not None:
                         waiting.append(retry)
                     else:
@@ -190,26 +205,57 @@ class Executor:
 
     # --- remote nodes --------------------------------------------------------------------------
 
-    def _submit(self, node: Node, attempt_no: int) -> _Attempt:
+    def _submit(self, node: Node, attempt_no: int, chain: dict[str, Any] | None = None) -> _Attempt:
+        """Submit a node's task; with ``chain`` (input name -> upstream ref) behind running upstream tasks."""
         resources = node.resources or {}
         run = Run(run_id=uuid.uuid4().hex[:16], node_id=node.id, address=node.address, kind=node.kind,
                   fingerprint=node.fingerprint, params=dict(node.config.get("params", {})), attempt=attempt_no,
                   started_at=time.time(), host=self.provenance.host, git_commit=self.provenance.commit,
                   git_dirty=self.provenance.dirty)
-        self.store.start_run(run)
-        spec = self._task_spec(node, run.run_id)
+        if not chain:
+            self.store.start_run(run)
+        spec = self._task_spec(node, run.run_id, set(chain or ()))
+        refs = list((chain or {}).values())
+        if chain:
+            spec = dataclasses.replace(spec, chained={name: i for i, name in enumerate(chain)})
         memory = resources.get("memory")
         ref = ray_backend.submit(spec, float(resources.get("cpus", 1)), float(resources.get("gpus", 0)),
-                                 memory_bytes(memory) if memory else None)
+                                 memory_bytes(memory) if memory else None, refs)
         self.progress(node.id, "started", f"attempt {attempt_no}")
-        return _Attempt(node, attempt_no, run, time.time(), ref)
+        return _Attempt(node, attempt_no, run, time.time(), ref, chained=bool(chain))
 
-    def _task_spec(self, node: Node, run_id: str) -> TaskSpec:
+    def _chain(self, node_id: str, in_flight: dict[Any, _Attempt]) -> dict[str, Any] | None:
+        """For a transform whose inputs are each built already or being built by a running transform:
+        input name -> the running task's ref. ``None`` when it must wait (anything else is pending)."""
+        node = self.graph.node(node_id)
+        if node.kind != "transform":
+            return None
+        running = {a.node.id: ref for ref, a in in_flight.items() if a.node.kind == "transform"}
+        chain: dict[str, Any] = {}
+        for name in node.config["from"]:
+            parent = self.graph.by_address(f"datasets.{name}")[0].id
+            if parent in running:
+                chain[name] = running[parent]
+            elif not self._built(parent):
+                return None
+        return chain or None
+
+    def _built(self, node_id: str) -> bool:
+        """Whether a node's outputs are current: it succeeded in this apply, or it is not part of it."""
+        outcome = self.result.outcomes.get(node_id)
+        if outcome is not None:
+            return outcome.status == "succeeded"
+        change = self.changes.get(node_id)
+        if change is not None and change.action in ("create", "replace", "update"):
+            return False
+        return node_id in self.outputs
+
+    def _task_spec(self, node: Node, run_id: str, chained: set[str] | None = None) -> TaskSpec:
         spec = self.project.spec
         root = str(self.project.root)
         if node.kind == "transform":
             dataset = spec.datasets[node.address.split(".", 1)[1]]
-            inputs = {name: self._dataset_uri(name) for name in dataset.from_ or []}
+            inputs = {name: self._dataset_uri(name) for name in dataset.from_ or [] if name not in (chained or ())}
             return TaskSpec(node.id, "transform", dataset.transform or "", node.code_hash, root,
                             self.workspace.artifact_root, inputs, dict(dataset.params), 0,
                             dataset.resources.gpus, run_id=run_id)
@@ -251,6 +297,9 @@ class Executor:
     def _complete(self, attempt: _Attempt, outcome: dict[str, Any]) -> tuple[float, Node, int] | None:
         node = attempt.node
         status = outcome.get("status", "failed")
+        if attempt.chained:  # its run starts now, when it is known to have run
+            attempt.run.started_at = float(outcome.get("started_at", attempt.run.started_at))
+            self.store.start_run(attempt.run)
         metrics = outcome.get("metrics", {})
         self.store.log_metrics(attempt.run.run_id, [MetricPoint(attempt.run.run_id, n, int(s), float(v))
                                                    for n, s, v in outcome.get("steps", [])])

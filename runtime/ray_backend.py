@@ -53,8 +53,11 @@ def _remote() -> Any:
     return _REMOTE
 
 
-def submit(spec: TaskSpec, cpus: float, gpus: float, memory_bytes: int | None) -> Any:
+def submit(spec: TaskSpec, cpus: float, gpus: float, memory_bytes: int | None, upstream: Sequence[Any] = ()) -> Any:
     """Run ``spec`` as a Ray task; a worker that dies is retried by Ray (``max_retries``).
+
+    ``upstream`` are refs of running tasks whose results this one takes as inputs (``spec.chained``):
+    Ray starts it when they finish, without a round trip through the driver.
 
     A distributed trial (``spec.workers > 1``) asks these resources for each of its Ray Train
     workers; its coordinating task holds none itself, so it cannot starve the workers it waits for.
@@ -68,7 +71,7 @@ def submit(spec: TaskSpec, cpus: float, gpus: float, memory_bytes: int | None) -
                                "name": spec.node_id}
     if memory_bytes:
         options["memory"] = memory_bytes
-    ref = _remote().options(**options).remote(spec)
+    ref = _remote().options(**options).remote(spec, *upstream)
     if spec.workers > 1:
         _DISTRIBUTED.add(ref.hex())
     return ref

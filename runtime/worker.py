@@ -7,6 +7,7 @@ failure of the user's code) so the driver can record the log and decide about re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import io
 import logging
@@ -49,6 +50,8 @@ class TaskSpec:
     """More than 1: a trial trained by that many Ray Train workers (:mod:`runtime.distributed`)."""
     worker_resources: dict[str, float] = field(default_factory=dict)
     """Ray resources of each worker of a distributed trial (``CPU``, ``GPU``, ``memory``); set on submit."""
+    chained: dict[str, int] = field(default_factory=dict)
+    """Input name -> index of the upstream task result (passed to :func:`run_task`) that provides it."""
 
 
 def _import(target: str, code_hash: str | None, repo_root: str) -> Any:
@@ -87,12 +90,22 @@ def _input_path(store: Any, uri: str, scratch: Path) -> Path:
     return Path(store.materialize_dir(uri, scratch) if is_dir else store.get_file(uri, scratch))
 
 
-def run_task(spec: TaskSpec) -> dict[str, Any]:
+def run_task(spec: TaskSpec, *upstream: dict[str, Any]) -> dict[str, Any]:
     """Run one transform, trial or evaluation; store its outputs; return what the driver records.
 
-    A trial with ``workers > 1`` is handed to :func:`runtime.distributed.run_distributed`, which runs
-    :func:`execute` on every Ray Train worker.
+    ``upstream`` holds the results of tasks this one was chained to (Ray passes them when they finish;
+    ``spec.chained`` says which input each one is). If one of them failed, nothing runs and the result
+    is ``upstream_failed``. A trial with ``workers > 1`` is handed to
+    :func:`runtime.distributed.run_distributed`, which runs :func:`execute` on every Ray Train worker.
     """
+    if spec.chained:
+        for name, index in spec.chained.items():
+            parent = upstream[index]
+            if parent.get("status") != "succeeded":
+                return {"status": "upstream_failed", "error": f"input {name}: {parent.get('error', 'failed')}"}
+        spec = dataclasses.replace(spec, inputs={**spec.inputs, **{name: str(upstream[index]["artifact"])
+                                                                  for name, index in spec.chained.items()}},
+                                   chained={})
     if spec.kind == "trial" and spec.workers > 1:
         from runtime.distributed import run_distributed
 
