@@ -31,6 +31,8 @@ SECTIONS = {
              "`python bench/hash_bench.py`"),
     "runtime": ("bench.runtime_bench", "Reconciler: no-op plan, DAG apply vs plain Ray, parallel trainings",
                 "`python bench/runtime_bench.py`"),
+    "reconcile": ("bench.reconcile_bench", "GitOps loop: a reconcile tick with nothing to do",
+                  "`python bench/reconcile_bench.py`"),
     "serving": ("bench.serving_bench", "Serving: p50 latency vs a bare Ray Serve deployment",
                 "`python bench/serving_bench.py`"),
 }

@@ -101,8 +101,14 @@ def _free_port() -> int:
 
 def _authenticate(cluster: LocalCluster) -> None:
     """Make this process present the Ray token when it connects (Ray skips it for explicit addresses)."""
-    if cluster.auth == "token":
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if cluster.auth != "token" or os.environ.get("RAY_AUTH_MODE"):
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if "ray" in sys.modules:  # Ray read the mode when it was imported: make it read it again, as Ray itself does
+        with contextlib.suppress(Exception):
+            from ray._raylet import Config  # type: ignore[attr-defined]
+
+            Config.initialize("")
 
 
 def running(state_path: Path) -> LocalCluster | None:
@@ -169,7 +175,9 @@ def _start(state_path: Path, num_cpus: int | None, serve_port: int | None, timeo
     if num_cpus is not None:
         command.append(f"--num-cpus={num_cpus}")
     auth = "disabled" if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled" else "token"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": auth}
+    # One node: a drain on SIGTERM has nowhere to move Serve's replicas and would only wait out its 30 s.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": auth,
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     if auth == "token":
         _ensure_token()
     log = state_path.parent / "cluster.log"
