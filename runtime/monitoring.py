@@ -24,6 +24,7 @@ import csv
 import json
 import logging
 import math
+import numbers
 import tempfile
 import time
 import urllib.error
@@ -96,7 +97,7 @@ def run_monitors(project: Project, store: StateStore, names: Iterable[str] | Non
 def run_monitor(project: Project, workspace: Workspace, store: StateStore, name: str, at: float) -> MonitorResult:
     """Evaluate one monitor now, act on a breach, store and return the result."""
     monitor = project.spec.monitors[name]
-    samples = Samples(project, workspace, store, monitor)
+    samples = Samples(project, workspace, store, name)
     checks = [evaluate(check, samples) for check in monitor.checks]
     breached = any(c["status"] == "breached" for c in checks)
     result = MonitorResult(name, monitor.deployment, samples.version, at, breached, checks, [])
@@ -123,14 +124,14 @@ def evaluate(check: AnyCheck, samples: Samples) -> dict[str, Any]:
             outcome = evaluate_check(check, None, None, samples.predictions(),
                                      reference_predictions=samples.reference_predictions())
         elif isinstance(check, AccuracyCheck):
-            predictions, labels = samples.labelled(check.window)
+            predictions, labels = samples.labelled()
             outcome = evaluate_check(check, None, None, predictions, labels)
         else:
             outcome = evaluate_check(check, None, None, latencies_ms=samples.latencies())
     except InsufficientDataError as exc:
         return _not_evaluated(check, "skipped", str(exc))
     except Exception as exc:  # noqa: BLE001 - a check that cannot run is reported, never a crash
-        logger.warning("a %s check could not be evaluated: %s", check.type, exc)
+        logger.warning("monitors.%s: a %s check could not be evaluated: %s", samples.name, check.type, exc)
         return _not_evaluated(check, "error", f"{type(exc).__name__}: {exc}")
     return {**outcome.to_json(), "status": "breached" if outcome.breached else "ok"}
 
@@ -162,8 +163,9 @@ def check_threshold(check: AnyCheck) -> float:
 class Samples:
     """What a monitor's checks are evaluated on; each part is read once, when a check first needs it."""
 
-    def __init__(self, project: Project, workspace: Workspace, store: StateStore, monitor: Monitor) -> None:
-        self.project, self.workspace, self.store, self.monitor = project, workspace, store, monitor
+    def __init__(self, project: Project, workspace: Workspace, store: StateStore, name: str) -> None:
+        self.project, self.workspace, self.store, self.name = project, workspace, store, name
+        self.monitor = monitor = project.spec.monitors[name]
         state = store.get_deployment(monitor.deployment)
         self.version: int | None = state.live_version if state else None
         self.model = project.spec.deployments[monitor.deployment].model
@@ -198,7 +200,7 @@ class Samples:
     def latencies(self) -> npt.NDArray[np.float64]:
         return np.asarray([r.latency_ms for r in self.records()], dtype=float)
 
-    def labelled(self, window: int) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64]]:
+    def labelled(self) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64]]:
         """Logged predictions and their fed-back labels (NaN where none came back yet), aligned."""
         records = self.records()
         labels = self.store.feedback([r.id for r in records])
@@ -224,30 +226,29 @@ class Samples:
         if self._reference is None:
             name = self.monitor.reference
             if name is None:
-                raise InsufficientDataError(f"monitors need a `reference` dataset to compare with; "
-                                            f"deployments.{self.monitor.deployment}'s monitor has none")
-            uri = reference_uri(self.store, name)
+                raise InsufficientDataError(f"monitors.{self.name} has no `reference` dataset to compare with")
+            uri = reference_uri(self.project, self.store, name)
             if uri is None:
                 raise InsufficientDataError(f"datasets.{name} has no data yet (run `mlops apply`)")
             artifacts = ArtifactStore(self.workspace.artifact_root)
+            dataset = self.project.spec.datasets[name]
+            suffix = f".{dataset.format}" if dataset.format else Path(dataset.path or "").suffix
             with tempfile.TemporaryDirectory(prefix="mlops-reference-") as scratch:
-                rows = read_rows(_local(artifacts, uri, Path(scratch)))
+                rows = read_rows(_local(artifacts, uri, Path(scratch)), suffix)
             if not rows:
                 raise InsufficientDataError(f"datasets.{name} has no rows")
             self._reference = (columns_of(rows), rows)
         return self._reference
 
 
-def reference_uri(store: StateStore, dataset: str) -> str | None:
-    """The artifact of a dataset's newest snapshot (source) or newest transform output (derived)."""
-    address = f"datasets.{dataset}"
-    snapshot = store.latest_snapshot(address)
-    if snapshot is not None and snapshot.artifact_uri:
-        return snapshot.artifact_uri
-    produced = [r for r in store.latest_results().values() if r.address == address and r.outputs.get("artifact")]
-    if not produced:
+def reference_uri(project: Project, store: StateStore, dataset: str) -> str | None:
+    """The artifact of a dataset's newest snapshot (source) or transform output (derived); ``None`` before any."""
+    from runtime.apply import dataset_uri
+
+    try:
+        return dataset_uri(project, store, dataset)
+    except RuntimeError:  # not built yet
         return None
-    return str(max(produced, key=lambda r: r.finished_at).outputs["artifact"])
 
 
 def load_predictor(project: Project, workspace: Workspace, store: StateStore, model: str, version: int,
@@ -277,29 +278,35 @@ def _local(artifacts: ArtifactStore, uri: str, scratch: Path) -> Path:
 # --- tables -----------------------------------------------------------------------------------------
 
 
-def read_rows(path: Path) -> list[Row]:
+def read_rows(path: Path, suffix: str = "") -> list[Row]:
     """Rows of a CSV, JSONL or Parquet file, or of every such file under a directory (one format).
 
+    A file's format is its suffix, else ``suffix`` (a content-addressed snapshot has none), else CSV.
     CSV cells are typed per column: a column whose non-empty cells are all numbers becomes floats
     (empty cells NaN), any other stays strings (empty cells ``None``).
     """
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES)
+    if path.is_file():
+        files = [(path, path.suffix if path.suffix in DATA_SUFFIXES else suffix)]
+    else:
+        files = [(p, p.suffix) for p in sorted(path.rglob("*")) if p.suffix in DATA_SUFFIXES]
     if not files:
         raise ValueError(f"no CSV, JSONL or Parquet file in {path}")
-    kinds = {p.suffix for p in files}
+    kinds = {kind for _, kind in files}
     if len(kinds) > 1:
         raise ValueError(f"{path} mixes data formats ({', '.join(sorted(kinds))}); cannot read it as one table")
     rows: list[Row] = []
-    for file in files:
-        rows.extend(_read_file(file))
+    for file, kind in files:
+        rows.extend(_read_file(file, kind))
     return rows
 
 
-def _read_file(file: Path) -> list[Row]:
-    if file.suffix == ".jsonl":
+def _read_file(file: Path, kind: str) -> list[Row]:
+    if kind not in ("", *DATA_SUFFIXES):
+        raise ValueError(f"cannot read {kind.lstrip('.')} data as a table (monitors read csv, jsonl and parquet)")
+    if kind == ".jsonl":
         with file.open(encoding="utf-8") as handle:
             return [json.loads(line) for line in handle if line.strip()]
-    if file.suffix == ".parquet":
+    if kind == ".parquet":
         import pyarrow.parquet as pq
 
         rows: list[Row] = pq.read_table(file).to_pylist()
@@ -329,9 +336,9 @@ def columns_of(rows: list[Row]) -> Columns:
 
 
 def values_array(values: list[Any]) -> npt.NDArray[Any]:
-    """Floats when every present value is a number (``None`` -> NaN), else strings (``None`` kept)."""
+    """Floats when every present value is a real number (``None`` -> NaN), else strings (``None`` kept)."""
     present = [v for v in values if v is not None]
-    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+    if all(isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_) for v in present):  # numpy's too
         return np.asarray([math.nan if v is None else float(v) for v in values], dtype=float)
     out = np.empty(len(values), dtype=object)
     out[:] = [None if v is None else str(v) for v in values]

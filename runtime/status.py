@@ -8,7 +8,8 @@ Sync is the plan's verdict: ``Synced`` when the plan's action for the address is
 - gates: the latest decision about the model's newest version — ``Healthy`` passed, ``Degraded`` failed,
   ``Progressing`` awaiting approval, ``Missing`` never decided;
 - deployments: what Ray Serve itself says when the cluster is reachable (``Missing`` when Serve has no such
-  application), else the state's record;
+  application); ``Missing`` and ``OutOfSync`` when the embedded default's local cluster is down (nothing can be
+  serving); else, when a configured ``cluster.address`` cannot be reached, the state's record;
 - monitors: the last result — ``Degraded`` when it breached, ``Progressing`` while every check is skipped
   for lack of data, ``Missing`` when it never ran.
 """
@@ -28,6 +29,9 @@ from runtime.state.store import StateStore
 from runtime.workspace import Workspace
 
 Sync = Literal["Synced", "OutOfSync", "Unknown"]
+Serve = Literal["reachable", "down", "unreachable", "unused"]
+"""Ray Serve, seen from here: connected; the local cluster is not running; ``cluster.address`` cannot be reached;
+no realtime deployment to ask about."""
 Health = Literal["Healthy", "Progressing", "Degraded", "Missing"]
 SECTIONS = ("datasets", "models", "gates", "deployments", "monitors")
 
@@ -51,7 +55,7 @@ class ProjectStatus:
     project: str
     resources: list[ResourceStatus]
     reconciler: ReconcilerStatus
-    serve_reachable: bool
+    serve: Serve
     plan_error: str | None = None
 
     @property
@@ -65,7 +69,7 @@ class ProjectStatus:
     def to_json(self) -> dict[str, Any]:
         r = self.reconciler
         return {"project": self.project, "synced": self.synced, "healthy": self.healthy,
-                "serve_reachable": self.serve_reachable, "plan_error": self.plan_error,
+                "serve": self.serve, "plan_error": self.plan_error,
                 "resources": [s.to_json() for s in self.resources],
                 "reconciler": {"commit": r.commit, "synced_at": r.synced_at, "tick_at": r.tick_at,
                                "error": r.error, "errors": r.errors}}
@@ -82,8 +86,8 @@ def project_status(project: Project, store: StateStore) -> ProjectStatus:
     except MlopsError as error:
         plan_error = "; ".join(d.message for d in error.diagnostics)
         graph, changes = build_graph(project, data_hasher=CachedHasher(store)), {}
-    reachable = serve_reachable(project)
-    health = _Health(project, store, graph, reachable)
+    serve = serve_state(project)
+    health = _Health(project, store, graph, serve)
     addresses = [f"{section}.{name}" for section in SECTIONS for name in getattr(project.spec, section)]
     addresses += [a for a in changes if a not in addresses]
     resources = []
@@ -92,29 +96,34 @@ def project_status(project: Project, store: StateStore) -> ProjectStatus:
         sync: Sync = "Unknown" if plan_error else "Synced" if change is None or change.action == "no-op" \
             else "OutOfSync"
         state, detail = health.of(address)
+        reasons = list(change.reasons) if change and change.action != "no-op" else []
         if change is not None and change.action == "delete":
             detail = "not in the spec; apply deletes it"
-        resources.append(ResourceStatus(address, sync, state, detail,
-                                        list(change.reasons) if change and change.action != "no-op" else []))
-    return ProjectStatus(project.spec.project, resources, store.reconciler_status(), reachable, plan_error)
+        elif health.stopped(address) and sync == "Synced":
+            sync = "OutOfSync"
+            reasons = ["live state differs: the local Ray cluster is down (`mlops up`, then `mlops apply`)"]
+        resources.append(ResourceStatus(address, sync, state, detail, reasons))
+    return ProjectStatus(project.spec.project, resources, store.reconciler_status(), serve, plan_error)
 
 
-def serve_reachable(project: Project) -> bool:
+def serve_state(project: Project) -> Serve:
     """Whether this process is (or can get) connected to the cluster that hosts Ray Serve."""
     if not any(d.mode == "realtime" for d in project.spec.deployments.values()):
-        return False
+        return "unused"
     from runtime import cluster
     from runtime.operations import _serve_reachable
 
     workspace = Workspace.of(project)
     try:
-        return _serve_reachable(project, workspace, cluster.running(workspace.state_path))
+        if _serve_reachable(project, workspace, cluster.running(workspace.state_path)):
+            return "reachable"
     except Exception:  # noqa: BLE001 - an unreachable cluster only means health comes from the state
-        return False
+        return "unreachable"
+    return "down"  # no cluster.address and no local cluster running: nothing serves
 
 
 class _Health:
-    def __init__(self, project: Project, store: StateStore, graph: Graph, serve: bool) -> None:
+    def __init__(self, project: Project, store: StateStore, graph: Graph, serve: Serve) -> None:
         from runtime.operations import gate_views
 
         self.project, self.store, self.graph, self.serve = project, store, graph, serve
@@ -171,23 +180,31 @@ class _Health:
     def _deployment(self, name: str) -> tuple[Health, str]:
         spec = self.project.spec.deployments.get(name)
         state = self.store.get_deployment(name)
-        if spec is not None and spec.mode == "realtime" and self.serve:
+        where = "" if spec is None or spec.mode == "batch" else " (Ray Serve not reachable; from the state)"
+        if spec is not None and spec.mode == "realtime" and self.serve == "reachable":
             from runtime import serving
 
-            live = serving.live(name)
-            if live is None:
-                return "Missing", "not running in Ray Serve"
-            detail = f"Ray Serve: version {live.version}, {live.replicas} replica(s), {live.status}"
-            if state is not None and state.live_version not in (None, live.version):
-                detail += f" (the state expects version {state.live_version})"
-            return live.health, detail + _pin(state)
+            try:
+                return _served(serving.live(name), state)
+            except Exception as exc:  # noqa: BLE001 - a Serve that does not answer: fall back to the state
+                where = f" (Ray Serve did not answer: {(str(exc).splitlines() or [type(exc).__name__])[0]})"
         if state is None or state.live_version is None:
             return "Missing", "never deployed"
-        where = "" if spec is None or spec.mode == "batch" else " (Ray Serve not reachable; from the state)"
+        if self.stopped(f"deployments.{name}"):
+            return "Missing", f"version {state.live_version} recorded as live; nothing serves it"
         detail = f"version {state.live_version}{where}{_pin(state)}"
         if state.status.startswith("Degraded"):
             return "Degraded", f"{state.status}; {detail}"
         return ("Healthy", detail) if state.status == "Healthy" else ("Progressing", f"{state.status}; {detail}")
+
+    def stopped(self, address: str) -> bool:
+        """A realtime deployment recorded as live whose local cluster is down."""
+        section, name = address.split(".", 1)
+        spec = self.project.spec.deployments.get(name) if section == "deployments" else None
+        if spec is None or spec.mode != "realtime" or self.serve != "down":
+            return False
+        state = self.store.get_deployment(name)
+        return state is not None and state.live_version is not None
 
     def _monitor(self, name: str) -> tuple[Health, str]:
         last = self.store.monitor_results(name, limit=1)
@@ -201,6 +218,16 @@ class _Health:
         if statuses and all(s == "skipped" for s in statuses):
             return "Progressing", "waiting for data: every check skipped"
         return "Healthy", f"{statuses.count('ok')} of {len(statuses)} check(s) ok"
+
+
+def _served(live: Any, state: Any) -> tuple[Health, str]:
+    """Health as Ray Serve reports it (``live`` is ``None`` when Serve has no such application)."""
+    if live is None:
+        return "Missing", "not running in Ray Serve"
+    detail = f"Ray Serve: version {live.version}, {live.replicas} replica(s), {live.status}"
+    if state is not None and state.live_version not in (None, live.version):
+        detail += f" (the state expects version {state.live_version})"
+    return live.health, detail + _pin(state)
 
 
 def _pin(state: Any) -> str:

@@ -13,6 +13,7 @@ from runtime.cli.commands.models import models_group
 from runtime.cli.commands.monitor import monitor_group
 from runtime.cli.commands.plan import plan_command
 from runtime.cli.commands.policy import policy_group
+from runtime.cli.commands.reconcile import reconcile_command
 from runtime.cli.commands.rollback import rollback_command
 from runtime.cli.commands.runs import runs_group
 from runtime.cli.commands.schema import schema_command
@@ -21,6 +22,6 @@ from runtime.cli.commands.unlock import force_unlock_command
 from runtime.cli.commands.up import down_command, up_command
 from runtime.cli.commands.validate import validate_command
 
-COMMANDS = [init_command, validate_command, policy_group, graph_command, compile_command, plan_command,
-            apply_command, status_command, approve_command, rollback_command, up_command, down_command, runs_group,
+COMMANDS = [init_command, validate_command, policy_group, graph_command, compile_command, plan_command, apply_command,
+            status_command, approve_command, rollback_command, reconcile_command, up_command, down_command, runs_group,
             models_group, lineage_command, monitor_group, audit_group, force_unlock_command, schema_command]
