@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import time
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,32 +38,47 @@ def log_dir(artifact_root: str, deployment: str) -> Path:
 
 
 class InferenceWriter:
-    """Appends records for one replica; flushes every ``flush_every`` records or ``flush_seconds``."""
+    """Appends records for one replica; flushes every ``flush_every`` records, and a background thread
+    flushes what is pending every ``flush_seconds`` so quiet traffic still reaches the monitors."""
 
     def __init__(self, directory: Path, replica: str, flush_every: int = 64, flush_seconds: float = 1.0) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"{replica}.jsonl"
         self._handle: TextIO = self.path.open("a", encoding="utf-8")
         self._pending = 0
-        self._last_flush = time.monotonic()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
+        threading.Thread(target=self._flush_periodically, name="inference-log-flush", daemon=True).start()
 
     def write(self, record: InferenceRecord) -> None:
-        self._handle.write(json.dumps(record.__dict__, separators=(",", ":"), default=float) + "\n")
-        self._pending += 1
-        if self._pending >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_seconds:
-            self.flush()
+        line = json.dumps(record.__dict__, separators=(",", ":"), default=float) + "\n"
+        with self._lock:
+            self._handle.write(line)
+            self._pending += 1
+            if self._pending >= self.flush_every:
+                self._flush_locked()
 
     def flush(self) -> None:
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._pending = 0
-        self._last_flush = time.monotonic()
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if self._pending and not self._handle.closed:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._pending = 0
+
+    def _flush_periodically(self) -> None:
+        while not self._closed.wait(self.flush_seconds):
+            self.flush()
 
     def close(self) -> None:
-        self.flush()
-        self._handle.close()
+        self._closed.set()
+        with self._lock:
+            self._flush_locked()
+            self._handle.close()
 
 
 def read(directory: Path, since: float = 0.0, limit: int | None = None) -> list[InferenceRecord]:

@@ -99,8 +99,13 @@ def serving_drift(project: Project, graph: Graph, store: StateStore,
     if not realtime:
         return {}
     workspace = Workspace.of(project)
-    if not _serve_reachable(project, workspace, cluster.running(workspace.state_path)):
-        return {}
+    local = cluster.running(workspace.state_path)
+    if not _serve_reachable(project, workspace, local):
+        # no cluster.address and the local cluster is down: nothing can be serving what was deployed
+        return {f"deployments.{name}/deploy": "live state differs: the local Ray cluster is down"
+                for name in sorted(realtime)
+                if f"deployments.{name}/deploy" in recorded and (s := store.get_deployment(name)) is not None
+                and s.live_version is not None}
     from runtime import serving
 
     forced = {}

@@ -31,10 +31,17 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 def shutdown() -> None:
+    """Leave Ray; Serve's cached client is dropped too (a new session would reuse its job id)."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+    try:
+        from ray.serve import context as serve_context
+
+        serve_context._set_global_client(None)
+    except Exception:  # noqa: BLE001 - Serve never used, or its internals moved: nothing cached to drop
+        pass
 
 
 def cluster_resources() -> dict[str, float]:

@@ -232,8 +232,13 @@ def test_cli_apply_trains_the_churn_example_and_passes_its_gate(tmp_path: Path) 
     workdir = tmp_path / "repo"
     subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(ROOT), str(workdir)], check=True)
     env = {**os.environ, "PYTHONPATH": str(workdir)}
-    result = subprocess.run([sys.executable, "-m", "runtime.cli.main", "-f", "examples/churn/mlops.yaml", "--json",
-                             "apply"], cwd=workdir, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
-    assert report["outcomes"]["gates.churn-quality/check"]["status"] == "succeeded"
+    try:
+        result = subprocess.run([sys.executable, "-m", "runtime.cli.main", "-f", "examples/churn/mlops.yaml",
+                                 "--json", "apply"], cwd=workdir, capture_output=True, text=True, env=env, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads(result.stdout)
+        assert report["outcomes"]["gates.churn-quality/check"]["status"] == "succeeded"
+        assert report["outcomes"]["deployments.churn-api/deploy"]["status"] == "succeeded"
+    finally:  # the realtime deployment started the long-lived local cluster: stop it
+        subprocess.run([sys.executable, "-m", "runtime.cli.main", "-f", "examples/churn/mlops.yaml", "down"],
+                       cwd=workdir, capture_output=True, text=True, env=env, timeout=120)
