@@ -102,7 +102,8 @@ def serving_drift(project: Project, graph: Graph, store: StateStore,
     local = cluster.running(workspace.state_path)
     if not _serve_reachable(project, workspace, local):
         # no cluster.address and the local cluster is down: nothing can be serving what was deployed
-        return {f"deployments.{name}/deploy": "live state differs: the local Ray cluster is down"
+        return {f"deployments.{name}/deploy": "live state differs: the local Ray cluster is down "
+                                              "(`mlops apply` starts it again)"
                 for name in sorted(realtime)
                 if f"deployments.{name}/deploy" in recorded and (s := store.get_deployment(name)) is not None
                 and s.live_version is not None}

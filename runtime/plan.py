@@ -198,7 +198,7 @@ def make_plan(graph: Graph, recorded: dict[str, NodeResult], gates: dict[str, Ga
             if node.id in forced:
                 change = NodeChange(node.id, node.address, node.kind, "replace", (forced[node.id],),
                                     node.fingerprint, change.before)
-            elif rerun:
+            elif rerun and node.kind != "monitor":  # a monitor's work is watching: it goes on as it is
                 change = NodeChange(node.id, node.address, node.kind, "replace",
                                     tuple(dict.fromkeys(f"upstream changed: {a}" for a in rerun if a != node.address))
                                     or ("upstream runs again",), node.fingerprint, change.before)

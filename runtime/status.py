@@ -99,9 +99,6 @@ def project_status(project: Project, store: StateStore) -> ProjectStatus:
         reasons = list(change.reasons) if change and change.action != "no-op" else []
         if change is not None and change.action == "delete":
             detail = "not in the spec; apply deletes it"
-        elif health.stopped(address) and sync == "Synced":
-            sync = "OutOfSync"
-            reasons = ["live state differs: the local Ray cluster is down (`mlops up`, then `mlops apply`)"]
         resources.append(ResourceStatus(address, sync, state, detail, reasons))
     return ProjectStatus(project.spec.project, resources, store.reconciler_status(), serve, plan_error)
 

@@ -208,7 +208,7 @@ def test_status_after_apply_is_synced_and_healthy_from_ray_serve(tmp_path: Path,
     assert table(alone) == {**dict.fromkeys(ADDRESSES, ("Synced", "Healthy")),
                             "deployments.api": ("OutOfSync", "Missing")}
     row = next(r for r in alone["resources"] if r["address"] == "deployments.api")
-    assert row["reasons"] == ["live state differs: the local Ray cluster is down (`mlops up`, then `mlops apply`)"]
+    assert row["reasons"] == ["live state differs: the local Ray cluster is down (`mlops apply` starts it again)"]
 
 
 def test_rollback_cli_on_a_batch_deployment(tmp_path: Path, make_project: Any,
