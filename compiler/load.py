@@ -45,6 +45,16 @@ class _Loader(getattr(yaml, "CBaseLoader", yaml.BaseLoader)):  # type: ignore[mi
         return _DEFAULT_TAGS[kind]
 _IMPLICIT = yaml.resolver.Resolver.yaml_implicit_resolvers
 _STR_TAG = "tag:yaml.org,2002:str"
+_FAST_SCALARS: dict[str, Any] = {
+    "tag:yaml.org,2002:int": lambda text: int(text, 10) if text.lstrip("+-").isdigit()
+    and not (text.lstrip("+-").startswith("0") and len(text.lstrip("+-")) > 1) else {}[text],
+    "tag:yaml.org,2002:float": lambda text: float(text) if "_" not in text and ":" not in text
+    and text.lower().lstrip("+-") not in (".inf", ".nan") else {}[text],
+    "tag:yaml.org,2002:bool": {"true": True, "false": False}.__getitem__,
+    "tag:yaml.org,2002:null": {"": None, "~": None, "null": None}.__getitem__,
+}
+"""Plain decimal ints, ordinary floats, lowercase booleans and nulls; anything else (octal ``012``,
+``0x1F``, ``1_000``, sexagesimal ``1:30``, ``.inf``, ``Yes``) falls back to PyYAML's constructor."""
 _SCALAR_TAGS = {
     "tag:yaml.org,2002:str",
     "tag:yaml.org,2002:int",
@@ -244,6 +254,12 @@ class _Builder:
             raise LoadError.one(f"unsupported YAML tag {_short(tag)}", self.pos(node))
         if tag in (_STR_TAG, "tag:yaml.org,2002:timestamp"):
             return node.value  # dates stay text: the spec's models parse them
+        fast = _FAST_SCALARS.get(tag)
+        if fast is not None:  # the common spellings, without the constructor's machinery
+            try:
+                return fast(node.value)
+            except (ValueError, KeyError):
+                pass  # 0x1F, 1_000, 1:30, .inf, Yes, ...: the full YAML 1.1 rules below
         try:
             node.tag = tag
             return self._scalars.construct_object(node)

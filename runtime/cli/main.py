@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import importlib
+import os
 import sys
 
 import click
@@ -13,15 +15,26 @@ from runtime.cli.commands import COMMANDS
 from runtime.cli.options import global_options
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose commands are imported when used (see :data:`runtime.cli.commands.COMMANDS`)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, _, attribute = target.partition(":")
+        command: click.Command = getattr(importlib.import_module(module_name), attribute)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @global_options
 @click.version_option("0.1.0", prog_name="mlops")
 def cli() -> None:
     """mlops: a declarative GitOps compiler and reconciler for machine learning."""
-
-
-for command in COMMANDS:
-    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,5 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """The console script: run, then leave without tearing down the object graph one object at a time.
+
+    Interpreter shutdown runs a full garbage collection over everything a large spec built (measured:
+    0.2-0.5 s at 5,000 resources), so a command that never joined Ray exits straight away once its
+    output is flushed. One that did lets Ray's shutdown hooks stop what it started.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

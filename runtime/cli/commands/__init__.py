@@ -1,27 +1,30 @@
-"""Every top-level command of the CLI, in the order ``mlops --help`` lists them."""
+"""Every top-level command of the CLI, in the order ``mlops --help`` lists them.
+
+Each entry names the module and the click command in it; a command's module is imported only when
+that command runs (or ``--help`` lists them all), so ``mlops validate`` never loads the runtime.
+"""
 
 from __future__ import annotations
 
-from runtime.cli.commands.apply import apply_command
-from runtime.cli.commands.approve import approve_command
-from runtime.cli.commands.audit import audit_group
-from runtime.cli.commands.compile import compile_command
-from runtime.cli.commands.graph import graph_command
-from runtime.cli.commands.init import init_command
-from runtime.cli.commands.lineage import lineage_command
-from runtime.cli.commands.models import models_group
-from runtime.cli.commands.monitor import monitor_group
-from runtime.cli.commands.plan import plan_command
-from runtime.cli.commands.policy import policy_group
-from runtime.cli.commands.reconcile import reconcile_command
-from runtime.cli.commands.rollback import rollback_command
-from runtime.cli.commands.runs import runs_group
-from runtime.cli.commands.schema import schema_command
-from runtime.cli.commands.status import status_command
-from runtime.cli.commands.unlock import force_unlock_command
-from runtime.cli.commands.up import down_command, up_command
-from runtime.cli.commands.validate import validate_command
-
-COMMANDS = [init_command, validate_command, policy_group, graph_command, compile_command, plan_command, apply_command,
-            status_command, approve_command, rollback_command, reconcile_command, up_command, down_command, runs_group,
-            models_group, lineage_command, monitor_group, audit_group, force_unlock_command, schema_command]
+COMMANDS: dict[str, str] = {
+    "init": "runtime.cli.commands.init:init_command",
+    "validate": "runtime.cli.commands.validate:validate_command",
+    "policy": "runtime.cli.commands.policy:policy_group",
+    "graph": "runtime.cli.commands.graph:graph_command",
+    "compile": "runtime.cli.commands.compile:compile_command",
+    "plan": "runtime.cli.commands.plan:plan_command",
+    "apply": "runtime.cli.commands.apply:apply_command",
+    "status": "runtime.cli.commands.status:status_command",
+    "approve": "runtime.cli.commands.approve:approve_command",
+    "rollback": "runtime.cli.commands.rollback:rollback_command",
+    "reconcile": "runtime.cli.commands.reconcile:reconcile_command",
+    "up": "runtime.cli.commands.up:up_command",
+    "down": "runtime.cli.commands.up:down_command",
+    "runs": "runtime.cli.commands.runs:runs_group",
+    "models": "runtime.cli.commands.models:models_group",
+    "lineage": "runtime.cli.commands.lineage:lineage_command",
+    "monitor": "runtime.cli.commands.monitor:monitor_group",
+    "audit": "runtime.cli.commands.audit:audit_group",
+    "force-unlock": "runtime.cli.commands.unlock:force_unlock_command",
+    "schema": "runtime.cli.commands.schema:schema_command",
+}
