@@ -140,7 +140,7 @@ def test_a_failing_rank_fails_the_node_and_a_timeout_frees_the_workers(tmp_path:
         groups = ray.util.placement_group_table().values()
         return all(pg["state"] == "REMOVED" for pg in groups) and ray.available_resources().get("CPU") == 2
 
-    deadline = time.time() + 10
+    deadline = time.time() + 30  # cancel interrupts at once and force-kills after 15 s
     while not freed() and time.time() < deadline:
         time.sleep(0.2)
     assert freed(), ray.util.placement_group_table()
