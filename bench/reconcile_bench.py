@@ -14,8 +14,6 @@ life), ticks with nothing to do are timed:
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import statistics
 import sys
@@ -133,11 +131,6 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeat", type=int, default=10)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    outcome = run(args.repeat)
-    if args.json:
-        args.json.write_text(json.dumps(outcome, indent=2))
-    print(markdown(outcome))
+    from bench.cli import main
+
+    main(__doc__, run, markdown, repeat=10)

@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import statistics
 import subprocess
@@ -200,11 +198,6 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    outcome = run(args.repeat)
-    if args.json:
-        args.json.write_text(json.dumps(outcome, indent=2))
-    print(markdown(outcome))
+    from bench.cli import main
+
+    main(__doc__, run, markdown, repeat=3)
