@@ -183,6 +183,10 @@ class Executor:
         if self.project.spec.cluster.address:
             return self.project.spec.cluster.address
         local = cluster.running(self.workspace.state_path)
+        serves = any(c.kind == "deploy" and self.project.spec.deployments[c.address.split(".", 1)[1]].mode
+                     == "realtime" for c in self.plan.runnable())
+        if local is None and serves:  # deployments must outlive this process: join the long-lived cluster
+            local = cluster.up(self.workspace.state_path)
         return local.address if local else None
 
     def _upstream_state(self, node_id: str, changes: dict[str, NodeChange]) -> str:
