@@ -100,8 +100,8 @@ class Executor:
         waiting: list[tuple[float, Node, int]] = []  # (not before, node, attempt) for retries
         in_flight: dict[Any, _Attempt] = {}
         remaining = {c.node_id for c in todo}
-        if any(self.graph.node(c.node_id).kind in REMOTE_KINDS for c in todo):
-            ray_backend.connect(self._cluster_address())
+        if not ray_backend.connected() and any(self.graph.node(c.node_id).kind in REMOTE_KINDS for c in todo):
+            ray_backend.connect(self._cluster_address())  # a process already on Ray (tests, the reconciler) stays
         while remaining:
             progressed = False
             active = {a.node.id for a in in_flight.values()} | {w[1].id for w in waiting}

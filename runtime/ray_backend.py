@@ -15,6 +15,13 @@ _DISTRIBUTED: set[str] = set()
 CANCEL_GRACE_S = 15.0
 
 
+def connected() -> bool:
+    """Whether this process has already joined (or started) a Ray cluster."""
+    import ray
+
+    return bool(ray.is_initialized())
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join ``address`` (``auto`` or ``ray://...``), or start an embedded local Ray when it is ``None``."""
     import ray
