@@ -17,10 +17,10 @@ Reasons are for display only; decisions are made on fingerprints and gate decisi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from compiler.change_reasons import IN_PLACE_KEYS, config_reasons, strongest
 from compiler.content_hash import canonical_json, hash_value
 from compiler.graph import Graph, Node
 from runtime.state.records import GateDecision, NodeResult
@@ -29,11 +29,6 @@ Action = Literal["create", "update", "replace", "delete", "no-op", "blocked"]
 ACTIONS: tuple[Action, ...] = ("create", "update", "replace", "delete", "no-op", "blocked")
 FORMAT_VERSION = "1"
 
-IN_PLACE_KEYS = {
-    "deploy": {"replicas", "resources", "route"},
-    "monitor": {"schedule", "checks", "on_breach"},
-}
-"""Config keys whose change updates a node in place instead of re-running it."""
 
 
 @dataclass(frozen=True)
@@ -111,29 +106,6 @@ class GateView:
     required: int
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
-        for key in sorted(value):
-            out.update(_flatten(value[key], f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: value}
-
-
-def config_reasons(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """``params.lr: 0.01 -> 0.02`` for every leaf that differs.
-
-    >>> config_reasons({"params": {"lr": 0.01}}, {"params": {"lr": 0.02, "epochs": 5}})
-    ['params.epochs: (none) -> 5', 'params.lr: 0.01 -> 0.02']
-    """
-    old, new = _flatten(before), _flatten(after)
-    reasons = []
-    for key in sorted(set(old) | set(new)):
-        if key in old and key in new and canonical_json(old[key]) == canonical_json(new[key]):
-            continue
-        render = lambda m, k: canonical_json(m[k]) if k in m else "(none)"  # noqa: E731
-        reasons.append(f"{key}: {render(old, key)} -> {render(new, key)}")
-    return reasons
 
 
 def _address_of_node(node_id: str) -> str:
@@ -156,23 +128,6 @@ def node_reasons(node: Node, recorded: NodeResult, upstream: dict[str, str]) -> 
                 reasons.append(reason)
     return reasons or ["fingerprint changed"]
 
-
-def _strongest(actions: Iterable[Action]) -> Action:
-    """A resource's action from its nodes' actions.
-
-    >>> _strongest(["create", "create"]), _strongest(["no-op", "create"]), _strongest(["no-op", "update"])
-    ('create', 'replace', 'update')
-    """
-    found = set(actions)
-    if len(found) == 1:
-        return found.pop()
-    if "blocked" in found:
-        return "blocked"
-    if found & {"replace", "create"}:
-        return "replace"  # some steps run again
-    if found & {"update", "delete"}:
-        return "update"  # changed in place, or a step (say a sweep trial) removed
-    return "no-op"
 
 
 def make_plan(graph: Graph, recorded: dict[str, NodeResult], gates: dict[str, GateView],
@@ -218,7 +173,7 @@ def make_plan(graph: Graph, recorded: dict[str, NodeResult], gates: dict[str, Ga
             for reason in change.reasons:
                 if reason not in reasons:
                     reasons.append(reason)
-        action = _strongest(c.action for c in node_changes)
+        action = strongest(c.action for c in node_changes)
         resources.append(ResourceChange(address, action, reasons if action != "no-op" else [], node_changes))
     state_digest = hash_value(sorted((r.node_id, r.fingerprint) for r in recorded.values()))
     spec_digest = hash_value(sorted((n.id, n.fingerprint) for n in nodes))

@@ -156,9 +156,9 @@ def test_state_digest_changes_with_the_state(tmp_path: Path, make_project: Any) 
 @pytest.mark.parametrize("actions,expected", [(["create"], "create"), (["no-op", "create"], "replace"),
                                               (["no-op", "delete"], "update"), (["blocked", "replace"], "blocked")])
 def test_resource_action_from_node_actions(actions: list[Any], expected: str) -> None:
-    from runtime.plan import _strongest
+    from compiler.change_reasons import strongest
 
-    assert _strongest(actions) == expected
+    assert strongest(actions) == expected
 
 
 def test_a_forced_node_reruns_with_its_reason_and_so_does_its_downstream(tmp_path: Path, make_project: Any) -> None:

@@ -26,5 +26,6 @@ COMMANDS: dict[str, str] = {
     "monitor": "runtime.cli.commands.monitor:monitor_group",
     "audit": "runtime.cli.commands.audit:audit_group",
     "force-unlock": "runtime.cli.commands.unlock:force_unlock_command",
+    "diff": "runtime.cli.commands.diff:diff_command",
     "schema": "runtime.cli.commands.schema:schema_command",
 }
