@@ -33,3 +33,8 @@ def global_options(func: F) -> F:
     func = click.option("--no-color", "color", flag_value=False, default=None, expose_value=False,
                         is_eager=True, callback=_set("color"), help="No colors.")(func)
     return func
+
+
+def policies_option(help_text: str = "A folder of extra policy packs (repeatable).") -> Callable[[F], F]:
+    """``--policies DIR`` (repeatable) -> the ``policy_dirs`` argument."""
+    return click.option("--policies", "policy_dirs", multiple=True, type=click.Path(file_okay=False), help=help_text)

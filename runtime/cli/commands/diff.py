@@ -11,7 +11,7 @@ import click
 
 from compiler.diff import Diff, PolicyChange, ResourceDiff
 from runtime.cli.app import Application, pass_app
-from runtime.cli.options import global_options
+from runtime.cli.options import global_options, policies_option
 
 SYMBOLS = {"added": "+", "changed": "~", "removed": "-"}
 
@@ -137,8 +137,7 @@ RENDERERS: dict[str, Callable[[Diff], str]] = {"text": render_text, "json": rend
 @click.option("--format", "fmt", type=click.Choice(sorted(RENDERERS)), default=None,
               help="Output format (default text; json with --json; markdown is a ready PR comment).")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write the result to a file.")
-@click.option("--policies", "policy_dirs", multiple=True, type=click.Path(file_okay=False),
-              help="A folder of extra policy packs (repeatable; read at each ref when inside the repository).")
+@policies_option("A folder of extra policy packs (repeatable; read at each ref when inside the repository).")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when there are changes.")
 @global_options
 @pass_app

@@ -9,7 +9,7 @@ import click
 from compiler.policy.render import RENDERERS
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import policies_or_fail, project_or_fail
-from runtime.cli.options import global_options
+from runtime.cli.options import global_options, policies_option
 
 
 @click.group("policy")
@@ -22,8 +22,7 @@ def policy_group() -> None:
 @click.option("--format", "fmt", type=click.Choice(sorted(RENDERERS)), default=None,
               help="Output format (default text; json with --json).")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write the report to a file.")
-@click.option("--policies", "policy_dirs", multiple=True, type=click.Path(file_okay=False),
-              help="A folder of extra policy packs (repeatable).")
+@policies_option()
 @global_options
 @pass_app
 def check_command(app: Application, fmt: str | None, output: str | None, policy_dirs: tuple[str, ...]) -> None:

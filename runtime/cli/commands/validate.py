@@ -9,12 +9,11 @@ from compiler.errors import MlopsError
 from compiler.policy.render import render_text, to_json
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import policies_or_fail, project_or_fail
-from runtime.cli.options import global_options
+from runtime.cli.options import global_options, policies_option
 
 
 @click.command("validate")
-@click.option("--policies", "policy_dirs", multiple=True, type=click.Path(file_okay=False),
-              help="A folder of extra policy packs (repeatable).")
+@policies_option()
 @global_options
 @pass_app
 def validate_command(app: Application, policy_dirs: tuple[str, ...]) -> None:
