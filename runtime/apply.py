@@ -144,18 +144,18 @@ class Executor:
                     progressed = True
             if in_flight:
                 ready, _ = ray_backend.wait(list(in_flight), timeout=0.2)
-                for ref in sorted(ready, key=lambda r: self._order[in_flight[r].node.id]):
-                    attempt = in_flight.pop(ref)
-                    outcome = ray_backend.result(ref)
-                    progressed = True
-                    if outcome.get("status") == "upstream_failed":
-                        continue  # never ran: decided again once its upstream is settled
-                    retry = self._complete(attempt, outcome)
-                    if retry is not None:
-                        waiting.append(retry)
-                    else:
-                        remaining.discard(attempt.node.id)
-                    progressed = True
+                with self.store.transaction():  # one commit for the round, not four per task
+                    for ref in sorted(ready, key=lambda r: self._order[in_flight[r].node.id]):
+                        attempt = in_flight.pop(ref)
+                        outcome = ray_backend.result(ref)
+                        progressed = True
+                        if outcome.get("status") == "upstream_failed":
+                            continue  # never ran: decided again once its upstream is settled
+                        retry = self._complete(attempt, outcome)
+                        if retry is not None:
+                            waiting.append(retry)
+                        else:
+                            remaining.discard(attempt.node.id)
                 for ref, attempt in list(in_flight.items()):
                     limit = self._timeout(attempt.node)
                     if limit is not None and time.time() - attempt.started > limit:
