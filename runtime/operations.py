@@ -181,6 +181,10 @@ def apply_project(project: Project, *, plan_path: Path | None = None, targets: l
             "outcomes": {nid: o.status for nid, o in result.outcomes.items()},
             "gates": {nid: o.message for nid, o in result.outcomes.items() if nid.startswith("gates.")},
         }, origin.commit)
+        if project.spec.storage.mlflow:  # mirror runs and model versions; a failure only warns
+            from runtime.mlflow_mirror import mirror_project
+
+            mirror_project(project, store, workspace.artifact_root)
     return ApplyOutcome(plan, result, time.time() - started)
 
 
@@ -257,5 +261,9 @@ def rollback(project: Project, deployment: str, to: int | None = None, reason: s
     deploy_version(Workspace.of(project), store, deployment, target, pin=(previous, reason))
     audit.append(store, origin.actor, "rollback", {"deployment": f"deployments.{deployment}", "model": spec.model,
                                                    "from": previous, "to": target, "reason": reason}, origin.commit)
+    if project.spec.storage.mlflow:  # move the `live` alias in MLflow; a failure only warns
+        from runtime.mlflow_mirror import mirror_project
+
+        mirror_project(project, store, Workspace.of(project).artifact_root)
     return RollbackOutcome(deployment, spec.model, previous, target,
                            f"set `deployments.{deployment}.version: {target}` in {project.spec_path.name}")
