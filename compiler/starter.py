@@ -11,6 +11,8 @@ from compiler.repository import find_root
 
 TEMPLATES = Path(__file__).resolve().parent / "starter_files"
 ROWS = 600
+WORKFLOW_TEMPLATE = "github-workflow.yml.tmpl"
+WORKFLOW_SPEC_LINE = "  MLOPS_SPEC: mlops.yaml\n"
 
 
 def _project_name(directory: Path, name: str | None) -> str:
@@ -45,6 +47,18 @@ def _module_prefix(directory: Path) -> str:
     return ".".join(parts)
 
 
+def github_workflow(spec: str = "mlops.yaml") -> str:
+    """The GitHub Actions workflow for a spec at ``spec`` (relative to the repository root).
+
+    The template is ``examples/ci/github/mlops.yml`` verbatim (a test keeps the two identical); only
+    its ``MLOPS_SPEC`` line names another spec.
+    """
+    text = (TEMPLATES / WORKFLOW_TEMPLATE).read_text()
+    if text.count(WORKFLOW_SPEC_LINE) != 1:
+        raise RuntimeError(f"{WORKFLOW_TEMPLATE} must contain the line {WORKFLOW_SPEC_LINE.strip()!r} once")
+    return text.replace(WORKFLOW_SPEC_LINE, WORKFLOW_SPEC_LINE.replace("mlops.yaml", spec))
+
+
 def create_starter(directory: Path, name: str | None = None) -> list[Path]:
     """Write the starter into ``directory``; refuse to overwrite an existing ``mlops.yaml``."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -57,15 +71,13 @@ def create_starter(directory: Path, name: str | None = None) -> list[Path]:
         pygit2.init_repository(str(directory), initial_head="main")
     prefix = _module_prefix(directory)
     module = f"{prefix}.pipeline" if prefix else "pipeline"
-    spec_flag = f"-f {(directory.resolve().relative_to(find_root(spec_path)) / 'mlops.yaml').as_posix()} " \
-        if prefix else ""
+    spec_in_repository = (directory.resolve().relative_to(find_root(spec_path)) / "mlops.yaml").as_posix()
     files = {
         spec_path: (TEMPLATES / "mlops.yaml.tmpl").read_text().format(project=_project_name(directory, name),
                                                                         module=module),
         directory / "pipeline.py": (TEMPLATES / "pipeline.py.tmpl").read_text(),
         directory / "data" / "customers.csv": _customers_csv(),
-        directory / ".github" / "workflows" / "mlops.yml":
-            (TEMPLATES / "github-workflow.yml.tmpl").read_text().format(spec_flag=spec_flag),
+        directory / ".github" / "workflows" / "mlops.yml": github_workflow(spec_in_repository),
         directory / ".gitignore": ".mlops/\nout/\n__pycache__/\n",
     }
     if prefix:
