@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -16,7 +17,17 @@ from compiler.load import Document, load_file
 from compiler.spec import Policy, PolicyPack
 from compiler.suggest import did_you_mean
 
-SHIPPED_DIR = Path(__file__).resolve().parents[2] / "policies"
+
+def _shipped_dir() -> Path:
+    """``policies/`` of the source tree (an editable install), else where a wheel put it
+    (``<prefix>/share/mlops/policies``, the ``data-files`` of ``pyproject.toml``)."""
+    source = Path(__file__).resolve().parents[2] / "policies"
+    if source.is_dir():
+        return source
+    return Path(sys.prefix) / "share" / "mlops" / "policies"
+
+
+SHIPPED_DIR = _shipped_dir()
 """The packs that ship with mlops (``baseline`` is always on)."""
 ALWAYS_ON = "baseline"
 
