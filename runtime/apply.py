@@ -144,10 +144,10 @@ class Executor:
                     progressed = True
             if in_flight:
                 ready, _ = ray_backend.wait(list(in_flight), timeout=0.2)
+                ready.sort(key=lambda r: self._order[in_flight[r].node.id])
                 with self.store.transaction():  # one commit for the round, not four per task
-                    for ref in sorted(ready, key=lambda r: self._order[in_flight[r].node.id]):
+                    for ref, outcome in zip(ready, ray_backend.results(ready), strict=True):
                         attempt = in_flight.pop(ref)
-                        outcome = ray_backend.result(ref)
                         progressed = True
                         if outcome.get("status") == "upstream_failed":
                             continue  # never ran: decided again once its upstream is settled
@@ -301,14 +301,20 @@ class Executor:
     def _complete(self, attempt: _Attempt, outcome: dict[str, Any]) -> tuple[float, Node, int] | None:
         node = attempt.node
         status = outcome.get("status", "failed")
-        if attempt.chained:  # its run starts now, when it is known to have run
-            attempt.run.started_at = float(outcome.get("started_at", attempt.run.started_at))
-            self.store.start_run(attempt.run)
         metrics = outcome.get("metrics", {})
-        self.store.log_metrics(attempt.run.run_id, [MetricPoint(attempt.run.run_id, n, int(s), float(v))
-                                                   for n, s, v in outcome.get("steps", [])])
-        self.store.finish_run(attempt.run.run_id, status, metrics, outcome.get("error"), outcome.get("log_uri"),
-                              outcome.get("finished_at", time.time()), outcome.get("device"))
+        finished_at = float(outcome.get("finished_at", time.time()))
+        if attempt.chained:  # its run is recorded now, when it is known to have run: start and end at once
+            attempt.run = dataclasses.replace(
+                attempt.run, started_at=float(outcome.get("started_at", attempt.run.started_at)),
+                finished_at=finished_at, status=status, metrics=metrics, error=outcome.get("error"),
+                log_uri=outcome.get("log_uri"), device=outcome.get("device") or attempt.run.device)
+            self.store.start_run(attempt.run)
+        else:
+            self.store.finish_run(attempt.run.run_id, status, metrics, outcome.get("error"), outcome.get("log_uri"),
+                                  finished_at, outcome.get("device"))
+        if outcome.get("steps"):
+            self.store.log_metrics(attempt.run.run_id, [MetricPoint(attempt.run.run_id, n, int(s), float(v))
+                                                       for n, s, v in outcome["steps"]])
         if status != "succeeded":
             if attempt.attempt <= self._retries(node):
                 delay = BACKOFF_SECONDS * 2 ** (attempt.attempt - 1)

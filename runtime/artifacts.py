@@ -125,6 +125,44 @@ class ArtifactStore:
         _, manifest = parse_uri(self.put_bytes(b"".join(lines)))
         return dir_uri(manifest)
 
+    def scratch_dir(self) -> Path | None:
+        """A fresh private directory on the store's own filesystem (local storage), for work whose output
+        :meth:`adopt_dir` then takes over without copying; ``None`` on remote storage."""
+        if not isinstance(self._backend, _LocalBackend):
+            return None
+        parent = Path(self.root) / "tmp"
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="run-", dir=parent))
+
+    def adopt_dir(self, path: Path) -> str:
+        """Store a directory that is handed over to the store; returns ``dir:sha256:<manifest hex>``.
+
+        Locally, when ``path`` is on the store's filesystem, nothing is copied: each file is fsynced,
+        made read-only and hard-linked in as its object, and the directory itself becomes the artifact's
+        tree (what :meth:`local_path` returns). Elsewhere this is :meth:`put_dir`. ``path`` is gone or
+        read-only afterwards either way.
+        """
+        backend = self._backend
+        if not isinstance(backend, _LocalBackend):
+            return self.put_dir(path)
+        files = _listing(Path(path))
+        if any(p.is_symlink() for p in Path(path).rglob("*")) or any(p.stat().st_nlink != 1 for p in files):
+            return self.put_dir(path)  # links point at files the run does not own: copy their content
+        entries = []
+        for child in files:
+            relative = child.relative_to(path).as_posix()
+            if "\n" in relative:
+                raise ArtifactError.one(f"{child}: file names with a newline cannot be stored")
+            try:
+                digest = backend.link_file(child)
+            except OSError:  # another filesystem, or no hard links here: copy instead
+                return self.put_dir(path)
+            entries.append((relative, digest))
+        manifest = b"".join(r.encode() + b"\0" + d.encode() + b"\n" for r, d in entries)
+        _, digest = parse_uri(self.put_bytes(manifest))
+        backend.adopt_tree(digest, Path(path))
+        return dir_uri(digest)
+
     def save_model(self, state_dict: dict[str, Any]) -> str:
         """``torch.save`` a state dict to a temporary file and store it; returns ``sha256:<hex>``."""
         import torch
@@ -335,8 +373,11 @@ class _LocalBackend(_Backend):
 
     def _write(self, fill: Callable[[IO[bytes]], object], hasher: hashlib._Hash) -> str:
         """Write through ``fill`` into a temporary file, then move it under its hash: the atomic step."""
-        self.objects.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".tmp-", dir=self.objects)
+        try:
+            fd, name = tempfile.mkstemp(prefix=".tmp-", dir=self.objects)
+        except FileNotFoundError:  # the first object of a new store
+            self.objects.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=".tmp-", dir=self.objects)
         tmp = Path(name)
         try:
             with os.fdopen(fd, "wb") as out:
@@ -346,13 +387,53 @@ class _LocalBackend(_Backend):
             digest = hasher.hexdigest()
             os.chmod(tmp, 0o444)
             final = self.object_path(digest)
-            final.parent.mkdir(exist_ok=True)
-            os.replace(tmp, final)  # replaces a damaged copy too; equal content otherwise
+            try:
+                os.replace(tmp, final)  # replaces a damaged copy too; equal content otherwise
+            except FileNotFoundError:  # the first object under this prefix
+                final.parent.mkdir(exist_ok=True)
+                os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(final.parent)
         return digest
+
+    def link_file(self, path: Path) -> str:
+        """Make a finished file an object in place: fsync, read-only, hard link under its hash."""
+        hasher = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in _chunks(handle):
+                hasher.update(chunk)
+            os.fsync(handle.fileno())
+        digest = hasher.hexdigest()
+        os.chmod(path, 0o444)
+        final = self.object_path(digest)
+        try:
+            os.link(path, final)
+        except FileExistsError:
+            return digest  # stored before: the same content under the same name
+        except FileNotFoundError:  # the first object under this prefix
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, final)
+        _fsync_dir(final.parent)
+        return digest
+
+    def adopt_tree(self, digest: str, path: Path) -> None:
+        """Make ``path`` (whose files are already linked in as objects) the tree of ``digest``."""
+        tree = self.root / "trees" / digest
+        for directory in sorted((p for p in path.rglob("*") if p.is_dir()), reverse=True):
+            os.chmod(directory, 0o555)
+        os.chmod(path, 0o555)
+        try:
+            os.rename(path, tree)
+        except FileNotFoundError:
+            tree.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(path, tree)
+            except OSError:
+                remove_tree(path)
+        except OSError:  # the tree exists already (the same content, made earlier)
+            remove_tree(path)
 
     def tree(self, digest: str, entries: list[tuple[str, str]]) -> Path:
         """``<root>/trees/<digest>``: the directory as read-only hard links to its objects, made once."""
@@ -381,9 +462,9 @@ class _LocalBackend(_Backend):
             except OSError:  # another process made it first
                 if not tree.is_dir():
                     raise
-                _remove_tree(staging)
+                remove_tree(staging)
         except BaseException:
-            _remove_tree(staging)
+            remove_tree(staging)
             raise
         return tree
 
@@ -393,6 +474,11 @@ class _LocalBackend(_Backend):
         for tmp in self.objects.glob(".tmp-*") if self.objects.is_dir() else []:
             if tmp.stat().st_mtime < cutoff:
                 tmp.unlink(missing_ok=True)
+                removed += 1
+        scratch = self.root / "tmp"
+        for run in scratch.glob("run-*") if scratch.is_dir() else []:
+            if run.stat().st_mtime < cutoff:
+                remove_tree(run)
                 removed += 1
         return removed
 
@@ -444,7 +530,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """Remove a directory even when its subdirectories were made read-only."""
     for directory in [path, *(p for p in path.rglob("*") if p.is_dir())] if path.is_dir() else []:
         os.chmod(directory, stat.S_IRWXU)

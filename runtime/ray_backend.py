@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -43,6 +44,7 @@ def shutdown() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+    _with_resources.cache_clear()
     try:
         from ray.serve import context as serve_context
 
@@ -67,6 +69,15 @@ def _remote() -> Any:
     return _REMOTE
 
 
+@functools.lru_cache(maxsize=64)
+def _with_resources(cpus: float, gpus: float, memory_bytes: int | None) -> Any:
+    """The task function with these resources (made once per combination: ``.options`` is not free)."""
+    options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 3, "retry_exceptions": False}
+    if memory_bytes:
+        options["memory"] = memory_bytes
+    return _remote().options(**options)
+
+
 def submit(spec: TaskSpec, cpus: float, gpus: float, memory_bytes: int | None, upstream: Sequence[Any] = ()) -> Any:
     """Run ``spec`` as a Ray task; a worker that dies is retried by Ray (``max_retries``).
 
@@ -81,11 +92,7 @@ def submit(spec: TaskSpec, cpus: float, gpus: float, memory_bytes: int | None, u
                       **({"memory": float(memory_bytes)} if memory_bytes else {})}
         spec = dataclasses.replace(spec, worker_resources=per_worker)
         cpus, gpus, memory_bytes = 0.0, 0.0, None
-    options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 3, "retry_exceptions": False,
-                               "name": spec.node_id}
-    if memory_bytes:
-        options["memory"] = memory_bytes
-    ref = _remote().options(**options).remote(spec, *upstream)
+    ref = _with_resources(cpus, gpus, memory_bytes).remote(spec, *upstream)
     if spec.workers > 1:
         _DISTRIBUTED.add(ref.hex())
     return ref
@@ -102,6 +109,19 @@ def wait(refs: Sequence[Any], timeout: float) -> tuple[list[Any], list[Any]]:
         more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
         ready += more
     return ready, pending
+
+
+def results(refs: Sequence[Any]) -> list[dict[str, Any]]:
+    """:func:`result` of finished tasks, fetched together."""
+    import ray
+
+    try:
+        values: list[dict[str, Any]] = ray.get(list(refs))
+        for ref in refs:
+            _DISTRIBUTED.discard(ref.hex())
+        return values
+    except ray.exceptions.RayError:  # one of them failed: fetch them one by one to tell which
+        return [result(ref) for ref in refs]
 
 
 def result(ref: Any) -> dict[str, Any]:

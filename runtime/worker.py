@@ -129,7 +129,13 @@ def execute(spec: TaskSpec, rank: int = 0, world_size: int = 1, device: str | No
     root_logger.addHandler(handler)
     result: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(),
                               "device": device or _device(spec.gpus), "started_at": started}
-    with tempfile.TemporaryDirectory(prefix="mlops-run-") as scratch:
+    local_scratch = store.scratch_dir()  # on the store's filesystem: outputs are adopted, not copied
+    with contextlib.ExitStack() as cleanup:
+        if local_scratch is None:
+            scratch = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="mlops-run-"))
+        else:
+            scratch = str(local_scratch)
+            cleanup.callback(_remove_scratch, local_scratch)
         output_dir = Path(scratch) / "output"
         output_dir.mkdir()
         model_path = None
@@ -163,13 +169,23 @@ def execute(spec: TaskSpec, rank: int = 0, world_size: int = 1, device: str | No
     return result
 
 
+def _remove_scratch(path: Path) -> None:
+    """Remove a run's scratch directory (an adopted output has moved out of it already)."""
+    from runtime.artifacts import remove_tree
+
+    try:
+        path.rmdir()  # the usual case: empty
+    except OSError:
+        remove_tree(path)
+
+
 def _store_outputs(spec: TaskSpec, ctx: RunContext, returned: Any, store: Any) -> dict[str, Any]:
     last = {name: series[-1][1] for name, series in ctx.metrics.items() if series}
     if spec.kind == "transform":
         files = [p for p in ctx.output_dir.rglob("*") if p.is_file()]
         if not files:
             raise RuntimeError(f"transform {spec.target} wrote nothing into ctx.output_dir")
-        return {"artifact": store.put_dir(ctx.output_dir), "metrics": last}
+        return {"artifact": store.adopt_dir(ctx.output_dir), "metrics": last}
     if spec.kind == "trial":
         if isinstance(returned, TrainResult):
             model, metrics = returned.model, dict(returned.metrics)

@@ -256,3 +256,49 @@ def test_a_known_hash_skips_rewriting_a_stored_object_and_checks_a_new_one(tmp_p
 def test_bytes_that_are_not_a_torch_file_are_refused_as_a_model(store: ArtifactStore) -> None:
     with pytest.raises(ArtifactError, match="refusing to load model .*not a plain weights file"):
         store.load_model(store.put_bytes(b"not a zip archive at all"))
+
+
+def _scratch_copy(store: ArtifactStore, data_dir: Path) -> Path:
+    scratch = store.scratch_dir()
+    assert scratch is not None and scratch.is_relative_to(Path(store.root))
+    for path in data_dir.rglob("*"):
+        if path.is_file():
+            target = scratch / "out" / path.relative_to(data_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    return scratch / "out"
+
+
+def test_an_adopted_output_directory_becomes_its_objects_and_tree_without_copies(tmp_path: Path,
+                                                                                  data_dir: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    out = _scratch_copy(store, data_dir)
+    inode = (out / "a.csv").stat().st_ino
+    uri = store.adopt_dir(out)
+    assert uri == f"dir:sha256:{hash_path(data_dir)}" == ArtifactStore(tmp_path / "other").put_dir(data_dir)
+    assert not out.exists()
+    tree = store.local_path(uri)
+    assert tree is not None and _tree(tree) == _tree(data_dir)
+    assert (tree / "a.csv").stat().st_ino == inode  # linked, not copied
+    assert not (tree / "a.csv").stat().st_mode & 0o222
+    for path in _objects(tmp_path / "store"):
+        store.verify(artifacts.file_uri(path.parent.name + path.name))
+    again = _scratch_copy(store, data_dir)  # the same content once more: the first tree stays, this one goes
+    assert store.adopt_dir(again) == uri and not again.exists()
+
+
+def test_adopting_copies_files_the_run_does_not_own(tmp_path: Path, data_dir: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    outside = tmp_path / "user-file.txt"
+    outside.write_text("the user's own file")
+    linked = _scratch_copy(store, data_dir)
+    os.link(outside, linked / "hard.txt")
+    symlinked = _scratch_copy(store, data_dir)
+    (symlinked / "soft.txt").symlink_to(outside)
+    for out in (linked, symlinked):
+        uri = store.adopt_dir(out)
+        tree = store.local_path(uri)
+        assert tree is not None and (tree / ("hard.txt" if out is linked else "soft.txt")).read_text() == \
+            "the user's own file"
+    assert outside.stat().st_mode & stat.S_IWUSR  # never made read-only, never became an object itself
+    assert all(p.stat().st_ino != outside.stat().st_ino for p in _objects(tmp_path / "store"))
