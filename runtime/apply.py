@@ -9,6 +9,7 @@ outputs are stored, so an interrupted apply never redoes finished work.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import time
 import uuid
 from collections.abc import Callable
@@ -85,6 +86,10 @@ class Executor:
         self.result = ApplyResult()
         self._order = {node.id: index for index, node in enumerate(graph.nodes())}
         self.changes = {c.node_id: c for c in plan.node_changes}
+        self._dirty: set[str] = set()
+        """Nodes to look at in the next scheduling pass."""
+        self._pass: list[tuple[int, str]] | None = None
+        """The pass under way: (graph order, node id), a heap."""
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -102,32 +107,51 @@ class Executor:
         remaining = {c.node_id for c in todo}
         if not ray_backend.connected() and any(self.graph.node(c.node_id).kind in REMOTE_KINDS for c in todo):
             ray_backend.connect(self._cluster_address())  # a process already on Ray (tests, the reconciler) stays
+        self._dirty = set(remaining)
+        wanting: list[tuple[int, str]] = []  # (graph order, node): ready for a slot while all were taken
         while remaining:
             progressed = False
             active = {a.node.id for a in in_flight.values()} | {w[1].id for w in waiting}
-            for change in todo:
-                node_id = change.node_id
-                if node_id not in remaining or node_id in active:
+            # Only nodes whose upstream moved since they were last looked at (a parent was submitted or
+            # finished; children touched during the pass join it, they come later), then, while slots are
+            # free, the nodes that wanted one, in order. No pass looks at every node again.
+            self._pass = [(self._order[n], n) for n in self._dirty & remaining]
+            heapq.heapify(self._pass)
+            self._dirty.clear()
+            looked: set[str] = set()
+            while True:
+                free = len(in_flight) < self.parallelism
+                if wanting and free and (not self._pass or wanting[0] < self._pass[0]):
+                    _, node_id = heapq.heappop(wanting)
+                elif self._pass:
+                    _, node_id = heapq.heappop(self._pass)
+                else:
+                    break
+                if node_id in looked or node_id not in remaining or node_id in active:
                     continue
+                looked.add(node_id)
                 state = self._upstream_state(node_id, changes)
+                node = self.graph.node(node_id)
+                needs_slot = (state == "wait" and node.kind == "transform") or (state == "ready"
+                                                                                  and node.kind in REMOTE_KINDS)
+                if needs_slot and not free:
+                    heapq.heappush(wanting, (self._order[node_id], node_id))
+                    continue
                 if state == "wait":
-                    chain = self._chain(node_id, in_flight) if len(in_flight) < self.parallelism else None
+                    chain = self._chain(node_id, in_flight)
                     if chain is not None:
-                        attempt = self._submit(self.graph.node(node_id), 1, chain)
+                        attempt = self._submit(node, 1, chain)
                         in_flight[attempt.ref] = attempt
                         active.add(node_id)
                         progressed = True
-                    continue
+                    continue  # else touched again when a parent is submitted or finishes
                 if state in ("failed", "skipped", "blocked"):
                     status: Outcome = "blocked" if state == "blocked" else "skipped"
                     self._finish(node_id, status, f"upstream {state}")
                     remaining.discard(node_id)
                     progressed = True
                     continue
-                node = self.graph.node(node_id)
                 if node.kind in REMOTE_KINDS:
-                    if len(in_flight) >= self.parallelism:
-                        continue
                     attempt = self._submit(node, 1)
                     in_flight[attempt.ref] = attempt
                     active.add(node_id)
@@ -135,6 +159,7 @@ class Executor:
                     self._run_local(node)
                     remaining.discard(node_id)
                 progressed = True
+            self._pass = None
             now = time.time()
             for entry in list(waiting):
                 if entry[0] <= now and len(in_flight) < self.parallelism:
@@ -150,7 +175,8 @@ class Executor:
                         attempt = in_flight.pop(ref)
                         progressed = True
                         if outcome.get("status") == "upstream_failed":
-                            continue  # never ran: decided again once its upstream is settled
+                            self._dirty.add(attempt.node.id)  # never ran: decided again once its upstream settles
+                            continue
                         retry = self._complete(attempt, outcome)
                         if retry is not None:
                             waiting.append(retry)
@@ -206,6 +232,14 @@ class Executor:
     def _finish(self, node_id: str, status: Outcome, message: str) -> None:
         self.result.outcomes[node_id] = NodeOutcome(node_id, status, message)
         self.progress(node_id, status, message)
+        self._touch(node_id)
+
+    def _touch(self, node_id: str) -> None:
+        """A node was submitted or finished: its children are worth looking at again (this pass too)."""
+        for child in self.graph.dag.successors(node_id):
+            self._dirty.add(child)
+            if self._pass is not None:
+                heapq.heappush(self._pass, (self._order[child], child))
 
     # --- remote nodes --------------------------------------------------------------------------
 
@@ -226,6 +260,7 @@ class Executor:
         ref = ray_backend.submit(spec, float(resources.get("cpus", 1)), float(resources.get("gpus", 0)),
                                  memory_bytes(memory) if memory else None, refs)
         self.progress(node.id, "started", f"attempt {attempt_no}")
+        self._touch(node.id)
         return _Attempt(node, attempt_no, run, time.time(), ref, chained=bool(chain))
 
     def _chain(self, node_id: str, in_flight: dict[Any, _Attempt]) -> dict[str, Any] | None:
