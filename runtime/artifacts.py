@@ -243,6 +243,9 @@ class ArtifactStore:
         if not is_dir:
             path = self._backend.object_path(digest)
             return path if path.is_file() else None
+        tree = self._backend.root / "trees" / digest
+        if tree.is_dir():  # laid out before (or adopted): no need to read the manifest
+            return tree
         if not self._backend.exists(digest):
             return None
         return self._backend.tree(digest, self._manifest(digest))
