@@ -1,6 +1,6 @@
 """Run every benchmark and write ``BENCHMARKS.md``.
 
-    python bench/run.py [--repeat N] [--only compiler,hash,runtime]
+    python bench/run.py [--repeat N] [--only compiler,hash,runtime,reconcile,dvc,serving,gpu]
 
 Each section is produced by one module under ``bench/`` (its ``run`` and ``markdown``); absolute
 times on a shared 2-core machine are noisy, so each section reports medians and, where it has a
@@ -33,9 +33,17 @@ SECTIONS = {
                 "`python bench/runtime_bench.py`"),
     "reconcile": ("bench.reconcile_bench", "GitOps loop: a reconcile tick with nothing to do",
                   "`python bench/reconcile_bench.py`"),
+    "dvc": ("bench.dvc_bench", "Versus DVC: full run, no-op check and one changed file at 10-500 stages",
+            "`python bench/dvc_bench.py`"),
     "serving": ("bench.serving_bench", "Serving: p50 latency vs a bare Ray Serve deployment",
                 "`python bench/serving_bench.py`"),
+    "gpu": ("bench.gpu_bench", "GPU: a training through mlops apply with gpus: 1",
+            "`bash bench/gpu.sh` (on a CUDA machine; elsewhere the newest recorded run)"),
 }
+ENTRY = {"gpu": "harness"}
+"""Sections whose harness entry point is not ``run``."""
+NOTES = ROOT / "bench" / "NOTES.md"
+"""Hand-written analysis (profiles of missed targets), appended to ``BENCHMARKS.md`` as it is."""
 
 
 def machine() -> list[str]:
@@ -72,9 +80,11 @@ def main() -> None:
         module_name, title, command = SECTIONS[key]
         module = importlib.import_module(module_name)
         print(f"running {key} ...", flush=True)
-        results = module.run(args.repeat)
+        results = getattr(module, ENTRY.get(key, "run"))(args.repeat)
         raw[key] = results
         lines += [f"## {title}", "", f"Command: {command}", "", module.markdown(results)]
+    if NOTES.is_file():
+        lines += [NOTES.read_text()]
     args.out.write_text("\n".join(lines) + "\n")
     (ROOT / "bench" / "out").mkdir(exist_ok=True)
     (ROOT / "bench" / "out" / "results.json").write_text(json.dumps(raw, indent=2, default=str))
