@@ -13,6 +13,10 @@ from typing import Literal
 Severity = Literal["error", "warning"]
 
 
+_ESCAPED_BREAKS = {ord(c): c.encode("unicode_escape").decode() for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+"""Line breaks inside a message (a key that holds one, say) are shown escaped: a diagnostic stays one line."""
+
+
 @dataclass(frozen=True)
 class Position:
     """A place in a source file; ``line`` and ``column`` are 1-based."""
@@ -38,7 +42,7 @@ class Diagnostic:
         """The one-line form: ``mlops.yaml:14:7: error: models.churn: message``."""
         where = f"{self.position}: " if self.position else ""
         what = f"{self.address}: " if self.address else ""
-        return f"{where}{self.severity}: {what}{self.message}"
+        return f"{where}{self.severity}: {what}{self.message}".translate(_ESCAPED_BREAKS)
 
     def to_json(self) -> dict[str, object]:
         """A machine-readable form for ``--json`` output."""

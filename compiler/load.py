@@ -20,12 +20,16 @@ from typing import Any
 
 import yaml
 
-from compiler.errors import LoadError, Position
+from compiler.errors import LoadError, MlopsError, Position
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_EXPANDED_NODES = 200_000
 """An alias may repeat a subtree, but the expanded document may not exceed this many nodes
 unless it is no more than 10x the nodes actually written (a cap against alias bombs)."""
+MAX_DEPTH = 100
+"""How deeply collections may nest (a spec needs under 10 levels; the builders recurse once per level)."""
+MAX_INT_BITS = 4096
+"""The largest integer accepted (hex, octal and binary spellings have no length limit in Python)."""
 
 _DEFAULT_TAGS = {yaml.ScalarNode: "tag:yaml.org,2002:str", yaml.SequenceNode: "tag:yaml.org,2002:seq",
                  yaml.MappingNode: "tag:yaml.org,2002:map"}
@@ -119,14 +123,16 @@ def load_bytes(raw: bytes, name: str) -> Document:
     if len(raw) > MAX_FILE_BYTES:
         raise LoadError.one(f"file is {len(raw):,} bytes; the limit is {MAX_FILE_BYTES:,} (10 MB)",
                             Position(name, 1, 1))
+    bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        before = raw[: exc.start]
+        start = exc.start + bom  # the decoder counted from after the byte order mark
+        before = raw[:start]
         line = before.count(b"\n") + 1
-        column = exc.start - (before.rfind(b"\n") + 1) + 1
+        column = start - (before.rfind(b"\n") + 1) + 1
         raise LoadError.one(
-            f"not valid UTF-8 (byte 0x{raw[exc.start]:02x})", Position(name, line, column)
+            f"not valid UTF-8 (byte 0x{raw[start]:02x})", Position(name, line, column)
         ) from None
     return load_text(text, name)
 
@@ -165,6 +171,11 @@ def _load_nodes(text: str, name: str) -> Document:
         message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
         position = Position(name, mark.line + 1, mark.column + 1) if mark else Position(name, 1, 1)
         raise LoadError.one(f"invalid YAML: {message}", position) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, at a character offset
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - text.rfind("\n", 0, exc.position)
+        code = ord(exc.character) if isinstance(exc.character, str) else int(exc.character)
+        raise LoadError.one(f"invalid YAML: {exc.reason}: #x{code:04x}", Position(name, line, column)) from None
     except yaml.YAMLError as exc:
         raise LoadError.one(f"invalid YAML: {exc}", Position(name, 1, 1)) from None
     if root is None or (isinstance(root, yaml.ScalarNode) and root.tag == "tag:yaml.org,2002:null"
@@ -199,20 +210,22 @@ class _Builder:
         visiting: set[int] = set()
         unique = 0
 
-        def size(node: yaml.Node) -> int:
+        def size(node: yaml.Node, depth: int) -> int:
             nonlocal unique
             key = id(node)
             if key in sizes:
                 return sizes[key]
             if key in visiting:
                 raise LoadError.one("recursive alias: a node contains itself", self.pos(node))
+            if depth > MAX_DEPTH:
+                raise self._too_deep(node)
             visiting.add(key)
             unique += 1
             total = 1
             if isinstance(node, yaml.SequenceNode):
-                total += sum(size(child) for child in node.value)
+                total += sum(size(child, depth + 1) for child in node.value)
             elif isinstance(node, yaml.MappingNode):
-                total += sum(size(k) + size(v) for k, v in node.value)
+                total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
             visiting.discard(key)
             sizes[key] = total
             if total > MAX_EXPANDED_NODES and total > 10 * unique:
@@ -221,9 +234,14 @@ class _Builder:
                 )
             return total
 
-        size(root)
+        size(root, 0)
+
+    def _too_deep(self, node: yaml.Node) -> MlopsError:
+        return LoadError.one(f"nested more than {MAX_DEPTH} levels deep", self.pos(node))
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
+        if len(loc) > MAX_DEPTH:  # the path to a node is as long as it is deep: no extra walk
+            raise self._too_deep(node)
         mark = node.start_mark
         self.value_positions[loc] = (mark.line + 1, mark.column + 1)
         if isinstance(node, yaml.ScalarNode):
@@ -243,7 +261,8 @@ class _Builder:
         value = node.value
         for tag, pattern in _IMPLICIT.get(value[0] if value else "", ()):
             if pattern.match(value):
-                return tag if self.text[node.start_mark.index] != "!" else _STR_TAG
+                index = node.start_mark.index  # an empty scalar at the very end starts past the text
+                return tag if index >= len(self.text) or self.text[index] != "!" else _STR_TAG
         return _STR_TAG
 
     def _scalar(self, node: yaml.ScalarNode) -> Any:
@@ -262,9 +281,13 @@ class _Builder:
                 pass  # 0x1F, 1_000, 1:30, .inf, Yes, ...: the full YAML 1.1 rules below
         try:
             node.tag = tag
-            return self._scalars.construct_object(node)
-        except (ValueError, yaml.YAMLError) as exc:
-            raise LoadError.one(f"invalid scalar {node.value!r}: {exc}", self.pos(node)) from None
+            value = self._scalars.construct_object(node)
+            if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:  # 0xfff...: no text form later
+                raise ValueError(f"integer of {value.bit_length():,} bits; the limit is {MAX_INT_BITS:,}")
+            return value
+        except (ValueError, IndexError, KeyError, yaml.YAMLError) as exc:  # '!!int ""', '!!bool x', ...
+            detail = str(exc) if isinstance(exc, ValueError | yaml.YAMLError) else f"not a {_short(tag)}"
+            raise LoadError.one(f"invalid scalar {node.value!r}: {detail}", self.pos(node)) from None
 
     def _mapping(self, node: yaml.MappingNode, loc: Loc, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
         """Build a mapping; ``exclude`` names keys already set by the mapping a merge (<<) goes into."""
