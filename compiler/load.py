@@ -171,9 +171,10 @@ def _load_nodes(text: str, name: str) -> Document:
         message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
         position = Position(name, mark.line + 1, mark.column + 1) if mark else Position(name, 1, 1)
         raise LoadError.one(f"invalid YAML: {message}", position) from None
-    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, at a character offset
-        line = text.count("\n", 0, exc.position) + 1
-        column = exc.position - text.rfind("\n", 0, exc.position)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow; libyaml counts UTF-8 bytes
+        before = text.encode()[: exc.position].decode("utf-8", "replace")
+        line = before.count("\n") + 1
+        column = len(before) - before.rfind("\n")
         code = ord(exc.character) if isinstance(exc.character, str) else int(exc.character)
         raise LoadError.one(f"invalid YAML: {exc.reason}: #x{code:04x}", Position(name, line, column)) from None
     except yaml.YAMLError as exc:

@@ -1,0 +1,84 @@
+"""Access: ``mlops approve`` records an approval only from a principal the gate allows, and a refused one leaves
+no trace: no approval, no audit record, and the trail still verifies.
+
+The model version approved is put in the real state store directly (no training is needed to approve).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from compiler import load_project
+from compiler.resolve import Project
+from runtime.operations import opened
+from runtime.state import audit
+from runtime.state.records import ModelVersion
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = {
+    "apiVersion": "mlops/v1", "project": "access",
+    "datasets": {"raw": {"path": "data/raw.csv"}},
+    "models": {"churn": {"train": "pipeline:train", "data": {"train": "raw"}}},
+    "gates": {"quality": {"model": "churn", "checks": [{"metric": "auc", "op": ">=", "value": 0.8}],
+                          "approvals": {"required": 1, "from": ["team:risk", "dpo@example.com"]}}},
+}
+
+
+@pytest.fixture
+def project(tmp_path: Path, make_project: Callable[..., Path]) -> Project:
+    """The project with version 1 of its model in the state, awaiting approval."""
+    loaded = load_project(make_project(tmp_path, SPEC, files={"data/raw.csv": "a\n1\n"}))
+    with opened(loaded) as (_, store):
+        store.add_model_version(ModelVersion("churn", 1, "fp", "sha256:" + "0" * 64, metrics={"auc": 0.9},
+                                             created_at=time.time()))
+    return loaded
+
+
+def approve(project: Project, *args: str, actor: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLOPS_ACTOR"}
+    if actor is not None:
+        env["MLOPS_ACTOR"] = actor
+    return subprocess.run([sys.executable, "-m", "runtime.cli.main", "-f", str(project.spec_path), "approve",
+                           "quality", "--version", "1", *args], cwd=project.root, env={**env, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60)
+
+
+def recorded(project: Project) -> tuple[list[str], list[tuple[str, str]]]:
+    """The approvers of version 1 at the gate, and the audit trail as (actor, action); the trail must verify."""
+    with opened(project) as (_, store):
+        assert audit.verify(store) == []
+        return ([a.approver for a in store.approvals("quality", "churn", 1)],
+                [(r.actor, r.action) for r in audit.log(store)])
+
+
+@pytest.mark.parametrize(("args", "actor", "who"), [
+    (("--by", "team:intern"), None, "team:intern"),  # named explicitly
+    (("--by", "team:risk-adjacent"), None, "team:risk-adjacent"),  # a prefix of an allowed one is not it
+    ((), "mallory@example.com", "mallory@example.com"),  # the acting identity, when --by is left out
+])
+def test_an_approval_from_a_principal_the_gate_does_not_allow_is_refused_and_leaves_no_trace(
+        project: Project, args: tuple[str, ...], actor: str | None, who: str) -> None:
+    refused = approve(project, *args, actor=actor)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    [line] = refused.stderr.splitlines()
+    assert f"{who} may not approve gates.quality (allowed: team:risk, dpo@example.com)" in line
+    assert ":" in line.split(" ", 1)[0] and "Traceback" not in refused.stderr  # positioned at the gate's from:
+    assert recorded(project) == ([], [])
+
+
+def test_an_allowed_principal_is_recorded_once_in_the_approvals_and_the_audit_trail(project: Project) -> None:
+    assert approve(project, "--by", "team:intern").returncode == 1
+    done = approve(project, actor="dpo@example.com")
+    assert done.returncode == 0, done.stderr
+    again = approve(project, "--by", "dpo@example.com")
+    assert again.returncode == 0, again.stderr
+    approvers, trail = recorded(project)
+    assert approvers == ["dpo@example.com"]  # the same approver twice counts once
+    assert trail == [("dpo@example.com", "approve")] * 2  # each approval audited; the refused one is not
