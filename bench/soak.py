@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from runtime.artifacts import ArtifactCorrupt, ArtifactError, ArtifactStore  # noqa: E402
+from runtime.cluster import members  # noqa: E402
 
 PIPELINE = '''
 import time
@@ -150,19 +151,6 @@ def mlops(root: Path, *args: str, timeout: float = 600) -> subprocess.CompletedP
                           cwd=root, env=env(), capture_output=True, text=True, timeout=timeout)
 
 
-def session_processes(session: int) -> list[int]:
-    """Live (not zombie) processes whose session id is ``session``."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2:].split()
-        if int(fields[3]) == session and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
-
 
 def kill_session(process: subprocess.Popen[bytes]) -> None:
     """SIGKILL the apply, then everything left in its session (Ray's agents outlive their driver)."""
@@ -172,12 +160,12 @@ def kill_session(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     deadline = time.time() + 30
-    while (left := session_processes(process.pid)) and time.time() < deadline:
+    while (left := members(process.pid)) and time.time() < deadline:
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.1)
-    if session_processes(process.pid):
+    if members(process.pid):
         raise RuntimeError(f"processes of the killed apply {process.pid} outlived it")
 
 

@@ -28,6 +28,7 @@ import pytest
 from compiler import load_project
 from compiler.resolve import Project
 from runtime.artifacts import ArtifactStore
+from runtime.cluster import members
 from runtime.operations import ApplyOutcome, apply_project, opened, plan_project
 from runtime.state import audit
 
@@ -93,19 +94,6 @@ def mlops(project: Project, *args: str) -> list[str]:
     return [sys.executable, "-m", "runtime.cli.main", "-f", str(project.spec_path), *args]
 
 
-def session_processes(session: int) -> list[int]:
-    """Live (not zombie) processes in ``session``."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2:].split()
-        if int(fields[3]) == session and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
-
 
 def kill_session(process: subprocess.Popen[bytes]) -> None:
     """SIGKILL the process, then everything left in its session (its process group and any stragglers)."""
@@ -115,12 +103,12 @@ def kill_session(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     deadline = time.time() + 15
-    while (left := session_processes(process.pid)) and time.time() < deadline:
+    while (left := members(process.pid)) and time.time() < deadline:
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.1)
-    assert not session_processes(process.pid), "processes of the killed apply outlived it"
+    assert not members(process.pid), "processes of the killed apply outlived it"
 
 
 class Cli:
