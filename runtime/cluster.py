@@ -169,9 +169,9 @@ def _start(state_path: Path, num_cpus: int | None, serve_port: int | None, timeo
     # Ports Ray would otherwise take at fixed defaults (10001, 52365): a second cluster on the machine
     # would fail to bind them, and `ray start --block` stops the whole head when one of its processes dies.
     # Ray's own command line, run by this interpreter (a `ray` script need not be on the PATH or beside it).
-    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={port}", "--include-dashboard=false",
-               f"--temp-dir={temp_dir}", "--disable-usage-stats", f"--ray-client-server-port={_free_port()}",
-               f"--dashboard-agent-listen-port={_free_port()}"]
+    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={port}",
+               "--include-dashboard=false", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+               f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}"]
     if num_cpus is not None:
         command.append(f"--num-cpus={num_cpus}")
     auth = "disabled" if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled" else "token"
