@@ -21,7 +21,7 @@ from compiler.spec import memory_bytes
 from runtime import ray_backend
 from runtime.artifacts import ArtifactStore
 from runtime.gates import decide
-from runtime.plan import NodeChange, Plan
+from runtime.plan import Plan
 from runtime.provenance import Provenance
 from runtime.state.records import DeploymentState, MetricPoint, ModelVersion, NodeResult, Run, Snapshot
 from runtime.state.store import StateStore
@@ -94,7 +94,6 @@ class Executor:
     # --- the loop ------------------------------------------------------------------------------
 
     def run(self) -> ApplyResult:
-        changes = {c.node_id: c for c in self.plan.node_changes}
         for change in self.plan.node_changes:
             if change.action == "delete":
                 self.store.forget_node(change.node_id)
@@ -130,7 +129,7 @@ class Executor:
                 if node_id in looked or node_id not in remaining or node_id in active:
                     continue
                 looked.add(node_id)
-                state = self._upstream_state(node_id, changes)
+                state = self._upstream_state(node_id)
                 node = self.graph.node(node_id)
                 needs_slot = (state == "wait" and node.kind == "transform") or (state == "ready"
                                                                                   and node.kind in REMOTE_KINDS)
@@ -215,14 +214,14 @@ class Executor:
             local = cluster.up(self.workspace.state_path)
         return local.address if local else None
 
-    def _upstream_state(self, node_id: str, changes: dict[str, NodeChange]) -> str:
+    def _upstream_state(self, node_id: str) -> str:
         for parent in self.graph.dag.predecessors(node_id):
             outcome = self.result.outcomes.get(parent)
             if outcome is not None:
                 if outcome.status != "succeeded":
                     return outcome.status
                 continue
-            change = changes.get(parent)
+            change = self.changes.get(parent)
             if change is not None and change.action in ("create", "replace", "update"):
                 return "wait"
             if parent not in self.outputs:

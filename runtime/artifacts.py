@@ -145,8 +145,9 @@ class ArtifactStore:
         backend = self._backend
         if not isinstance(backend, _LocalBackend):
             return self.put_dir(path)
-        files = _listing(Path(path))
-        if any(p.is_symlink() for p in Path(path).rglob("*")) or any(p.stat().st_nlink != 1 for p in files):
+        everything = list(Path(path).rglob("*"))
+        files = sorted(p for p in everything if p.is_file())  # the order of _listing, from the same walk
+        if any(p.is_symlink() for p in everything) or any(p.stat().st_nlink != 1 for p in files):
             return self.put_dir(path)  # links point at files the run does not own: copy their content
         entries = []
         for child in files:

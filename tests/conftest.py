@@ -95,6 +95,32 @@ def write_project(
 MakeProject = Callable[..., Path]
 
 
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """The CLI in this process (so it shares the test's Ray connection): (exit code, stdout, stderr).
+
+    Tables are as wide as they need, whatever the terminal pytest runs in; the cyclic collector, which
+    ``main`` turns off for one-shot commands, is turned back on.
+    """
+    import gc
+    import os
+
+    from runtime.cli.main import main
+
+    capsys.readouterr()
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "400"
+    try:
+        code = main(list(args))
+    finally:
+        gc.enable()
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture
 def make_project() -> MakeProject:
     """:func:`write_project`: ``make_project(tmp_path, spec, files={...})`` -> the spec's path."""
@@ -112,3 +138,32 @@ def serve_port() -> int:
         port: int = probe.getsockname()[1]
     os.environ["MLOPS_SERVE_PORT"] = str(port)
     return port
+
+
+class GitRemote:
+    """A bare ``origin`` and a working clone where a test commits files and pushes ``main`` (pygit2)."""
+
+    def __init__(self, root: Path) -> None:
+        import pygit2
+
+        self.origin = root / "origin.git"
+        pygit2.init_repository(str(self.origin), bare=True, initial_head="main")
+        self.work = root / "work"
+        self.repo = pygit2.init_repository(str(self.work), initial_head="main")
+        self.repo.remotes.create("origin", str(self.origin))
+
+    def commit(self, content: Mapping[str, str], message: str) -> str:
+        """Write ``content`` (path -> text) into the clone, commit everything and push; the commit id."""
+        import pygit2
+
+        for relative, text in content.items():
+            (self.work / relative).parent.mkdir(parents=True, exist_ok=True)
+            (self.work / relative).write_text(text)
+        index = self.repo.index
+        index.add_all()
+        index.write()
+        signature = pygit2.Signature("Test", "test@example.com")
+        parents = [] if self.repo.head_is_unborn else [self.repo.head.target]
+        oid = self.repo.create_commit("refs/heads/main", signature, signature, message, index.write_tree(), parents)
+        self.repo.remotes["origin"].push(["refs/heads/main"])
+        return str(oid)

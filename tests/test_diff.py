@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import gc
 import hashlib
 import json
 import os
@@ -15,9 +14,9 @@ from typing import Any
 import pygit2
 import pytest
 import yaml
+from conftest import run_cli
 
 from compiler import gitref
-from runtime.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGNATURE = pygit2.Signature("Test", "test@example.com", 1_700_000_000, 0)
@@ -99,13 +98,7 @@ def mlops(root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Mo
           *args: str) -> tuple[int, str, str]:
     """Run the CLI in this process, in ``root``; returns (exit code, stdout, stderr)."""
     monkeypatch.chdir(root)
-    capsys.readouterr()
-    try:
-        code = main(list(args))
-    finally:
-        gc.enable()  # main() pauses the collector for one-shot commands
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, *args)
 
 
 def diff_json(root: Path, capsys: Any, monkeypatch: Any, *args: str) -> dict[str, Any]:

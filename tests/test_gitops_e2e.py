@@ -26,9 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pygit2
 import pytest
 import yaml
+from conftest import GitRemote
 
 from runtime import cluster
 from runtime.reconciler import sync_checkout
@@ -69,29 +69,6 @@ def spec(w: float) -> str:
                                            "columns": ["x"]}]}},
     }, sort_keys=False)
 
-
-class Remote:
-    """A bare ``origin`` and a working clone where the test commits and pushes ``main``."""
-
-    def __init__(self, root: Path) -> None:
-        self.origin = root / "origin.git"
-        pygit2.init_repository(str(self.origin), bare=True, initial_head="main")
-        self.work = root / "work"
-        self.repo = pygit2.init_repository(str(self.work), initial_head="main")
-        self.repo.remotes.create("origin", str(self.origin))
-
-    def commit(self, content: dict[str, str], message: str) -> str:
-        for relative, text in content.items():
-            (self.work / relative).parent.mkdir(parents=True, exist_ok=True)
-            (self.work / relative).write_text(text)
-        index = self.repo.index
-        index.add_all()
-        index.write()
-        signature = pygit2.Signature("Test", "test@example.com")
-        parents = [] if self.repo.head_is_unborn else [self.repo.head.target]
-        oid = self.repo.create_commit("refs/heads/main", signature, signature, message, index.write_tree(), parents)
-        self.repo.remotes["origin"].push(["refs/heads/main"])
-        return str(oid)
 
 
 class Watcher:
@@ -191,7 +168,7 @@ def mlops(*args: str, env: dict[str, str], cwd: Path) -> Any:
 def test_a_commit_retrains_and_serves_then_drift_breaches_and_retrains(tmp_path: Path, serve_port: int) -> None:
     started = time.time()
     deadline = started + BUDGET_S
-    remote = Remote(tmp_path)
+    remote = GitRemote(tmp_path)
     data = "x\n" + "".join(f"{x}\n" for x in XS)
     first = remote.commit({"mlops.yaml": spec(2.0), "pipeline.py": PIPELINE, "data/raw.csv": data,
                            ".gitignore": ".mlops/\n"}, "a model and its deployment")

@@ -8,11 +8,9 @@ deployments (drift tests) or written with :class:`InferenceWriter` into a copy o
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import math
-import os
 import shutil
 import socket
 import threading
@@ -26,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from conftest import write_project
+from conftest import run_cli, write_project
 
 from compiler import load_project
 from compiler.resolve import Project
@@ -209,23 +207,7 @@ def write_records(project: Project, deployment: str, version: int, inputs: list[
     return ids
 
 
-def mlops(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """The CLI in this process (so that it shares the test's Ray connection)."""
-    from runtime.cli.main import main
-
-    capsys.readouterr()
-    columns = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = "400"  # tables as wide as they need, whatever the terminal pytest runs in
-    try:
-        code = main(list(args))
-    finally:
-        gc.enable()  # main() turns the cyclic collector off for one-shot commands
-        if columns is None:
-            del os.environ["COLUMNS"]
-        else:
-            os.environ["COLUMNS"] = columns
-    out, err = capsys.readouterr()
-    return code, out, err
+mlops = run_cli
 
 
 def by_type(result: Any) -> dict[str, dict[str, Any]]:

@@ -21,6 +21,7 @@ import pygit2
 import pytest
 import ray
 import yaml
+from conftest import GitRemote
 
 from compiler import load_project
 from runtime import serving
@@ -85,27 +86,6 @@ def write(root: Path, content: dict[str, str]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
 
-
-class Remote:
-    """A bare ``origin`` and a working clone where the test commits and pushes ``main``."""
-
-    def __init__(self, root: Path) -> None:
-        self.origin = root / "origin.git"
-        pygit2.init_repository(str(self.origin), bare=True, initial_head="main")
-        self.work = root / "work"
-        self.repo = pygit2.init_repository(str(self.work), initial_head="main")
-        self.repo.remotes.create("origin", str(self.origin))
-
-    def commit(self, content: dict[str, str], message: str) -> str:
-        write(self.work, content)
-        index = self.repo.index
-        index.add_all()
-        index.write()
-        signature = pygit2.Signature("Test", "test@example.com")
-        parents = [] if self.repo.head_is_unborn else [self.repo.head.target]
-        oid = self.repo.create_commit("refs/heads/main", signature, signature, message, index.write_tree(), parents)
-        self.repo.remotes["origin"].push(["refs/heads/main"])
-        return str(oid)
 
 
 def ask(port: int, route: str, rows: list[dict[str, float]]) -> dict[str, Any]:
@@ -216,7 +196,7 @@ def test_metrics_endpoint_exports_sync_gates_applies_and_monitor_checks(
 
 def test_a_compile_error_on_the_branch_is_recorded_and_the_last_good_deployment_keeps_serving(
         tmp_path: Path, serve_port: int) -> None:
-    remote = Remote(tmp_path)
+    remote = GitRemote(tmp_path)
     good = remote.commit(files(spec("branch", monitors=False)), "v1")
     source = Source(Path("mlops.yaml"), str(remote.origin), "main", tmp_path / "checkout")
     reconciler = Reconciler(source)
@@ -282,14 +262,14 @@ def test_backoff_grows_exponentially_up_to_its_cap_and_resets_after_a_good_tick(
 
 
 def test_a_branch_that_does_not_exist_is_an_error_naming_it(tmp_path: Path) -> None:
-    remote = Remote(tmp_path)
+    remote = GitRemote(tmp_path)
     remote.commit({"README": "x\n"}, "init")
     with pytest.raises(Exception, match="--branch release: .* has no such branch"):
         sync_checkout(str(remote.origin), "release", tmp_path / "checkout")
 
 
 def test_sync_follows_the_branch_including_a_rewritten_history(tmp_path: Path) -> None:
-    remote = Remote(tmp_path)
+    remote = GitRemote(tmp_path)
     first = remote.commit({"a.txt": "one\n"}, "one")
     checkout = tmp_path / "checkout"
     assert sync_checkout(str(remote.origin), "main", checkout) == first

@@ -7,9 +7,7 @@ blue/green, is exercised by ``test_monitoring.py``; here the CLI rolls back a ba
 
 from __future__ import annotations
 
-import gc
 import json
-import os
 import re
 import subprocess
 import sys
@@ -21,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import run_cli
 
 from compiler import load_project
 from runtime.operations import apply_project, opened
@@ -81,23 +80,7 @@ def ray_cluster() -> Iterator[None]:
     context._disconnect()
 
 
-def mlops(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """The CLI in this process (so that it shares the test's Ray connection)."""
-    from runtime.cli.main import main
-
-    capsys.readouterr()
-    columns = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = "400"  # tables as wide as they need, whatever the terminal pytest runs in
-    try:
-        code = main(list(args))
-    finally:
-        gc.enable()  # main() turns the cyclic collector off for one-shot commands
-        if columns is None:
-            del os.environ["COLUMNS"]
-        else:
-            os.environ["COLUMNS"] = columns
-    out, err = capsys.readouterr()
-    return code, out, err
+mlops = run_cli
 
 
 def status(capsys: pytest.CaptureFixture[str], spec_file: Path) -> dict[str, Any]:
