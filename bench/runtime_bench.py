@@ -34,8 +34,7 @@ from pathlib import Path
 
 
 def step(ctx):
-    text = "".join((p if p.is_file() else next(q for q in p.rglob("*") if q.is_file())).read_text()[:64]
-                   for p in ctx.inputs.values())
+    text = "".join((p / "out.txt" if p.is_dir() else p).read_text()[:64] for p in ctx.inputs.values())
     (ctx.output_dir / "out.txt").write_text(text + ctx.params["name"])
 
 

@@ -65,6 +65,8 @@ class _Attempt:
     ref: Any
     chained: bool = False
     """Submitted behind running upstream tasks: its run is recorded when it reports back."""
+    limit: float | None = None
+    """Seconds it may run before it is cancelled (``None``: no timeout)."""
 
 
 class Executor:
@@ -90,6 +92,8 @@ class Executor:
         """Nodes to look at in the next scheduling pass."""
         self._pass: list[tuple[int, str]] | None = None
         """The pass under way: (graph order, node id), a heap."""
+        self._running: dict[str, _Attempt] = {}
+        """Node id -> its attempt running on Ray."""
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -102,7 +106,7 @@ class Executor:
                 self._finish(change.node_id, "blocked", "; ".join(change.reasons))
         todo = [c for c in self.plan.runnable()]
         waiting: list[tuple[float, Node, int]] = []  # (not before, node, attempt) for retries
-        in_flight: dict[Any, _Attempt] = {}
+        in_flight: dict[Any, _Attempt] = {}  # by ref; self._running has the same attempts by node
         remaining = {c.node_id for c in todo}
         if not ray_backend.connected() and any(self.graph.node(c.node_id).kind in REMOTE_KINDS for c in todo):
             ray_backend.connect(self._cluster_address())  # a process already on Ray (tests, the reconciler) stays
@@ -110,7 +114,7 @@ class Executor:
         wanting: list[tuple[int, str]] = []  # (graph order, node): ready for a slot while all were taken
         while remaining:
             progressed = False
-            active = {a.node.id for a in in_flight.values()} | {w[1].id for w in waiting}
+            active = set(self._running) | {w[1].id for w in waiting}
             # Only nodes whose upstream moved since they were last looked at (a parent was submitted or
             # finished; children touched during the pass join it, they come later), then, while slots are
             # free, the nodes that wanted one, in order. No pass looks at every node again.
@@ -137,10 +141,10 @@ class Executor:
                     heapq.heappush(wanting, (self._order[node_id], node_id))
                     continue
                 if state == "wait":
-                    chain = self._chain(node_id, in_flight)
+                    chain = self._chain(node_id)
                     if chain is not None:
                         attempt = self._submit(node, 1, chain)
-                        in_flight[attempt.ref] = attempt
+                        self._launched(in_flight, attempt)
                         active.add(node_id)
                         progressed = True
                     continue  # else touched again when a parent is submitted or finishes
@@ -152,7 +156,7 @@ class Executor:
                     continue
                 if node.kind in REMOTE_KINDS:
                     attempt = self._submit(node, 1)
-                    in_flight[attempt.ref] = attempt
+                    self._launched(in_flight, attempt)
                     active.add(node_id)
                 else:
                     self._run_local(node)
@@ -164,14 +168,18 @@ class Executor:
                 if entry[0] <= now and len(in_flight) < self.parallelism:
                     waiting.remove(entry)
                     attempt = self._submit(entry[1], entry[2])
-                    in_flight[attempt.ref] = attempt
+                    self._launched(in_flight, attempt)
                     progressed = True
             if in_flight:
                 ready, _ = ray_backend.wait(list(in_flight), timeout=0.2)
                 ready.sort(key=lambda r: self._order[in_flight[r].node.id])
+                outcomes = ray_backend.results(ready)
+                if any(in_flight[r].node.kind == "transform" and o.get("status") == "succeeded"
+                       for r, o in zip(ready, outcomes, strict=True)):
+                    self.artifacts.sync()  # adopted outputs' names are durable before the state names them
                 with self.store.transaction():  # one commit for the round, not four per task
-                    for ref, outcome in zip(ready, ray_backend.results(ready), strict=True):
-                        attempt = in_flight.pop(ref)
+                    for ref, outcome in zip(ready, outcomes, strict=True):
+                        attempt = self._landed(in_flight, ref)
                         progressed = True
                         if outcome.get("status") == "upstream_failed":
                             self._dirty.add(attempt.node.id)  # never ran: decided again once its upstream settles
@@ -182,10 +190,10 @@ class Executor:
                         else:
                             remaining.discard(attempt.node.id)
                 for ref, attempt in list(in_flight.items()):
-                    limit = self._timeout(attempt.node)
+                    limit = attempt.limit
                     if limit is not None and time.time() - attempt.started > limit:
                         ray_backend.cancel(ref)
-                        in_flight.pop(ref)
+                        self._landed(in_flight, ref)
                         retry = self._complete(attempt, {"status": "failed",
                                                          "error": f"timed out after {limit:.0f}s"})
                         if retry is not None:
@@ -260,20 +268,29 @@ class Executor:
                                  memory_bytes(memory) if memory else None, refs)
         self.progress(node.id, "started", f"attempt {attempt_no}")
         self._touch(node.id)
-        return _Attempt(node, attempt_no, run, time.time(), ref, chained=bool(chain))
+        return _Attempt(node, attempt_no, run, time.time(), ref, chained=bool(chain), limit=self._timeout(node))
 
-    def _chain(self, node_id: str, in_flight: dict[Any, _Attempt]) -> dict[str, Any] | None:
+    def _launched(self, in_flight: dict[Any, _Attempt], attempt: _Attempt) -> None:
+        in_flight[attempt.ref] = attempt
+        self._running[attempt.node.id] = attempt
+
+    def _landed(self, in_flight: dict[Any, _Attempt], ref: Any) -> _Attempt:
+        attempt = in_flight.pop(ref)
+        del self._running[attempt.node.id]
+        return attempt
+
+    def _chain(self, node_id: str) -> dict[str, Any] | None:
         """For a transform whose inputs are each built already or being built by a running transform:
         input name -> the running task's ref. ``None`` when it must wait (anything else is pending)."""
         node = self.graph.node(node_id)
         if node.kind != "transform":
             return None
-        running = {a.node.id: ref for ref, a in in_flight.items() if a.node.kind == "transform"}
         chain: dict[str, Any] = {}
         for name in node.config["from"]:
             parent = self.graph.by_address(f"datasets.{name}")[0].id
-            if parent in running:
-                chain[name] = running[parent]
+            running = self._running.get(parent)
+            if running is not None and running.node.kind == "transform":
+                chain[name] = running.ref
             elif not self._built(parent):
                 return None
         return chain or None
@@ -478,9 +495,11 @@ class Executor:
 
     def _record(self, node: Node, outputs: dict[str, Any]) -> None:
         """Record a node's success; the model's final step also creates its next version (one transaction)."""
-        with self.store.transaction():
-            if node.address.startswith("models.") and node.id == self._model_final(node.address.split(".", 1)[1]):
+        if node.address.startswith("models.") and node.id == self._model_final(node.address.split(".", 1)[1]):
+            with self.store.transaction():
                 outputs = {**outputs, "version": self._new_version(node, outputs)}
+                self.store.record_result(self._result(node, outputs))
+        else:
             self.store.record_result(self._result(node, outputs))
         self.outputs[node.id] = outputs
         detail = f"version {outputs['version']}" if "version" in outputs else ""

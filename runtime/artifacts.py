@@ -13,9 +13,15 @@ Every object lives at ``<root>/objects/<hex[:2]>/<hex[2:]>``. The root is a loca
 
 Writes are atomic. Locally an object is written to a temporary file under ``<root>/objects``,
 flushed, fsynced, made read-only and renamed into place (then the directory is fsynced), so a
-crash never leaves a half-written object under its final name. On object stores a single PUT is
-atomic by itself and the object is written to its final key directly. Every read that returns
-content (:meth:`~ArtifactStore.get_file`, :meth:`~ArtifactStore.read_bytes`,
+crash never leaves a half-written object under its final name. A run's output directory is
+adopted instead (:meth:`~ArtifactStore.adopt_dir`): its files are hard-linked in under their
+hashes without an fsync each, and the executor makes a whole round of them durable with one
+:meth:`~ArtifactStore.sync` before the state records them (a group commit, as databases do with
+their log). A killed process leaves nothing partial either way; an object a power loss tore
+before its sync is never recorded, and is replaced when the same content is stored again.
+
+On object stores a single PUT is atomic by itself and the object is written to its final key
+directly. Every read that returns content (:meth:`~ArtifactStore.get_file`, :meth:`~ArtifactStore.read_bytes`,
 :meth:`~ArtifactStore.materialize_dir`, :meth:`~ArtifactStore.load_model`) checks the hash and
 raises :class:`ArtifactCorrupt` on a mismatch. :meth:`~ArtifactStore.local_path` is the zero-copy
 path for local readers and does not re-read the content; call :meth:`~ArtifactStore.verify` for that.
@@ -35,10 +41,12 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from compiler.errors import MlopsError
+from runtime import durability
 
 CHUNK = 1 << 20
 FILE_PREFIX = "sha256:"
@@ -71,6 +79,59 @@ def parse_uri(uri: str) -> tuple[bool, str]:
     return is_dir, digest
 
 
+@dataclass
+class TreeScan:
+    """What :func:`scan_tree` found under a directory."""
+
+    files: list[tuple[str, str, int]]
+    """(relative POSIX path, absolute path, size) of each file, in :func:`_listing`'s order."""
+    dirs: list[str]
+    """Absolute paths of the subdirectories, parents before children."""
+    foreign: bool
+    """A symbolic link, or a file with other hard links: something the directory does not own."""
+
+
+def scan_tree(path: str | Path) -> TreeScan:
+    """The files and subdirectories under ``path`` (one ``lstat`` per entry, no :class:`Path` objects)."""
+    files: list[tuple[str, str, int]] = []
+    dirs: list[str] = []
+    foreign = False
+    stack = [(str(path), "")]
+    while stack:
+        directory, prefix = stack.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                relative = prefix + entry.name
+                if entry.is_symlink():
+                    foreign = True
+                elif entry.is_dir(follow_symlinks=False):
+                    dirs.append(entry.path)
+                    stack.append((entry.path, relative + "/"))
+                elif entry.is_file(follow_symlinks=False):
+                    info = entry.stat(follow_symlinks=False)
+                    foreign = foreign or info.st_nlink != 1
+                    files.append((relative, entry.path, info.st_size))
+    files.sort(key=lambda file: file[0].split("/"))
+    dirs.sort(key=lambda directory: directory.count(os.sep))
+    return TreeScan(files, dirs, foreign)
+
+
+def _sizes_match(tree: Path, scan: TreeScan) -> bool:
+    """Whether ``tree`` holds the files of ``scan`` at their sizes (a tree torn by a power loss does not)."""
+    try:
+        return all(os.stat(tree / relative).st_size == size for relative, _, size in scan.files)
+    except OSError:
+        return False
+
+
+def _hash_file(path: str) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in _chunks(handle):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
 def _listing(path: Path) -> list[Path]:
     """The files of a directory in the order :func:`compiler.content_hash.hash_path` uses."""
     return sorted(p for p in path.rglob("*") if p.is_file())
@@ -96,7 +157,7 @@ class ArtifactStore:
     def put_file(self, path: Path, sha256: str | None = None) -> str:
         """Store a file; returns ``sha256:<hex>``. With a known ``sha256`` an object already stored is not rewritten."""
         path = Path(path)
-        if sha256 is not None and self._backend.exists(sha256):
+        if sha256 is not None and self._backend.exists(sha256, os.stat(path).st_size):
             return file_uri(sha256)
         digest = self._backend.write_file(path)
         if sha256 is not None and digest != sha256:
@@ -106,7 +167,7 @@ class ArtifactStore:
     def put_bytes(self, data: bytes) -> str:
         """Store bytes; returns ``sha256:<hex>``."""
         digest = hashlib.sha256(data).hexdigest()
-        if not self._backend.exists(digest):
+        if not self._backend.exists(digest, len(data)):
             self._backend.write_bytes(digest, data)
         return file_uri(digest)
 
@@ -130,39 +191,43 @@ class ArtifactStore:
         :meth:`adopt_dir` then takes over without copying; ``None`` on remote storage."""
         if not isinstance(self._backend, _LocalBackend):
             return None
-        parent = Path(self.root) / "tmp"
-        parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix="run-", dir=parent))
+        path = f"{self.root}/tmp/run-{uuid.uuid4().hex}"
+        try:
+            os.mkdir(path, 0o700)
+        except FileNotFoundError:  # the first run of a new store
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.mkdir(path, 0o700)
+        return Path(path)
 
-    def adopt_dir(self, path: Path) -> str:
+    def adopt_dir(self, path: Path, scan: TreeScan | None = None) -> str:
         """Store a directory that is handed over to the store; returns ``dir:sha256:<manifest hex>``.
 
-        Locally, when ``path`` is on the store's filesystem, nothing is copied: each file is fsynced,
-        made read-only and hard-linked in as its object, and the directory itself becomes the artifact's
-        tree (what :meth:`local_path` returns). Elsewhere this is :meth:`put_dir`. ``path`` is gone or
-        read-only afterwards either way.
+        Locally, when ``path`` is on the store's filesystem, nothing is copied: the files are made
+        read-only and hard-linked in as their objects, and the directory itself becomes the artifact's
+        tree (what :meth:`local_path` returns). Their content is durable before they are visible; call
+        :meth:`sync` before recording the URI anywhere that must outlive a power loss. Elsewhere this
+        is :meth:`put_dir`. ``path`` is gone or read-only afterwards either way. ``scan`` is
+        :func:`scan_tree` of ``path``, when the caller has it.
         """
         backend = self._backend
         if not isinstance(backend, _LocalBackend):
             return self.put_dir(path)
-        everything = list(Path(path).rglob("*"))
-        files = sorted(p for p in everything if p.is_file())  # the order of _listing, from the same walk
-        if any(p.is_symlink() for p in everything) or any(p.stat().st_nlink != 1 for p in files):
+        scan = scan or scan_tree(path)
+        if scan.foreign:
             return self.put_dir(path)  # links point at files the run does not own: copy their content
-        entries = []
-        for child in files:
-            relative = child.relative_to(path).as_posix()
+        for relative, absolute, _ in scan.files:
             if "\n" in relative:
-                raise ArtifactError.one(f"{child}: file names with a newline cannot be stored")
-            try:
-                digest = backend.link_file(child)
-            except OSError:  # another filesystem, or no hard links here: copy instead
-                return self.put_dir(path)
-            entries.append((relative, digest))
-        manifest = b"".join(r.encode() + b"\0" + d.encode() + b"\n" for r, d in entries)
-        _, digest = parse_uri(self.put_bytes(manifest))
-        backend.adopt_tree(digest, Path(path))
+                raise ArtifactError.one(f"{absolute}: file names with a newline cannot be stored")
+        try:
+            digest = backend.adopt(Path(path), scan)
+        except OSError:  # another filesystem, or no hard links here: copy instead
+            return self.put_dir(path)
         return dir_uri(digest)
+
+    def sync(self) -> None:
+        """Make every name :meth:`adopt_dir` gave so far durable (local storage; a no-op on object stores)."""
+        if isinstance(self._backend, _LocalBackend):
+            durability.flush_all(self.root)
 
     def save_model(self, state_dict: dict[str, Any]) -> str:
         """``torch.save`` a state dict to a temporary file and store it; returns ``sha256:<hex>``."""
@@ -335,7 +400,8 @@ def _chunks(handle: IO[bytes]) -> Iterator[bytes]:
 class _Backend:
     """Where objects live, addressed by hex digest."""
 
-    def exists(self, digest: str) -> bool:
+    def exists(self, digest: str, size: int | None = None) -> bool:
+        """Whether the object is there (and, with ``size`` where the backend can tell, of that size)."""
         raise NotImplementedError
 
     def open_read(self, digest: str) -> IO[bytes]:
@@ -357,8 +423,13 @@ class _LocalBackend(_Backend):
     def object_path(self, digest: str) -> Path:
         return self.objects / digest[:2] / digest[2:]
 
-    def exists(self, digest: str) -> bool:
-        return self.object_path(digest).is_file()
+    def exists(self, digest: str, size: int | None = None) -> bool:
+        """Whether the object is there (and, with ``size``, of that size: not torn by a power loss)."""
+        try:
+            info = os.stat(self.object_path(digest))
+        except OSError:
+            return False
+        return stat.S_ISREG(info.st_mode) and (size is None or info.st_size == size)
 
     def open_read(self, digest: str) -> IO[bytes]:
         try:
@@ -402,42 +473,85 @@ class _LocalBackend(_Backend):
         _fsync_dir(final.parent)
         return digest
 
-    def link_file(self, path: Path) -> str:
-        """Make a finished file an object in place: fsync, read-only, hard link under its hash."""
-        hasher = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in _chunks(handle):
-                hasher.update(chunk)
-            os.fsync(handle.fileno())
-        digest = hasher.hexdigest()
-        os.chmod(path, 0o444)
-        final = self.object_path(digest)
-        try:
-            os.link(path, final)
-        except FileExistsError:
-            return digest  # stored before: the same content under the same name
-        except FileNotFoundError:  # the first object under this prefix
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.link(path, final)
-        _fsync_dir(final.parent)
-        return digest
+    def adopt(self, path: Path, scan: TreeScan) -> str:
+        """Make a finished directory an artifact in place; returns its manifest's digest.
 
-    def adopt_tree(self, digest: str, path: Path) -> None:
-        """Make ``path`` (whose files are already linked in as objects) the tree of ``digest``."""
-        tree = self.root / "trees" / digest
-        for directory in sorted((p for p in path.rglob("*") if p.is_dir()), reverse=True):
+        The files become their objects (read-only, hard-linked under their hashes), the manifest is
+        written beside them and the directory becomes the artifact's tree. Every name appears by an
+        atomic link or rename, so a killed process never leaves a partial object. Nothing is flushed
+        here: whoever records the artifact first makes a batch of them durable with one
+        :meth:`ArtifactStore.sync` (a group commit). An object or tree that a power loss tore before
+        that sync is never recorded, and is replaced when the same content is stored again. An
+        :class:`OSError` means hard links are refused here.
+        """
+        digests = [_hash_file(absolute) for _, absolute, _ in scan.files]
+        for (_, absolute, size), digest in zip(scan.files, digests, strict=True):
+            os.chmod(absolute, 0o444)
+            self._name(absolute, digest, size, link=True)
+        manifest = b"".join(relative.encode() + b"\0" + digest.encode() + b"\n"
+                            for (relative, _, _), digest in zip(scan.files, digests, strict=True))
+        manifest_digest = hashlib.sha256(manifest).hexdigest()
+        if not self.exists(manifest_digest, len(manifest)):
+            pending = self._temp_file(manifest)
+            try:
+                self._name(pending, manifest_digest, len(manifest), link=False)
+            except BaseException:
+                Path(pending).unlink(missing_ok=True)
+                raise
+        for directory in reversed(scan.dirs):  # deepest first
             os.chmod(directory, 0o555)
         os.chmod(path, 0o555)
+        self._place_tree(path, manifest_digest, scan)
+        return manifest_digest
+
+    def _place_tree(self, path: Path, digest: str, scan: TreeScan) -> None:
+        """Rename ``path`` to ``trees/<digest>``; an intact tree already there stays and ``path`` goes."""
+        tree = self.root / "trees" / digest
         try:
             os.rename(path, tree)
+            return
         except FileNotFoundError:
             tree.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(path, tree)
-            except OSError:
+        except OSError:  # the tree exists already: the same content, made earlier, unless a power loss tore it
+            if _sizes_match(tree, scan):
                 remove_tree(path)
-        except OSError:  # the tree exists already (the same content, made earlier)
+                return
+            torn = tree.with_name(f".torn-{uuid.uuid4().hex}")
+            os.rename(tree, torn)
+            remove_tree(torn)
+        try:
+            os.rename(path, tree)
+        except OSError:  # another process placed the same tree meanwhile
             remove_tree(path)
+
+    def _temp_file(self, data: bytes) -> str:
+        """``data`` in a new read-only temporary file under ``objects`` (not flushed); returns its path."""
+        name = f"{self.objects}/.tmp-{uuid.uuid4().hex}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        try:
+            fd = os.open(name, flags, 0o444)
+        except FileNotFoundError:  # the first object of a new store
+            self.objects.mkdir(parents=True, exist_ok=True)
+            fd = os.open(name, flags, 0o444)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        return name
+
+    def _name(self, source: str, digest: str, size: int, link: bool) -> None:
+        """Give a flushed file its object name (a hard link, or a rename when ``link`` is false). An object
+        already there with another size was torn by a crash (names made durable before their data): replaced."""
+        final = self.object_path(digest)
+        place: Callable[[str, Path], None] = os.link if link else os.replace
+        try:
+            place(source, final)
+        except FileNotFoundError:  # the first object under this prefix
+            final.parent.mkdir(parents=True, exist_ok=True)
+            place(source, final)
+        except FileExistsError:  # stored before: the same content under the same name, unless torn
+            if final.stat().st_size != size:
+                spare = final.with_name(f".tmp-{uuid.uuid4().hex}")
+                os.link(source, spare)
+                os.replace(spare, final)
 
     def tree(self, digest: str, entries: list[tuple[str, str]]) -> Path:
         """``<root>/trees/<digest>``: the directory as read-only hard links to its objects, made once."""
@@ -497,8 +611,8 @@ class _FsspecBackend(_Backend):
     def key(self, digest: str) -> str:
         return f"{self.base}/objects/{digest[:2]}/{digest[2:]}"
 
-    def exists(self, digest: str) -> bool:
-        return bool(self.fs.exists(self.key(digest)))
+    def exists(self, digest: str, size: int | None = None) -> bool:
+        return bool(self.fs.exists(self.key(digest)))  # a PUT is atomic: an object there is whole
 
     def open_read(self, digest: str) -> IO[bytes]:
         try:

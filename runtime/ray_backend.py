@@ -14,6 +14,8 @@ _REMOTE: Any = None
 _DISTRIBUTED: set[str] = set()
 """Ids of the running refs that coordinate a Ray Train run (cancelled gracefully, see :func:`cancel`)."""
 CANCEL_GRACE_S = 15.0
+COALESCE_S = 0.005
+"""After the first task of a round finishes, how long to wait for others, so one round records several."""
 
 
 def connected() -> bool:
@@ -92,21 +94,25 @@ def submit(spec: TaskSpec, cpus: float, gpus: float, memory_bytes: int | None, u
                       **({"memory": float(memory_bytes)} if memory_bytes else {})}
         spec = dataclasses.replace(spec, worker_resources=per_worker)
         cpus, gpus, memory_bytes = 0.0, 0.0, None
-    ref = _with_resources(cpus, gpus, memory_bytes).remote(spec, *upstream)
+    ref = _with_resources(cpus, gpus, memory_bytes).remote(vars(spec), *upstream)  # plain data: msgpack, not pickle
     if spec.workers > 1:
         _DISTRIBUTED.add(ref.hex())
     return ref
 
 
 def wait(refs: Sequence[Any], timeout: float) -> tuple[list[Any], list[Any]]:
-    """Refs that finished within ``timeout`` seconds, and those still running."""
+    """Refs that finished within ``timeout`` seconds, and those still running.
+
+    Once one has finished, the others that finish within ``COALESCE_S`` come with it: the executor
+    then records them in one round (one sync of the artifact store, one state commit).
+    """
     import ray
 
     if not refs:
         return [], []
     ready, pending = ray.wait(list(refs), num_returns=1, timeout=timeout)
-    if ready and pending:  # collect everything else that is already done, without waiting
-        more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+    if ready and pending:
+        more, pending = ray.wait(pending, num_returns=len(pending), timeout=COALESCE_S)
         ready += more
     return ready, pending
 

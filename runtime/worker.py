@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib
 import io
 import logging
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,14 @@ def _import(target: str, code_hash: str | None, repo_root: str) -> Any:
     return getattr(module, function)
 
 
+@functools.lru_cache(maxsize=8)
+def _store(root: str) -> Any:
+    """The artifact store at ``root`` (one per root in a worker process, which runs many tasks)."""
+    from runtime.artifacts import ArtifactStore
+
+    return ArtifactStore(root)
+
+
 def _device(gpus: float) -> str:
     if gpus <= 0:
         return "cpu"
@@ -78,26 +88,31 @@ def _device(gpus: float) -> str:
         return "cpu"
 
 
-def _input_path(store: Any, uri: str, scratch: Path) -> Path:
+def _input_path(store: Any, name: str, uri: str, scratch: Callable[[], Path]) -> Path:
     """A readable path for an input artifact: the store's own copy when local, else a fresh download."""
     from runtime.artifacts import parse_uri
 
     local = store.local_path(uri)
     if local is not None:
         return Path(local)
-    scratch.parent.mkdir(parents=True, exist_ok=True)
     is_dir, _ = parse_uri(uri)
-    return Path(store.materialize_dir(uri, scratch) if is_dir else store.get_file(uri, scratch))
+    target = scratch() / "inputs" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(store.materialize_dir(uri, target) if is_dir else store.get_file(uri, target))
 
 
-def run_task(spec: TaskSpec, *upstream: dict[str, Any]) -> dict[str, Any]:
+def run_task(spec: TaskSpec | dict[str, Any], *upstream: dict[str, Any]) -> dict[str, Any]:
     """Run one transform, trial or evaluation; store its outputs; return what the driver records.
+
+    ``spec`` may come as its fields (Ray serializes a dict of plain values faster than a dataclass).
 
     ``upstream`` holds the results of tasks this one was chained to (Ray passes them when they finish;
     ``spec.chained`` says which input each one is). If one of them failed, nothing runs and the result
     is ``upstream_failed``. A trial with ``workers > 1`` is handed to
     :func:`runtime.distributed.run_distributed`, which runs :func:`execute` on every Ray Train worker.
     """
+    if isinstance(spec, dict):
+        spec = TaskSpec(**spec)
     if spec.chained:
         for name, index in spec.chained.items():
             parent = upstream[index]
@@ -118,9 +133,7 @@ def execute(spec: TaskSpec, rank: int = 0, world_size: int = 1, device: str | No
 
     With ``world_size > 1`` the log is returned as text (``log``) rather than stored.
     """
-    from runtime.artifacts import ArtifactStore
-
-    store = ArtifactStore(spec.artifact_root)
+    store = _store(spec.artifact_root)
     started = time.time()
     log = io.StringIO()
     handler = logging.StreamHandler(log)
@@ -129,20 +142,22 @@ def execute(spec: TaskSpec, rank: int = 0, world_size: int = 1, device: str | No
     root_logger.addHandler(handler)
     result: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(),
                               "device": device or _device(spec.gpus), "started_at": started}
-    local_scratch = store.scratch_dir()  # on the store's filesystem: outputs are adopted, not copied
     with contextlib.ExitStack() as cleanup:
-        if local_scratch is None:
-            scratch = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="mlops-run-"))
+        made: list[Path] = []
+
+        def scratch() -> Path:  # for copies (a model, inputs on remote storage): made only when needed
+            if not made:
+                made.append(Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="mlops-run-"))))
+            return made[0]
+
+        output_dir = store.scratch_dir()  # on the store's filesystem: it becomes the artifact, nothing is copied
+        if output_dir is None:
+            output_dir = scratch() / "output"
+            output_dir.mkdir()
         else:
-            scratch = str(local_scratch)
-            cleanup.callback(_remove_scratch, local_scratch)
-        output_dir = Path(scratch) / "output"
-        output_dir.mkdir()
-        model_path = None
-        if spec.model_uri:
-            model_path = Path(scratch) / "model.pt"
-            store.get_file(spec.model_uri, model_path)
-        inputs = {name: _input_path(store, uri, Path(scratch) / "inputs" / name) for name, uri in spec.inputs.items()}
+            cleanup.callback(_remove_scratch, output_dir)
+        model_path = store.get_file(spec.model_uri, scratch() / "model.pt") if spec.model_uri else None
+        inputs = {name: _input_path(store, name, uri, scratch) for name, uri in spec.inputs.items()}
         ctx = RunContext(inputs=inputs, output_dir=output_dir,
                          params=dict(spec.params), seed=spec.seed, device=result["device"], model_path=model_path,
                          logger=logging.getLogger(f"mlops.run.{spec.node_id}"), world_size=world_size, rank=rank)
@@ -170,22 +185,22 @@ def execute(spec: TaskSpec, rank: int = 0, world_size: int = 1, device: str | No
 
 
 def _remove_scratch(path: Path) -> None:
-    """Remove a run's scratch directory (an adopted output has moved out of it already)."""
+    """Remove a run's output directory unless it became an artifact (and so moved away)."""
     from runtime.artifacts import remove_tree
 
-    try:
-        path.rmdir()  # the usual case: empty
-    except OSError:
+    if os.path.lexists(path):
         remove_tree(path)
 
 
 def _store_outputs(spec: TaskSpec, ctx: RunContext, returned: Any, store: Any) -> dict[str, Any]:
+    from runtime.artifacts import scan_tree
+
     last = {name: series[-1][1] for name, series in ctx.metrics.items() if series}
     if spec.kind == "transform":
-        files = [p for p in ctx.output_dir.rglob("*") if p.is_file()]
-        if not files:
+        scan = scan_tree(ctx.output_dir)
+        if not scan.files:
             raise RuntimeError(f"transform {spec.target} wrote nothing into ctx.output_dir")
-        return {"artifact": store.adopt_dir(ctx.output_dir), "metrics": last}
+        return {"artifact": store.adopt_dir(ctx.output_dir, scan), "metrics": last}
     if spec.kind == "trial":
         if isinstance(returned, TrainResult):
             model, metrics = returned.model, dict(returned.metrics)

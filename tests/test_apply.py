@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -111,6 +112,30 @@ def test_apply_runs_everything_then_the_plan_is_a_no_op(tmp_path: Path, make_pro
         deployment = store.get_deployment("api")
         assert deployment is not None and deployment.desired_version == 1
         assert workspace.state_path == tmp_path / ".mlops" / "state.db"
+
+
+def test_outputs_are_synced_to_disk_before_the_state_records_them(tmp_path: Path, make_project: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime.artifacts import ArtifactStore
+
+    project = load_project(write(tmp_path, make_project, spec()))
+    state_db = tmp_path / ".mlops" / "state.db"
+    syncs: list[tuple[set[str], set[str]]] = []  # at each sync: trees on disk, transform outputs recorded
+    real_sync = ArtifactStore.sync
+
+    def observed_sync(self: ArtifactStore) -> None:
+        trees = Path(self.root) / "trees"
+        with sqlite3.connect(state_db) as conn:
+            recorded = {json.loads(outputs)["artifact"] for (outputs,) in
+                        conn.execute("SELECT outputs FROM node_results WHERE kind = 'transform'")}
+        syncs.append(({f"dir:sha256:{p.name}" for p in trees.iterdir()} if trees.is_dir() else set(), recorded))
+        real_sync(self)
+
+    monkeypatch.setattr(ArtifactStore, "sync", observed_sync)
+    assert apply_project(project).result.ok
+    with opened(project) as (_, store):
+        outputs = [r.outputs["artifact"] for r in store.latest_results().values() if r.kind == "transform"]
+    assert outputs and all(any(uri in trees and uri not in recorded for trees, recorded in syncs) for uri in outputs)
 
 
 def test_param_change_retrains_only_the_model_and_makes_version_2(tmp_path: Path, make_project: Any) -> None:

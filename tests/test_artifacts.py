@@ -302,3 +302,44 @@ def test_adopting_copies_files_the_run_does_not_own(tmp_path: Path, data_dir: Pa
             "the user's own file"
     assert outside.stat().st_mode & stat.S_IWUSR  # never made read-only, never became an object itself
     assert all(p.stat().st_ino != outside.stat().st_ino for p in _objects(tmp_path / "store"))
+
+
+def test_adopting_orders_files_as_the_content_hash_does(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    out = store.scratch_dir()
+    assert out is not None
+    for relative in ("sub/b.txt", "sub-x.txt", "sub.y/c.txt", "a/b/c.txt", "a-b.txt", "A.txt"):
+        (out / relative).parent.mkdir(parents=True, exist_ok=True)
+        (out / relative).write_text(relative)
+    copy = tmp_path / "copy"
+    for path in out.rglob("*"):
+        if path.is_file():
+            (copy / path.relative_to(out)).parent.mkdir(parents=True, exist_ok=True)
+            (copy / path.relative_to(out)).write_bytes(path.read_bytes())
+    assert store.adopt_dir(out) == f"dir:sha256:{hash_path(copy)}"
+
+
+def _tear(path: Path) -> None:
+    """What a power loss can leave of a file whose name reached the disk before its data: nothing."""
+    os.chmod(path, 0o644)
+    path.write_bytes(b"")
+    os.chmod(path, 0o444)
+
+
+def test_an_artifact_torn_by_a_power_loss_is_replaced_when_its_content_is_stored_again(tmp_path: Path,
+                                                                                       data_dir: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    uri = store.adopt_dir(_scratch_copy(store, data_dir))
+    tree = store.local_path(uri)
+    assert tree is not None
+    _tear(tree / "a.csv")  # the tree's file and its object are one inode: both torn
+    with pytest.raises(ArtifactCorrupt):
+        store.verify(uri)
+    assert store.adopt_dir(_scratch_copy(store, data_dir)) == uri
+    store.verify(uri)
+    tree = store.local_path(uri)
+    assert tree is not None and _tree(tree) == _tree(data_dir)
+    log = store.put_bytes(b"a log line\n")
+    _tear(_objects(tmp_path / "store")[[p.parent.name + p.name for p in _objects(tmp_path / "store")].index(
+        log.removeprefix("sha256:"))])
+    assert store.put_bytes(b"a log line\n") == log and store.read_bytes(log) == b"a log line\n"

@@ -250,9 +250,15 @@ class StateStore:
         return rows[0] if rows else None
 
     def _exec(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
-        """Execute one write statement atomically (inside the current transaction when there is one)."""
-        with self.transaction():
-            return self._conn.execute(sql, tuple(params))
+        """Execute one write statement atomically (inside the current transaction when there is one).
+
+        Inside a transaction no savepoint is needed: SQLite undoes a failed statement by itself.
+        """
+        with self._lock:
+            if self._depth:
+                return self._conn.execute(sql, tuple(params))
+            with self.transaction():
+                return self._conn.execute(sql, tuple(params))
 
     # --- node results ----------------------------------------------------------------------------
 
