@@ -307,11 +307,11 @@ class ArtifactStore:
         if not isinstance(self._backend, _LocalBackend):
             return None
         if not is_dir:
-            path = self._backend.object_path(digest)
-            return path if path.is_file() else None
-        tree = self._backend.root / "trees" / digest
-        if tree.is_dir():  # laid out before (or adopted): no need to read the manifest
-            return tree
+            path = self._backend.object_file(digest)
+            return Path(path) if os.path.isfile(path) else None
+        tree = f"{self._backend.root}/trees/{digest}"
+        if os.path.isdir(tree):  # laid out before (or adopted): no need to read the manifest
+            return Path(tree)
         if not self._backend.exists(digest):
             return None
         return self._backend.tree(digest, self._manifest(digest))
@@ -421,19 +421,23 @@ class _LocalBackend(_Backend):
         self.objects = root / "objects"
 
     def object_path(self, digest: str) -> Path:
-        return self.objects / digest[:2] / digest[2:]
+        return Path(self.object_file(digest))
+
+    def object_file(self, digest: str) -> str:
+        """:meth:`object_path` as a string (the hot paths make no :class:`Path` objects)."""
+        return f"{self.objects}/{digest[:2]}/{digest[2:]}"
 
     def exists(self, digest: str, size: int | None = None) -> bool:
         """Whether the object is there (and, with ``size``, of that size: not torn by a power loss)."""
         try:
-            info = os.stat(self.object_path(digest))
+            info = os.stat(self.object_file(digest))
         except OSError:
             return False
         return stat.S_ISREG(info.st_mode) and (size is None or info.st_size == size)
 
     def open_read(self, digest: str) -> IO[bytes]:
         try:
-            return open(self.object_path(digest), "rb")
+            return open(self.object_file(digest), "rb")
         except FileNotFoundError:
             raise ArtifactError.one(f"artifact sha256:{digest} is not in {self.root}") from None
 
@@ -540,16 +544,16 @@ class _LocalBackend(_Backend):
     def _name(self, source: str, digest: str, size: int, link: bool) -> None:
         """Give a flushed file its object name (a hard link, or a rename when ``link`` is false). An object
         already there with another size was torn by a crash (names made durable before their data): replaced."""
-        final = self.object_path(digest)
-        place: Callable[[str, Path], None] = os.link if link else os.replace
+        final = self.object_file(digest)
+        place: Callable[[str, str], None] = os.link if link else os.replace
         try:
             place(source, final)
         except FileNotFoundError:  # the first object under this prefix
-            final.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
             place(source, final)
         except FileExistsError:  # stored before: the same content under the same name, unless torn
-            if final.stat().st_size != size:
-                spare = final.with_name(f".tmp-{uuid.uuid4().hex}")
+            if os.stat(final).st_size != size:
+                spare = f"{os.path.dirname(final)}/.tmp-{uuid.uuid4().hex}"
                 os.link(source, spare)
                 os.replace(spare, final)
 

@@ -14,8 +14,10 @@ _REMOTE: Any = None
 _DISTRIBUTED: set[str] = set()
 """Ids of the running refs that coordinate a Ray Train run (cancelled gracefully, see :func:`cancel`)."""
 CANCEL_GRACE_S = 15.0
-COALESCE_S = 0.005
-"""After the first task of a round finishes, how long to wait for others, so one round records several."""
+COALESCE_S = 0.015
+"""After the first task of a round finishes, how long to wait for others, so that one round records
+several (one sync of the artifact store and one state commit for all). Transforms behind running ones
+are queued on Ray already and start without the driver, so the wait holds back only the others."""
 
 
 def connected() -> bool:

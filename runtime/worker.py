@@ -25,6 +25,7 @@ from typing import Any
 
 from runtime.context import RunContext, TrainResult
 
+_HOST = socket.gethostname()
 _LOADED_CODE: dict[str, str] = {}
 """module name -> code hash it was imported at (a worker process is reused across applies)."""
 
@@ -140,7 +141,7 @@ def execute(spec: TaskSpec, rank: int = 0, world_size: int = 1, device: str | No
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root_logger = logging.getLogger()
     root_logger.addHandler(handler)
-    result: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(),
+    result: dict[str, Any] = {"host": _HOST, "pid": os.getpid(),
                               "device": device or _device(spec.gpus), "started_at": started}
     with contextlib.ExitStack() as cleanup:
         made: list[Path] = []
