@@ -19,8 +19,12 @@ with ``workers: 1`` when it only does the distributed parts under ``if ctx.world
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import logging
 import random
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,21 +70,70 @@ class RunContext:
             raise KeyError(f"no input '{name}'; declared inputs: {sorted(self.inputs)}") from None
 
     def seed_everything(self) -> None:
-        """Seed python, numpy and torch (when installed) from ``seed``."""
+        """Seed python, numpy and torch from ``seed``.
+
+        numpy and torch are seeded at once when this process has imported them, else the moment the
+        user's code imports them (:class:`_SeedOnImport`): code that never uses torch does not pay its
+        import (about 2 s per worker process).
+        """
         random.seed(self.seed)
-        try:
-            import numpy as np
+        for name, seeder in _SeedOnImport.SEEDERS.items():
+            module = sys.modules.get(name)
+            if module is not None:
+                seeder(module, self.seed)
+            else:
+                _SEED_ON_IMPORT.seeds[name] = self.seed
+        if _SEED_ON_IMPORT.seeds and _SEED_ON_IMPORT not in sys.meta_path:
+            sys.meta_path.insert(0, _SEED_ON_IMPORT)
 
-            np.random.seed(self.seed)
-        except ImportError:  # pragma: no cover
-            pass
-        try:
-            import torch
 
-            # torch.manual_seed would also queue seeding for every lazily initialised accelerator
-            # (recording a stack trace for each, about 1 ms); seed the CPU generator and CUDA when present.
-            torch.random.default_generator.manual_seed(self.seed)
-            if torch.cuda.is_available():
-                torch.cuda.manual_seed_all(self.seed)
-        except ImportError:  # pragma: no cover
-            pass
+def _seed_torch(torch: Any, seed: int) -> None:
+    # torch.manual_seed would also queue seeding for every lazily initialised accelerator
+    # (recording a stack trace for each, about 1 ms); seed the CPU generator and CUDA when present.
+    torch.random.default_generator.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def _seed_numpy(numpy: Any, seed: int) -> None:
+    numpy.random.seed(seed)
+
+
+class _SeedOnImport(importlib.abc.MetaPathFinder):
+    """Seeds numpy and torch right after this process first imports them, with the latest run's seed."""
+
+    SEEDERS: dict[str, Callable[[Any, int], None]] = {"numpy": _seed_numpy, "torch": _seed_torch}
+
+    def __init__(self) -> None:
+        self.seeds: dict[str, int] = {}
+        """Module name -> the seed to give it when it is imported."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in self.seeds:
+            return None
+        seed = self.seeds.pop(fullname)
+        if not self.seeds:
+            sys.meta_path.remove(self)
+        for finder in sys.meta_path:  # the real spec, from the finders after this one
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec: importlib.machinery.ModuleSpec | None = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        execute = loader.exec_module
+        seeder = self.SEEDERS[fullname]
+
+        def exec_module(module: Any) -> None:
+            execute(module)
+            seeder(module, seed)
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]  # this spec's own loader object
+        return spec
+
+
+_SEED_ON_IMPORT = _SeedOnImport()
