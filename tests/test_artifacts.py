@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from compiler.content_hash import hash_path
-from runtime import artifacts
+from runtime import artifact_backends, artifacts
 from runtime.artifacts import ArtifactCorrupt, ArtifactError, ArtifactStore
 
 
@@ -207,7 +207,7 @@ def test_a_write_that_fails_midway_leaves_nothing_under_a_final_name(tmp_path: P
         out.write(src.read(1 << 20))
         raise OSError("disk full")
 
-    monkeypatch.setattr(artifacts, "_copy_hashing", fail_halfway)
+    monkeypatch.setattr(artifact_backends, "_copy_hashing", fail_halfway)
     with pytest.raises(OSError, match="disk full"):
         store.put_file(source)
     assert _objects(tmp_path / "a") == []
@@ -221,14 +221,15 @@ def test_a_writer_killed_midway_leaves_only_a_temporary_file(tmp_path: Path) -> 
     source.write_bytes(os.urandom(4 << 20))
     code = f"""
 import os, signal
-from runtime import artifacts
+from runtime import artifact_backends
 
 def die_halfway(src, out, hasher):
     out.write(src.read(1 << 20)); out.flush()
     os.kill(os.getpid(), signal.SIGKILL)
 
-artifacts._copy_hashing = die_halfway
-artifacts.ArtifactStore({str(root)!r}).put_file({str(source)!r})
+artifact_backends._copy_hashing = die_halfway
+from runtime.artifacts import ArtifactStore
+ArtifactStore({str(root)!r}).put_file({str(source)!r})
 """
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == -9
     objects = _objects(root)
