@@ -38,7 +38,8 @@ class TreeScan:
     """What :func:`scan_tree` found under a directory."""
 
     files: list[tuple[str, str, int]]
-    """(relative POSIX path, absolute path, size) of each file, in :func:`_listing`'s order."""
+    """(relative POSIX path, absolute path, size) of each file, in the order of
+    :func:`compiler.content_hash.hash_path` (by path components)."""
     dirs: list[str]
     """Absolute paths of the subdirectories, parents before children."""
     foreign: bool
@@ -115,6 +116,8 @@ class Backend:
 
 
 class LocalBackend(Backend):
+    """Objects under ``<root>/objects/<hex[:2]>/<hex[2:]>``, directory trees under ``<root>/trees/<hex>``."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.objects = root / "objects"
