@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime import durability  # noqa: E402
+from runtime.artifact_backends import fsync_path  # noqa: E402
 
 
 def _write(directory: str, name: str) -> str:
@@ -30,14 +31,6 @@ def _write(directory: str, name: str) -> str:
     with open(path, "wb") as handle:
         handle.write(b"x" * 100)
     return path
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _waits(sync: Callable[[str], None], directory: str, samples: int, tag: str) -> list[float]:
@@ -60,8 +53,8 @@ def main() -> None:
             durability.flush_all(directory)
 
         def by_fsync(path: str) -> None:
-            _fsync(path)
-            _fsync(directory)
+            fsync_path(path)
+            fsync_path(directory)
 
         methods: dict[str, Callable[[str], None]] = {"syncfs": by_syncfs, "fsync": by_fsync}
         for load in ("quiet", "writer"):

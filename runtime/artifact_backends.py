@@ -176,7 +176,7 @@ class LocalBackend(Backend):
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(final.parent)
+        fsync_path(final.parent)
         return digest
 
     def adopt(self, path: Path, scan: TreeScan) -> str:
@@ -346,7 +346,8 @@ def _copy_hashing(source: IO[bytes], out: IO[bytes], hasher: hashlib._Hash) -> N
         out.write(chunk)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: str | Path) -> None:
+    """fsync a file, or a directory (which makes the names in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
