@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from runtime.artifacts import ArtifactCorrupt, ArtifactError, ArtifactStore  # noqa: E402
 from runtime.cluster import members  # noqa: E402
+from runtime.state.store import StateStore  # noqa: E402
 
 PIPELINE = '''
 import time
@@ -215,11 +216,11 @@ def check_store(root: Path, trial: Trial) -> None:
             store.verify(f"sha256:{path.parent.name}{path.name}")
         except ArtifactCorrupt:
             trial.corrupt.append(path.parent.name + path.name)
-    named = {r[0] for r in rows(root, "SELECT log_uri FROM runs WHERE log_uri IS NOT NULL")}
-    named |= {r[0] for r in rows(root, "SELECT artifact_uri FROM model_versions")}
-    named |= {r[0] for r in rows(root, "SELECT artifact_uri FROM snapshots")}
-    for (outputs,) in rows(root, "SELECT outputs FROM node_results WHERE status = 'succeeded'"):
-        named |= {str(v) for k, v in json.loads(outputs or "{}").items() if k in ("artifact", "input")}
+    state = StateStore.open(root / ".mlops" / "state.db")
+    try:
+        named = state.named_artifacts()
+    finally:
+        state.close()
     for uri in sorted(named):
         try:
             if not store.exists(uri):

@@ -20,10 +20,10 @@ PathHasher = Callable[[Path], str]
 """A function from a file or directory to its content hash; the runtime passes a cached one."""
 
 
-def hash_file(path: Path) -> str:
+def hash_file(path: str | Path) -> str:
     """sha256 of a file's bytes."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from compiler.content_hash import hash_file
 from compiler.errors import MlopsError
 
 CHUNK = 1 << 20
@@ -77,14 +78,6 @@ def _sizes_match(tree: Path, scan: TreeScan) -> bool:
         return all(os.stat(tree / relative).st_size == size for relative, _, size in scan.files)
     except OSError:
         return False
-
-
-def _hash_file(path: str) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in chunks(handle):
-            hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 def check(expected: str, actual: str) -> None:
@@ -190,7 +183,7 @@ class LocalBackend(Backend):
         that sync is never recorded, and is replaced when the same content is stored again. An
         :class:`OSError` means hard links are refused here.
         """
-        digests = [_hash_file(absolute) for _, absolute, _ in scan.files]
+        digests = [hash_file(absolute) for _, absolute, _ in scan.files]
         for (_, absolute, size), digest in zip(scan.files, digests, strict=True):
             os.chmod(absolute, 0o444)
             self._name(absolute, digest, size, link=True)

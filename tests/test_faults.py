@@ -138,11 +138,7 @@ def assert_store_consistent(project: Project) -> None:
         assert stored
         for path in stored:
             artifacts.verify(f"sha256:{path.parent.name}{path.name}")
-        named = {row[0] for row in store.query("SELECT log_uri FROM runs WHERE log_uri IS NOT NULL")}
-        named |= {row[0] for row in store.query("SELECT artifact_uri FROM model_versions")}
-        for result in store.latest_results().values():
-            named |= {str(result.outputs[key]) for key in ("artifact", "input") if key in result.outputs}
-        for uri in named:
+        for uri in store.named_artifacts():
             assert artifacts.exists(uri), uri
             artifacts.verify(uri)
         assert audit.verify(store) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import subprocess
 import sys
@@ -125,6 +126,19 @@ def test_latest_results_maps_every_node_to_its_newest_success(store: StateStore)
     store.record_result(_result("c/x", "1", status="failed"))
     latest = store.latest_results()
     assert {k: v.fingerprint for k, v in latest.items()} == {"a/x": "2", "b/x": "1"}
+
+
+def test_named_artifacts_are_every_uri_the_state_refers_to(store: StateStore) -> None:
+    uri = {name: "sha256:" + name * 64 for name in "abcdef"}
+    store.start_run(_run("r1"))
+    store.finish_run("r1", "succeeded", log_uri=uri["a"])
+    store.start_run(_run("r2"))  # no log yet
+    store.add_model_version(ModelVersion(model="churn", version=1, fingerprint="fp", artifact_uri=uri["b"]))
+    store.add_snapshot(Snapshot("datasets.raw", "fp", "hash", uri["c"]))
+    store.add_snapshot(Snapshot("datasets.other", "fp", "hash"))  # hashed only, nothing stored
+    store.record_result(dataclasses.replace(_result("a/x"), outputs={"artifact": uri["d"], "input": uri["e"]}))
+    store.record_result(dataclasses.replace(_result("b/x", status="failed"), outputs={"artifact": uri["f"]}))
+    assert store.named_artifacts() == {uri[name] for name in "abcde"}
 
 
 def test_forget_node_removes_its_results_only(store: StateStore) -> None:

@@ -340,6 +340,16 @@ class StateStore:
         rows = self._rows("SELECT * FROM metrics WHERE run_id = ? ORDER BY name, step", (run_id,))
         return [MetricPoint(row["run_id"], row["name"], row["step"], row["value"]) for row in rows]
 
+    def named_artifacts(self) -> set[str]:
+        """Every artifact URI the state refers to: run logs, model versions, snapshots, and the outputs of
+        every succeeded node result."""
+        named = {row[0] for row in self._rows("SELECT log_uri FROM runs WHERE log_uri IS NOT NULL")}
+        named |= {row[0] for row in self._rows("SELECT artifact_uri FROM model_versions")}
+        named |= {row[0] for row in self._rows("SELECT artifact_uri FROM snapshots WHERE artifact_uri IS NOT NULL")}
+        for (outputs,) in self._rows("SELECT outputs FROM node_results WHERE status = 'succeeded'"):
+            named |= {str(value) for key, value in (_load(outputs) or {}).items() if key in ("artifact", "input")}
+        return named
+
     # --- snapshots -------------------------------------------------------------------------------
 
     def add_snapshot(self, snapshot: Snapshot) -> None:
