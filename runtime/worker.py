@@ -102,18 +102,17 @@ def _input_path(store: Any, name: str, uri: str, scratch: Callable[[], Path]) ->
     return Path(store.materialize_dir(uri, target) if is_dir else store.get_file(uri, target))
 
 
-def run_task(spec: TaskSpec | dict[str, Any], *upstream: dict[str, Any]) -> dict[str, Any]:
+def run_task(fields: dict[str, Any], *upstream: dict[str, Any]) -> dict[str, Any]:
     """Run one transform, trial or evaluation; store its outputs; return what the driver records.
 
-    ``spec`` may come as its fields (Ray serializes a dict of plain values faster than a dataclass).
+    ``fields`` are the :class:`TaskSpec`'s (Ray serializes a dict of plain values faster than a dataclass).
 
     ``upstream`` holds the results of tasks this one was chained to (Ray passes them when they finish;
     ``spec.chained`` says which input each one is). If one of them failed, nothing runs and the result
     is ``upstream_failed``. A trial with ``workers > 1`` is handed to
     :func:`runtime.distributed.run_distributed`, which runs :func:`execute` on every Ray Train worker.
     """
-    if isinstance(spec, dict):
-        spec = TaskSpec(**spec)
+    spec = TaskSpec(**fields)
     if spec.chained:
         for name, index in spec.chained.items():
             parent = upstream[index]
