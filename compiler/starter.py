@@ -1,4 +1,4 @@
-"""``mlops init``: write a small, working starter project (spec, data, pipeline, CI workflow)."""
+"""``mlops init``: write a small, working starter project (spec, data, pipeline, README, CI workflow)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from compiler.repository import find_root
 TEMPLATES = Path(__file__).resolve().parent / "starter_files"
 ROWS = 600
 WORKFLOW_TEMPLATE = "github-workflow.yml.tmpl"
+README_TEMPLATE = "README.md.tmpl"
 WORKFLOW_SPEC_LINE = "  MLOPS_SPEC: mlops.yaml\n"
 
 
@@ -60,7 +61,10 @@ def github_workflow(spec: str = "mlops.yaml") -> str:
 
 
 def create_starter(directory: Path, name: str | None = None) -> list[Path]:
-    """Write the starter into ``directory``; refuse to overwrite an existing ``mlops.yaml``."""
+    """Write the starter into ``directory``; refuse to overwrite an existing ``mlops.yaml``.
+
+    Other files that exist already (a README.md, a .gitignore, the data) are kept as they are.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     spec_path = directory / "mlops.yaml"
     if spec_path.exists():
@@ -72,10 +76,12 @@ def create_starter(directory: Path, name: str | None = None) -> list[Path]:
     prefix = _module_prefix(directory)
     module = f"{prefix}.pipeline" if prefix else "pipeline"
     spec_in_repository = (directory.resolve().relative_to(find_root(spec_path)) / "mlops.yaml").as_posix()
+    project = _project_name(directory, name)
     files = {
-        spec_path: (TEMPLATES / "mlops.yaml.tmpl").read_text().format(project=_project_name(directory, name),
-                                                                        module=module),
+        spec_path: (TEMPLATES / "mlops.yaml.tmpl").read_text().format(project=project, module=module),
         directory / "pipeline.py": (TEMPLATES / "pipeline.py.tmpl").read_text(),
+        # only the name is filled in (the README's JSON examples keep their braces)
+        directory / "README.md": (TEMPLATES / README_TEMPLATE).read_text().replace("{project}", project),
         directory / "data" / "customers.csv": _customers_csv(),
         directory / ".github" / "workflows" / "mlops.yml": github_workflow(spec_in_repository),
         directory / ".gitignore": ".mlops/\nout/\n__pycache__/\n",

@@ -28,5 +28,6 @@ def init_command(app: Application, directory: str, name: str | None) -> None:
     else:
         for path in written:
             app.print(f"created {path}")
-        app.print(f"\nnext: cd {directory} && mlops validate && mlops plan")
+        app.print(f"\nnext: cd {directory} && mlops validate && mlops plan "
+                  "(README.md: apply, then ask the API)")
     app.exit(0)
