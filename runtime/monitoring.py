@@ -55,7 +55,7 @@ MAX_RECORDS = 10_000
 MAX_REFERENCE_PREDICTIONS = 5_000
 """Reference rows the live model scores for prediction drift (evenly spaced when there are more)."""
 WEBHOOK_TIMEOUT_S = 5.0
-DATA_SUFFIXES = (".csv", ".jsonl", ".parquet")
+DATA_SUFFIXES = (".csv", ".jsonl", ".parquet", ".npz", ".npy")
 
 Columns = dict[str, npt.NDArray[Any]]
 Row = dict[str, Any]
@@ -279,18 +279,22 @@ def _local(artifacts: ArtifactStore, uri: str, scratch: Path) -> Path:
 
 
 def read_rows(path: Path, suffix: str = "") -> list[Row]:
-    """Rows of a CSV, JSONL or Parquet file, or of every such file under a directory (one format).
+    """Rows of a CSV, JSONL, Parquet, ``.npz`` or ``.npy`` file, or of every such file under a directory
+    (one format).
 
     A file's format is its suffix, else ``suffix`` (a content-addressed snapshot has none), else CSV.
     CSV cells are typed per column: a column whose non-empty cells are all numbers becomes floats
-    (empty cells NaN), any other stays strings (empty cells ``None``).
+    (empty cells NaN), any other stays strings (empty cells ``None``). NumPy files are read without
+    pickles: an ``.npz`` gives one column per 1-D array (named by its key) and ``KEY_0``, ``KEY_1``, ...
+    per column of a 2-D array; an ``.npy`` holds one array: a structured one gives a column per field,
+    a 1-D one the column ``value`` and a 2-D one ``column_0``, ``column_1``, ...
     """
     if path.is_file():
         files = [(path, path.suffix if path.suffix in DATA_SUFFIXES else suffix)]
     else:
         files = [(p, p.suffix) for p in sorted(path.rglob("*")) if p.suffix in DATA_SUFFIXES]
     if not files:
-        raise ValueError(f"no CSV, JSONL or Parquet file in {path}")
+        raise ValueError(f"no CSV, JSONL, Parquet, .npz or .npy file in {path}")
     kinds = {kind for _, kind in files}
     if len(kinds) > 1:
         raise ValueError(f"{path} mixes data formats ({', '.join(sorted(kinds))}); cannot read it as one table")
@@ -302,7 +306,10 @@ def read_rows(path: Path, suffix: str = "") -> list[Row]:
 
 def _read_file(file: Path, kind: str) -> list[Row]:
     if kind not in ("", *DATA_SUFFIXES):
-        raise ValueError(f"cannot read {kind.lstrip('.')} data as a table (monitors read csv, jsonl and parquet)")
+        raise ValueError(f"cannot read {kind.lstrip('.')} data as a table "
+                         "(monitors read csv, jsonl, parquet, npz and npy)")
+    if kind in (".npz", ".npy"):
+        return _read_numpy(file, kind)
     if kind == ".jsonl":
         with file.open(encoding="utf-8") as handle:
             return [json.loads(line) for line in handle if line.strip()]
@@ -317,6 +324,34 @@ def _read_file(file: Path, kind: str) -> list[Row]:
     numeric = {name for name in names if all(_is_number(r[name]) for r in raw if r[name] not in ("", None))}
     return [{name: (float(r[name]) if r[name] not in ("", None) else math.nan) if name in numeric
              else (r[name] if r[name] != "" else None) for name in names} for r in raw]
+
+
+def _read_numpy(file: Path, kind: str) -> list[Row]:
+    """Rows of an ``.npz`` or ``.npy`` file (see :func:`read_rows` for the column names)."""
+    columns: dict[str, npt.NDArray[Any]] = {}
+    if kind == ".npz":
+        with np.load(file, allow_pickle=False) as archive:
+            arrays = [(key, archive[key]) for key in archive.files]
+    else:
+        array = np.load(file, allow_pickle=False)
+        if array.dtype.names:
+            arrays = [(name, array[name]) for name in array.dtype.names]
+        else:
+            arrays = [("value" if array.ndim == 1 else "column", array)]
+    for key, array in arrays:
+        if array.ndim == 1:
+            columns[key] = array
+        elif array.ndim == 2:
+            columns.update((f"{key}_{i}", array[:, i]) for i in range(array.shape[1]))
+        else:
+            raise ValueError(f"{file.name}: array {key!r} has shape {array.shape}; a table needs 1-d or 2-d arrays")
+    lengths = {name: len(values) for name, values in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"{file.name}: arrays of different lengths cannot be one table "
+                         f"({', '.join(f'{n}: {k}' for n, k in lengths.items())})")
+    names = list(columns)
+    values = [columns[name].tolist() for name in names]
+    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
 
 
 def _is_number(text: Any) -> bool:
