@@ -17,7 +17,7 @@ the alert rules of ``compiler/terraform.py`` fire on (``check`` is the check's i
     mlops_synced_commit_info{project,commit,repo,branch}  the commit the live state was last synced to
     mlops_monitor_score{project,monitor,check}        a check's last score (NaN when not evaluated)
     mlops_monitor_breach{project,monitor,check}       1 when the check's last evaluation breached, else 0
-    mlops_monitor_runs_total{project,monitor,result}  ok | breached
+    mlops_monitor_runs_total{project,monitor,result}  ok | breached | error (a check could not be evaluated)
     mlops_gate_decisions_total{project,gate,status}   passed | failed | awaiting_approval
 """
 
@@ -124,7 +124,9 @@ class Metrics:
 
     def observe_monitors(self, project: str, results: Iterable[MonitorResult]) -> None:
         for result in results:
-            self.monitor_runs.labels(project, result.monitor, "breached" if result.breached else "ok").inc()
+            errored = any(check.get("status") == "error" for check in result.checks)
+            outcome = "breached" if result.breached else "error" if errored else "ok"
+            self.monitor_runs.labels(project, result.monitor, outcome).inc()
             for index, check in enumerate(result.checks):
                 self.monitor_score.labels(project, result.monitor, str(index)).set(_score(check.get("score")))
                 breached = check.get("status") == "breached" or check.get("breached") is True

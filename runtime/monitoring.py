@@ -112,6 +112,13 @@ def result_json(result: MonitorResult) -> dict[str, Any]:
     return {"address": f"monitors.{result.monitor}", **asdict(result)}
 
 
+def check_errors(result: MonitorResult) -> list[str]:
+    """One line per check of ``result`` that could not be evaluated (status ``error``), with its reason."""
+    return [f"monitors.{result.monitor}: check {index} ({check.get('type')}, {check.get('method')}) could not be "
+            f"evaluated: {check.get('reason') or 'no reason recorded'}"
+            for index, check in enumerate(result.checks) if check.get("status") == "error"]
+
+
 # --- checks -----------------------------------------------------------------------------------------
 
 

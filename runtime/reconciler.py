@@ -8,7 +8,8 @@ One :meth:`Reconciler.tick` reads everything fresh and converges once:
    there: nothing is undeployed, what runs keeps running;
 3. **plan** against the recorded state and the live one (Ray Serve);
 4. **apply**, only when the plan has work (something to create, replace, update or delete);
-5. **monitor**: run the monitors that are due (a breach may ask for a retrain: the next tick comes at once);
+5. **monitor**: run the monitors that are due (a breach may ask for a retrain: the next tick comes at once;
+   a check that could not be evaluated is the tick's error);
 6. **record**: the reconciler status in the state store (last synced commit, time, error, error count)
    and the Prometheus metrics (:mod:`runtime.metrics`).
 
@@ -363,6 +364,9 @@ class Reconciler:
         for monitor in result.monitors:
             if monitor.breached:
                 logger.warning("monitors.%s breached: %s", monitor.monitor, ", ".join(monitor.actions) or "no action")
+        errors = [line for monitor in result.monitors for line in monitoring.check_errors(monitor)]
+        if errors:  # a check that cannot run is the tick's error (an apply's failure, if any, is named first)
+            result.error = "; ".join([*([result.error] if result.error else []), *errors])
 
     def _observe_state(self, project: Project, store: StateStore, result: TickResult) -> None:
         """Sync and health per resource as ``mlops status`` reports them (after an apply: what is true now)."""

@@ -209,11 +209,19 @@ class _Health:
             return "Missing", "never run"
         result = last[-1]
         statuses = [c.get("status") for c in result.checks]
+        problems = []
         if result.breached:
             breached = [f"{c['type']} ({c['method']})" for c in result.checks if c.get("status") == "breached"]
-            return "Degraded", f"breached: {', '.join(breached)}"
-        if statuses and all(s == "skipped" for s in statuses):
-            return "Progressing", "waiting for data: every check skipped"
+            problems.append(f"breached: {', '.join(breached)}")
+        errors = [f"{c['type']} ({c['method']}): {c.get('reason') or 'no reason recorded'}"
+                  for c in result.checks if c.get("status") == "error"]
+        if errors:
+            problems.append(f"{len(errors)} check(s) could not be evaluated: {'; '.join(errors)}")
+        if problems:
+            return "Degraded", "; ".join(problems)
+        if statuses.count("ok") == 0:
+            return "Progressing", ("waiting for data: every check skipped" if statuses
+                                   else "no checks to evaluate")
         return "Healthy", f"{statuses.count('ok')} of {len(statuses)} check(s) ok"
 
 

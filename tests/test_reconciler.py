@@ -28,6 +28,7 @@ from runtime import serving
 from runtime.metrics import Metrics
 from runtime.operations import opened
 from runtime.reconciler import Backoff, Reconciler, Source, has_work, sync_checkout
+from runtime.status import project_status
 
 pytestmark = pytest.mark.xdist_group("ray")
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,6 +241,30 @@ def test_a_compile_error_on_the_branch_is_recorded_and_the_last_good_deployment_
         status = store.reconciler_status()
         assert status.error is None and status.errors == 0 and status.commit == fixed
     assert ask(serve_port, "/branch", [{"x": 2.0}])["version"] == 1
+
+
+def test_a_monitor_check_that_cannot_run_is_the_ticks_error_and_shows_in_status(tmp_path: Path) -> None:
+    body = spec("scores", monitors=False)
+    body["datasets"]["blob"] = {"path": "data/blob.bin"}
+    body["deployments"] = {"scores": {"model": "m", "gates": ["quality"], "mode": "batch", "input": "raw"}}
+    body["monitors"] = {"watch": {"deployment": "scores", "reference": "blob", "schedule": "1h",
+                                  "checks": [{"type": "data_drift", "method": "psi"}]}}
+    write(tmp_path, {**files(body), "data/blob.bin": "not a table\n"})
+    pygit2.init_repository(str(tmp_path), initial_head="main")
+    reconciler = Reconciler(Source(tmp_path / "mlops.yaml"))
+    result = reconciler.tick()
+    assert result.applied is not None and result.applied.result.ok  # the apply itself went well ...
+    assert [m.monitor for m in result.monitors] == ["watch"]
+    assert result.error == ("monitors.watch: check 0 (data_drift, psi) could not be evaluated: "
+                            "ValueError: cannot read bin data as a table (monitors read csv, jsonl, parquet, npz "
+                            "and npy)")  # ... but the monitor could not run: not a silent ok
+    assert reconciler.failures == 1 and result.to_json()["ok"] is False
+    project = load_project(tmp_path / "mlops.yaml")
+    with opened(project) as (_, store):
+        recorded = store.reconciler_status()
+        shown = {r.address: r for r in project_status(project, store).resources}["monitors.watch"]
+    assert recorded.error == result.error and recorded.errors == 1
+    assert shown.health == "Degraded" and "cannot read bin data as a table" in shown.detail
 
 
 def test_backoff_grows_exponentially_up_to_its_cap_and_resets_after_a_good_tick(tmp_path: Path) -> None:

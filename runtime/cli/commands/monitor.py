@@ -2,7 +2,9 @@
 
 A breach is a finding, not a failure of the command: ``monitor run`` exits 0 when monitors breach
 (their ``on_breach`` actions have run), unless ``--detailed-exitcode`` asks for 2 on a breach, as
-``plan --detailed-exitcode`` does for changes. Errors (unknown monitor, unreadable spec) exit 1.
+``plan --detailed-exitcode`` does for changes. Errors (unknown monitor, unreadable spec) exit 1, and so
+does a check that could not be evaluated (status ``error``: a reference that cannot be read, a column
+missing): its result is stored and printed first, with the reason.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from compiler.errors import MlopsError
+from compiler.errors import Diagnostic, MlopsError
 from compiler.spec import duration_seconds
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import project_or_fail
@@ -40,7 +42,7 @@ def monitor_group() -> None:
 @pass_app
 def run_command(app: Application, name: str | None, lock_timeout: str, detailed_exitcode: bool) -> None:
     """Evaluate every monitor (or NAME) now, and run the on_breach actions of those that breach."""
-    from runtime.monitoring import result_json, run_monitors
+    from runtime.monitoring import check_errors, result_json, run_monitors
     from runtime.operations import opened
     from runtime.provenance import actor
     from runtime.state.lock import acquire
@@ -59,8 +61,10 @@ def run_command(app: Application, name: str | None, lock_timeout: str, detailed_
     except MlopsError as error:
         app.fail(error)
     breached = any(r.breached for r in results)
+    errors = [line for r in results for line in check_errors(r)]
     if app.json_output:
-        app.emit_json({"ok": True, "breached": breached, "results": [result_json(r) for r in results]})
+        app.emit_json({"ok": not errors, "breached": breached, "errors": errors,
+                       "results": [result_json(r) for r in results]})
     elif not results:
         app.print("No monitors in the spec.")
     else:
@@ -68,14 +72,20 @@ def run_command(app: Application, name: str | None, lock_timeout: str, detailed_
             if index:
                 app.print()
             render_result(app, result)
+    if errors:
+        app.diagnostics([Diagnostic(line) for line in errors])
+        app.exit(1)
     app.exit(2 if breached and detailed_exitcode else 0)
 
 
 def render_result(app: Application, result: MonitorResult) -> None:
-    """A monitor's verdict line, its checks as a table and the actions taken."""
+    """A monitor's verdict line, its checks as a table, the errors' reasons and the actions taken."""
     skipped = bool(result.checks) and all(c.get("status") == "skipped" for c in result.checks)
-    verdict = Text("BREACHED", "bold red") if result.breached else \
+    errors = [(i, c) for i, c in enumerate(result.checks) if c.get("status") == "error"]
+    verdict = Text("BREACHED", "bold red") if result.breached else Text("ERROR", "bold red") if errors else \
         Text("not enough data", "yellow") if skipped else Text("ok", "green")
+    if result.breached and errors:
+        verdict.append(Text(", ERROR", "bold red"))
     version = f"version {result.version}" if result.version is not None else "no live version"
     app.out.print(Text.assemble((f"monitors.{result.monitor}", "bold"),
                                 f" on deployments.{result.deployment} ({version}): ", verdict))
@@ -87,6 +97,9 @@ def render_result(app: Application, result: MonitorResult) -> None:
         table.add_row(check["type"], str(check["method"]), _number(check.get("score")), threshold,
                       Text(status, STATUS_STYLE.get(status, "")), Text(_detail(check)))
     print_wide(app, table)
+    for index, check in errors:
+        app.out.print(Text(f"error: check {index} ({check['type']}, {check['method']}): "
+                           f"{check.get('reason') or 'no reason recorded'}", "red"))
     if result.actions:
         app.out.print(Text(f"actions: {'; '.join(result.actions)}"))
 
@@ -169,8 +182,10 @@ def history_command(app: Application, name: str, limit: int) -> None:
         checks = ", ".join(f"{c['type']} {c.get('status', '?')}" + (f" {_number(c.get('score'))}"
                                                                    if c.get("score") is not None else "")
                            for c in result.checks)
+        errored = any(c.get("status") == "error" for c in result.checks)
         table.add_row(when(result.at), str(result.version or "-"),
-                      Text("breached", "red") if result.breached else Text("ok", "green"),
+                      Text("breached", "red") if result.breached else Text("error", "red") if errored
+                      else Text("ok", "green"),
                       Text(checks or "-"), Text("; ".join(result.actions) or "-"))
     print_wide(app, table)
     app.exit(0)
