@@ -38,6 +38,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections import OrderedDict
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -56,7 +57,7 @@ from runtime.artifact_backends import (
 )
 
 __all__ = ["ArtifactCorrupt", "ArtifactError", "ArtifactStore", "TreeScan", "dir_uri", "file_uri", "parse_uri",
-           "remove_tree", "scan_tree"]
+           "remove_tree", "scan_tree", "state_dict_problem"]
 
 FILE_PREFIX = "sha256:"
 DIR_PREFIX = "dir:sha256:"
@@ -78,6 +79,61 @@ def parse_uri(uri: str) -> tuple[bool, str]:
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise ArtifactError.one(f"not an artifact URI: {uri!r} (expected sha256:<hex> or dir:sha256:<hex>)")
     return is_dir, digest
+
+
+_PLAIN = (bool, int, float, complex, str, bytes, type(None))
+"""Leaf values a weights-only load reads back besides tensors (exact types: a subclass pickles its class)."""
+
+
+def state_dict_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be stored as a model, in one line; ``None`` when it is a state dict.
+
+    A state dict is a mapping (``dict`` or ``OrderedDict``, as ``Module.state_dict()`` returns) whose
+    values are tensors, plain numbers, strings, ``None``, ``torch.Size`` / ``dtype`` / ``device``,
+    or lists, tuples, sets and mappings of those (an optimizer's state, metadata): what
+    ``torch.load(weights_only=True)`` reads back. Anything else would only be refused when loaded.
+    """
+    import sys
+
+    torch = sys.modules.get("torch")  # torch not imported: nothing in ``value`` can be a torch object
+    if torch is not None and isinstance(value, torch.nn.Module):
+        return f"it is a torch.nn.Module ({type(value).__name__}), not its weights: store model.state_dict()"
+    if type(value) not in (dict, OrderedDict):
+        return (f"a model must be a state dict (a mapping of names to tensors, e.g. model.state_dict()), "
+                f"got {_type_name(value)}")
+    return _entry_problem(value, "model", torch, 0)
+
+
+def _entry_problem(value: Any, where: str, torch: Any, depth: int) -> str | None:
+    if depth > 64:
+        return f"{where} is nested more than 64 levels deep"
+    if type(value) in _PLAIN:
+        return None
+    if torch is not None and isinstance(value, torch.Tensor | torch.Size | torch.dtype | torch.device):
+        return None
+    if torch is not None and isinstance(value, torch.nn.Module):
+        return f"{where} is a torch.nn.Module ({type(value).__name__}); store its state_dict() instead"
+    items: list[tuple[str, Any]] = []
+    if type(value) in (dict, OrderedDict):
+        for key, item in value.items():
+            items += [(f"a key of {where}", key), (f"{where}[{key!r}]", item)]
+    elif type(value) in (list, tuple, set, frozenset):
+        items = [(f"{where}[{index}]", item) for index, item in enumerate(value)]
+    else:
+        hint = (" (convert it with torch.from_numpy)" if type(value).__name__ == "ndarray" else
+                " (convert it with float() or int())") if type(value).__module__ == "numpy" else ""
+        return f"{where} is {_type_name(value)}, not a tensor or a plain value{hint}"
+    for place, item in items:
+        problem = _entry_problem(item, place, torch, depth + 1)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _listing(path: Path) -> list[Path]:
@@ -178,9 +234,17 @@ class ArtifactStore:
             durability.flush_all(self.root)
 
     def save_model(self, state_dict: dict[str, Any]) -> str:
-        """``torch.save`` a state dict to a temporary file and store it; returns ``sha256:<hex>``."""
+        """``torch.save`` a state dict to a temporary file and store it; returns ``sha256:<hex>``.
+
+        Only what :meth:`load_model` can read back passes (:func:`state_dict_problem`): a mapping of
+        names to tensors and plain values. A ``torch.nn.Module`` or any other object is refused here,
+        not when the model is loaded.
+        """
         import torch
 
+        problem = state_dict_problem(state_dict)
+        if problem is not None:
+            raise ArtifactError.one(f"refusing to save the model: {problem}")
         fd, name = tempfile.mkstemp(suffix=".pt")
         try:
             with os.fdopen(fd, "wb") as handle:

@@ -209,10 +209,44 @@ def _store_outputs(spec: TaskSpec, ctx: RunContext, returned: Any, store: Any) -
         else:
             raise TypeError(f"{spec.target} must return TrainResult(model=..., metrics={{...}}), "
                             f"got {type(returned).__name__}")
-        uri = store.put_file(Path(model)) if isinstance(model, str | Path) else store.save_model(model)
+        if isinstance(model, str | os.PathLike):
+            uri = store.put_file(_model_file(spec, ctx, model))
+        else:
+            _check_state_dict(spec, model)
+            uri = store.save_model(model)
         return {"artifact": uri, "metrics": {**last, **{k: float(v) for k, v in metrics.items()}}}
     if spec.kind == "evaluate":
         if not isinstance(returned, dict):
             raise TypeError(f"{spec.target} must return a dict of metrics, got {type(returned).__name__}")
         return {"metrics": {**last, **{k: float(v) for k, v in returned.items()}}}
     raise ValueError(f"unknown task kind {spec.kind}")
+
+
+def _check_state_dict(spec: TaskSpec, model: Any) -> None:
+    """Refuse, in one line, a returned model that is not a state dict (a ``torch.nn.Module`` above all)."""
+    from runtime.artifacts import state_dict_problem
+
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(model, torch.nn.Module):
+        raise TypeError(f"{spec.target} returned a torch.nn.Module ({type(model).__name__}) as its model; "
+                        "return its weights: TrainResult(model=model.state_dict(), ...)")
+    problem = state_dict_problem(model)
+    if problem is not None:
+        raise TypeError(f"{spec.target} returned a model that cannot be stored: {problem}")
+
+
+def _model_file(spec: TaskSpec, ctx: RunContext, model: str | os.PathLike[str]) -> Path:
+    """The file a trainer returned as its model: it must be inside ``ctx.output_dir`` once links are resolved.
+
+    A relative path is taken relative to ``ctx.output_dir``.
+    """
+    root = Path(ctx.output_dir).resolve()
+    resolved = (root / Path(model)).resolve()  # an absolute path stays itself
+    if not resolved.is_relative_to(root):
+        raise ValueError(f"{spec.target} returned model path {os.fspath(model)!r}, which is outside ctx.output_dir; "
+                         "write the model file into ctx.output_dir")
+    if not resolved.is_file():
+        state = "is not a file" if resolved.exists() else "does not exist"
+        raise ValueError(f"{spec.target} returned model path {os.fspath(model)!r}, which {state}; "
+                         "return the path of the model file written into ctx.output_dir")
+    return resolved

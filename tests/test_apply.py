@@ -267,3 +267,44 @@ def test_cli_apply_trains_the_churn_example_and_passes_its_gate(tmp_path: Path) 
     finally:  # the realtime deployment started the long-lived local cluster: stop it
         subprocess.run([sys.executable, "-m", "runtime.cli.main", "-f", "examples/churn/mlops.yaml", "down"],
                        cwd=workdir, capture_output=True, text=True, env=env, timeout=120)
+
+
+RETURNING = '''
+
+def train_returning(ctx):
+    """Returns the model the ``returns`` param names: a Module, a path outside ctx.output_dir, a link, a file."""
+    returns = ctx.params["returns"]
+    if returns == "module":
+        return TrainResult(model=torch.nn.Linear(2, 1), metrics={"auc": 0.9})
+    if returns == "passwd":
+        return TrainResult(model="/etc/passwd", metrics={"auc": 0.9})
+    if returns == "link":
+        (ctx.output_dir / "model.pt").symlink_to("/etc/passwd")
+        return TrainResult(model=ctx.output_dir / "model.pt", metrics={"auc": 0.9})
+    (ctx.output_dir / "model.bin").write_bytes(b"weights")
+    return TrainResult(model=str(ctx.output_dir / "model.bin"), metrics={"auc": 0.9})
+'''
+
+
+def test_a_trainer_returning_a_module_or_a_path_outside_its_output_dir_fails_with_one_line(
+        tmp_path: Path, make_project: Any) -> None:
+    models = {name: {"train": "pipeline:train_returning", "data": {"train": "features"}, "params": {"returns": name}}
+              for name in ("module", "passwd", "link", "file")}
+    body = {**spec(**models), "gates": {}, "deployments": {}}
+    project = load_project(make_project(tmp_path, body, files={"data/raw.csv": "a,b\n1,2\n"},
+                                        pipeline=PIPELINE + RETURNING))
+    outcomes = apply_project(project, parallelism=1).result.outcomes
+    messages = {name: outcomes[f"models.{name}/train"].message for name in models}
+    assert {name: outcomes[f"models.{name}/train"].status for name in models} == {
+        "module": "failed", "passwd": "failed", "link": "failed", "file": "succeeded"}, messages
+    assert "returned a torch.nn.Module (Linear)" in messages["module"]
+    assert "TrainResult(model=model.state_dict(), ...)" in messages["module"]
+    assert "'/etc/passwd', which is outside ctx.output_dir" in messages["passwd"]
+    assert "model.pt', which is outside ctx.output_dir" in messages["link"]  # the link is resolved
+    assert all("\n" not in message for message in messages.values())
+    with opened(project) as (_, store):
+        assert [v.model for v in store.model_versions("module") + store.model_versions("passwd")
+                + store.model_versions("link") + store.model_versions("file")] == ["file"]
+        [run] = [r for r in store.list_runs("models.passwd") if r.kind == "trial"]
+        assert run.status == "failed" and run.error == messages["passwd"]
+

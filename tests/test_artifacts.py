@@ -96,8 +96,32 @@ def test_models_round_trip_as_state_dicts(store: ArtifactStore) -> None:
     loaded = store.load_model(uri)
     assert set(loaded) == set(state)
     assert torch.equal(loaded["linear.weight"], weight) and loaded["meta"] == {"epochs": 2}
+    listed = io.BytesIO()
+    torch.save([torch.ones(1)], listed)  # written by something other than save_model, which refuses a list
     with pytest.raises(ArtifactError, match="not a state dict"):
-        store.load_model(store.save_model([torch.ones(1)]))  # type: ignore[arg-type]
+        store.load_model(store.put_bytes(listed.getvalue()))
+
+
+def test_save_model_refuses_a_module_and_anything_but_a_state_dict_of_tensors(store: ArtifactStore) -> None:
+    import numpy as np
+
+    for refused, reason in [
+        (torch.nn.Linear(2, 1), "it is a torch.nn.Module (Linear), not its weights: store model.state_dict()"),
+        ([torch.ones(1)], "a model must be a state dict (a mapping of names to tensors, e.g. model.state_dict()), "
+                          "got a list"),
+        ("/etc/passwd", "a model must be a state dict"),
+        ({"layer": torch.nn.Linear(2, 1)}, "model['layer'] is a torch.nn.Module (Linear)"),
+        ({"w": np.ones(2)}, "model['w'] is a numpy.ndarray, not a tensor or a plain value (convert it with "
+                            "torch.from_numpy)"),
+        ({"meta": {"fn": print}}, "model['meta']['fn'] is a builtin_function_or_method"),
+    ]:
+        with pytest.raises(ArtifactError) as caught:
+            store.save_model(refused)  # type: ignore[arg-type]
+        assert f"refusing to save the model: {reason}" in str(caught.value)
+        assert "\n" not in str(caught.value)
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1).state_dict()
+    for accepted in ({"w": 1.0}, torch.nn.Linear(2, 1).state_dict(), {"opt": optimizer, "shape": torch.Size([2])}):
+        assert set(store.load_model(store.save_model(accepted))) == set(accepted)
 
 
 class _RunsCode:
