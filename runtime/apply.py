@@ -360,9 +360,11 @@ class Executor:
                 finished_at=finished_at, status=status, metrics=metrics, error=outcome.get("error"),
                 log_uri=outcome.get("log_uri"), device=outcome.get("device") or attempt.run.device)
             self.store.start_run(attempt.run)
-        else:
+        else:  # the start and the end the worker measured, one clock (the submit time counts queueing too)
+            worker_start = outcome.get("started_at") if "finished_at" in outcome else None
             self.store.finish_run(attempt.run.run_id, status, metrics, outcome.get("error"), outcome.get("log_uri"),
-                                  finished_at, outcome.get("device"))
+                                  finished_at, outcome.get("device"),
+                                  float(worker_start) if worker_start is not None else None)
         if outcome.get("steps"):
             self.store.log_metrics(attempt.run.run_id, [MetricPoint(attempt.run.run_id, n, int(s), float(v))
                                                        for n, s, v in outcome["steps"]])

@@ -535,9 +535,12 @@ def when(seconds: float | None) -> str:
 
 
 def took(seconds: float | None) -> str:
-    """``0.4s``, ``12.0s``, ``3m05s``, ``1h02m`` (``-`` for none)."""
+    """``14ms``, ``0.4s``, ``12.0s``, ``3m05s``, ``1h02m`` (``-`` for none): a run of a few milliseconds
+    (an evaluation on a warm worker) is not shown as ``0.0s``."""
     if seconds is None:
         return "-"
+    if seconds < 0.095:  # would show as 0.0s or 0.1s
+        return f"{seconds * 1000:.0f}ms"
     if seconds < 60:
         return f"{seconds:.1f}s"
     minutes, secs = divmod(int(round(seconds)), 60)

@@ -308,3 +308,21 @@ def test_a_trainer_returning_a_module_or_a_path_outside_its_output_dir_fails_wit
         [run] = [r for r in store.list_runs("models.passwd") if r.kind == "trial"]
         assert run.status == "failed" and run.error == messages["passwd"]
 
+
+def test_a_run_records_when_its_worker_ran_it_not_when_it_was_queued(tmp_path: Path, make_project: Any) -> None:
+    # On 2 CPUs: a's trial and b's run at once, c's waits; when a's ends, c's takes its CPU (the queue is in
+    # submission order), so a's evaluation, submitted then, waits for b's or c's 5 s of training.
+    slow = {"train": "pipeline:train", "data": {"train": "features"}, "params": {"sleep": 5}}
+    body = spec(a={"train": "pipeline:train", "evaluate": "pipeline:evaluate",
+                   "data": {"train": "features", "eval": "features"}, "params": {"lr": 0.18}}, b=slow, c=slow)
+    body["gates"]["quality"]["model"] = "a"
+    body["deployments"]["api"]["model"] = "a"
+    project = load_project(write(tmp_path, make_project, body))
+    outcome = apply_project(project, parallelism=4)
+    assert outcome.result.ok, outcome.result.outcomes
+    with opened(project) as (_, store):
+        runs = {r.kind: r for r in store.list_runs("models.a")}
+    trial, evaluation = runs["trial"], runs["evaluate"]
+    assert trial.finished_at is not None and evaluation.finished_at is not None
+    assert evaluation.started_at - trial.finished_at > 1.0  # it waited for a CPU ...
+    assert evaluation.finished_at - evaluation.started_at < 1.0  # ... and that wait is not its duration

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -409,3 +410,23 @@ def test_force_unlock_refuses_a_wrong_id_and_a_live_holder_then_clears_a_dead_on
     assert record.action == "force-unlock" and record.payload["lock"]["id"] == lock_id
     assert "not locked" in one_line_error(mlops(applied, "force-unlock", lock_id, cwd=root))
     assert mlops(applied, "audit", "verify", cwd=root).stdout.strip() == "audit trail intact: 4 records"
+
+
+def test_runs_list_and_show_give_a_run_of_milliseconds_in_ms_not_zero_seconds(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import run_cli
+
+    from runtime.state.records import Run
+
+    spec_path = write_project(tmp_path, SPEC, files={"data/raw.csv": RAW}, pipeline=PIPELINE)
+    with StateStore.open(tmp_path / ".mlops" / "state.db") as store:
+        for run_id, kind, seconds in (("e" * 16, "evaluate", 0.014), ("t" * 16, "trial", 1.5)):
+            store.start_run(Run(run_id, f"models.churn/{kind}", "models.churn", kind, "fp", started_at=1_767_225_600.0))
+            store.finish_run(run_id, "succeeded", {"auc": 0.9}, finished_at=1_767_225_600.0 + seconds)
+    code, out, _ = run_cli(capsys, "-f", str(spec_path), "--no-color", "runs", "list")
+    assert code == 0
+    [evaluation] = [line for line in out.splitlines() if line.strip().startswith("e" * 16)]
+    assert " 14ms " in evaluation and "0.0s" not in evaluation
+    assert " 1.5s " in next(line for line in out.splitlines() if line.strip().startswith("t" * 16))
+    code, out, _ = run_cli(capsys, "-f", str(spec_path), "--no-color", "runs", "show", "e" * 16)
+    assert code == 0 and re.search(r"duration\s+14ms", out), out

@@ -300,12 +300,16 @@ class StateStore:
 
     def finish_run(self, run_id: str, status: RunStatus, metrics: dict[str, float] | None = None,
                    error: str | None = None, log_uri: str | None = None, finished_at: float | None = None,
-                   device: str | None = None) -> None:
-        """Close a run: its final status, metrics, error, log and the device it ran on; unknown ids are an error."""
+                   device: str | None = None, started_at: float | None = None) -> None:
+        """Close a run: its final status, metrics, error, log and the device it ran on; unknown ids are an error.
+
+        ``started_at``, when given, replaces the start recorded when the run was submitted: the moment the
+        worker began it, on the same clock as ``finished_at`` (the time queued for a worker is not the run's).
+        """
         cursor = self._exec(
             "UPDATE runs SET status = ?, metrics = ?, error = ?, log_uri = COALESCE(?, log_uri), finished_at = ?,"
-            " device = COALESCE(?, device) WHERE run_id = ?",
-            (status, _dump(metrics or {}), error, log_uri, finished_at or time.time(), device, run_id))
+            " device = COALESCE(?, device), started_at = COALESCE(?, started_at) WHERE run_id = ?",
+            (status, _dump(metrics or {}), error, log_uri, finished_at or time.time(), device, started_at, run_id))
         if cursor.rowcount == 0:
             raise StateError.of(f"unknown run '{run_id}'")
 
