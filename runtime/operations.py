@@ -188,8 +188,19 @@ def apply_project(project: Project, *, plan_path: Path | None = None, targets: l
     return ApplyOutcome(plan, result, time.time() - started)
 
 
-def approve(project: Project, gate_name: str, version: int, by: str | None = None) -> Approval:
-    """Record a human approval of ``version`` at ``gate_name``; refuse a principal outside the gate's ``from``."""
+@dataclass
+class ApproveOutcome:
+    approval: Approval
+    """The approval recorded: this one, or the earlier one when the principal had approved already."""
+    new: bool
+    """False when the same principal had already approved this version at this gate: nothing was written."""
+
+
+def approve(project: Project, gate_name: str, version: int, by: str | None = None) -> ApproveOutcome:
+    """Record a human approval of ``version`` at ``gate_name``; refuse a principal outside the gate's ``from``.
+
+    Idempotent per (gate, model, version, principal): approving again writes no approval and no audit record.
+    """
     gate = project.spec.gates.get(gate_name)
     if gate is None:
         from compiler.suggest import did_you_mean
@@ -206,10 +217,12 @@ def approve(project: Project, gate_name: str, version: int, by: str | None = Non
             raise MlopsError.one(f"models.{gate.model} has no version {version}", address=f"gates.{gate_name}")
         approval = Approval(gate_name, gate.model, version, approver, time.time())
         with store.transaction():
-            store.add_approval(approval)
+            if not store.add_approval(approval):  # approved before: the earlier record stands, audited once
+                earlier = next(a for a in store.approvals(gate_name, gate.model, version) if a.approver == approver)
+                return ApproveOutcome(earlier, new=False)
             audit.append(store, approver, "approve", {"gate": f"gates.{gate_name}", "model": gate.model,
                                                       "version": version}, origin.commit)
-    return approval
+    return ApproveOutcome(approval, new=True)
 
 
 @dataclass

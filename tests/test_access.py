@@ -6,6 +6,7 @@ The model version approved is put in the real state store directly (no training 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -81,4 +82,27 @@ def test_an_allowed_principal_is_recorded_once_in_the_approvals_and_the_audit_tr
     assert again.returncode == 0, again.stderr
     approvers, trail = recorded(project)
     assert approvers == ["dpo@example.com"]  # the same approver twice counts once
-    assert trail == [("dpo@example.com", "approve")] * 2  # each approval audited; the refused one is not
+    assert trail == [("dpo@example.com", "approve")]  # audited once; the repeat and the refused one are not
+
+
+def test_a_repeated_approval_writes_no_row_and_no_audit_record_and_says_it_was_already_approved(
+        project: Project) -> None:
+    first = approve(project, "--by", "dpo@example.com")
+    assert first.returncode == 0 and "Approved models.churn version 1 at gates.quality" in first.stdout, first.stderr
+    with opened(project) as (_, store):
+        [approval] = store.approvals("quality", "churn", 1)
+    again = approve(project, "--by", "dpo@example.com")
+    assert again.returncode == 0, again.stderr
+    assert "models.churn version 1 was already approved at gates.quality by dpo@example.com" in again.stdout
+    assert "nothing recorded" in again.stdout and not again.stderr
+    as_json = approve(project, "--json", "--by", "dpo@example.com")
+    assert as_json.returncode == 0, as_json.stderr
+    reported = json.loads(as_json.stdout)
+    assert reported["already_approved"] is True and reported["approved_at"] == approval.approved_at
+    with opened(project) as (_, store):
+        assert store.approvals("quality", "churn", 1) == [approval]  # the first approval's time stands
+    assert recorded(project) == (["dpo@example.com"], [("dpo@example.com", "approve")])
+    other = approve(project, "--by", "team:risk")  # another principal is a new approval
+    assert other.returncode == 0 and "Approved" in other.stdout, other.stderr
+    assert recorded(project) == (["dpo@example.com", "team:risk"],
+                                 [("dpo@example.com", "approve"), ("team:risk", "approve")])

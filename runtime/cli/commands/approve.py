@@ -23,12 +23,19 @@ def approve_command(app: Application, gate: str, version: int, by: str | None) -
     project = project_or_fail(app)
     name = gate.removeprefix("gates.")
     try:
-        approval = approve(project, name, version, by)
+        outcome = approve(project, name, version, by)
     except MlopsError as error:
         app.fail(error)
+    approval = outcome.approval
     if app.json_output:
         app.emit_json({"ok": True, "gate": f"gates.{name}", "model": approval.model, "version": version,
-                       "approver": approval.approver})
-    else:
+                       "approver": approval.approver, "already_approved": not outcome.new,
+                       "approved_at": approval.approved_at})
+    elif outcome.new:
         app.print(f"Approved models.{approval.model} version {version} at gates.{name} as {approval.approver}.")
+    else:
+        from runtime.inspect import when
+
+        app.print(f"models.{approval.model} version {version} was already approved at gates.{name} by "
+                  f"{approval.approver} ({when(approval.approved_at)}); nothing recorded.")
     app.exit(0)
