@@ -165,7 +165,12 @@ def apply_project(project: Project, *, plan_path: Path | None = None, targets: l
     started = time.time()
     origin = provenance(project.root)
     if origin.dirty and not allow_dirty:
-        raise MlopsError.one("the work tree has uncommitted changes; commit them or pass --allow-dirty")
+        from runtime.provenance import changed_paths
+
+        paths = changed_paths(project.root)
+        named = f" ({', '.join(paths[:5])}{f' and {len(paths) - 5} more' if len(paths) > 5 else ''})" if paths else ""
+        raise MlopsError.one(f"the work tree has uncommitted changes{named}; commit them (or add untracked files "
+                             "to .gitignore) or pass --allow-dirty")
     workspace = Workspace.of(project)
     saved = planfile.load(plan_path) if plan_path else None
     with acquire(workspace.state_path, "apply", origin.actor, timeout=lock_timeout), opened(project) as (_, store):

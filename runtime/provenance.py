@@ -7,6 +7,10 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pygit2
 
 
 @dataclass(frozen=True)
@@ -18,7 +22,12 @@ class Provenance:
 
 
 def git_state(root: Path) -> tuple[str | None, bool]:
-    """(HEAD commit id, dirty?) of the repository at ``root``; (None, False) outside git."""
+    """(HEAD commit id, dirty?) of the repository at ``root``; (None, False) outside git.
+
+    Dirty means a tracked file is changed (staged or not) or a file git does not know and does not
+    ignore is there: a run from such a tree cannot be reproduced from the commit alone. Ignored files
+    (``.gitignore``: build outputs, ``.mlops/``) do not count.
+    """
     import pygit2
 
     try:
@@ -29,9 +38,27 @@ def git_state(root: Path) -> tuple[str | None, bool]:
         commit = str(repo.head.target)
     except pygit2.GitError:  # no commit yet
         commit = None
-    dirty = any(flags not in (pygit2.enums.FileStatus.CURRENT, pygit2.enums.FileStatus.IGNORED)
-                for flags in repo.status(untracked_files="no").values())
-    return commit, dirty
+    return commit, bool(_changes(repo))
+
+
+def changed_paths(root: Path) -> list[str]:
+    """The paths that make the work tree at ``root`` dirty (changed, or untracked and not ignored), sorted."""
+    import pygit2
+
+    try:
+        repo = pygit2.Repository(str(root))
+    except (pygit2.GitError, KeyError):
+        return []
+    return _changes(repo)
+
+
+def _changes(repo: pygit2.Repository) -> list[str]:
+    import pygit2
+
+    # "normal": an untracked folder is one entry, not walked file by file; ignored files are not listed
+    status = repo.status(untracked_files="normal", ignored=False)
+    return sorted(path for path, flags in status.items()
+                  if flags not in (pygit2.enums.FileStatus.CURRENT, pygit2.enums.FileStatus.IGNORED))
 
 
 def actor(root: Path) -> str:

@@ -104,7 +104,8 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Applied]:
     from runtime import ray_backend
 
     root = tmp_path_factory.mktemp("inspect") / "demo"
-    spec_path = write_project(root, SPEC, files={"data/raw.csv": RAW}, pipeline=PIPELINE, git=False)
+    spec_path = write_project(root, SPEC, files={"data/raw.csv": RAW, ".gitignore": ".mlops/\n__pycache__/\n"},
+                              pipeline=PIPELINE, git=False)
     git(root, "init", "-q")
     git(root, "config", "user.email", "ml@example.com")
     git(root, "config", "user.name", "ML")

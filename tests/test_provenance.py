@@ -14,14 +14,19 @@ import pytest
 from conftest import write_project
 
 from compiler import load_project
+from compiler.errors import MlopsError
 from runtime.operations import apply_project
-from runtime.provenance import git_state
+from runtime.provenance import changed_paths, git_state
 
 pytestmark = pytest.mark.xdist_group("ray")
 
 SPEC = {"apiVersion": "mlops/v1", "project": "prov",
         "datasets": {"raw": {"path": "data/raw.csv"},
                      "features": {"from": ["raw"], "transform": "pipeline:build_features", "params": {"v": 1}}}}
+
+
+IGNORED = ".mlops/\n__pycache__/\n"
+"""What a project's ``.gitignore`` holds: the state and artifacts, and the bytecode its workers write."""
 
 
 def git(root: Path, *args: str) -> str:
@@ -32,7 +37,7 @@ def git(root: Path, *args: str) -> str:
 
 
 def committed_project(root: Path) -> Path:
-    spec = write_project(root, SPEC, files={"data/raw.csv": "a\n1\n", ".gitignore": ".mlops/\n"}, git=False)
+    spec = write_project(root, SPEC, files={"data/raw.csv": "a\n1\n", ".gitignore": IGNORED}, git=False)
     git(root, "init", "-q")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "first")
@@ -84,3 +89,23 @@ def test_runs_record_the_commit_and_the_dirty_flag(tmp_path: Path) -> None:
     third = git(tmp_path, "rev-parse", "HEAD")
     assert apply_project(load_project(spec), allow_dirty=False).result.ok
     assert runs(tmp_path)[-1] == ("datasets.features/transform", third, 0)
+
+
+def test_untracked_files_make_the_tree_dirty_and_ignored_ones_do_not(tmp_path: Path) -> None:
+    committed_project(tmp_path)
+    commit = git(tmp_path, "rev-parse", "HEAD")
+    assert git_state(tmp_path) == (commit, False)
+    (tmp_path / ".mlops").mkdir()
+    (tmp_path / ".mlops" / "state.db").write_text("ignored")
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "pipeline.cpython-311.pyc").write_bytes(b"ignored")
+    assert git_state(tmp_path) == (commit, False)  # ignored files are not changes
+    (tmp_path / "helpers.py").write_text("SCALE = 2\n")  # code a run could import, in no commit
+    assert git_state(tmp_path) == (commit, True)
+    assert changed_paths(tmp_path) == ["helpers.py"]
+    (tmp_path / "helpers.py").unlink()
+    (tmp_path / "data" / "extra").mkdir()
+    (tmp_path / "data" / "extra" / "more.csv").write_text("a\n2\n")  # an untracked folder counts too
+    assert git_state(tmp_path) == (commit, True)
+    with pytest.raises(MlopsError, match=r"uncommitted changes \(data/extra/\); .* --allow-dirty"):
+        apply_project(load_project(tmp_path / "mlops.yaml"), allow_dirty=False)
