@@ -112,8 +112,14 @@ def _address_of_node(node_id: str) -> str:
     return node_id.split("/", 1)[0]
 
 
-def node_reasons(node: Node, recorded: NodeResult, upstream: dict[str, str]) -> list[str]:
-    """Why ``node`` differs from what was recorded: config, code, data and upstream changes."""
+def node_reasons(node: Node, recorded: NodeResult, upstream: dict[str, str],
+                 earlier: dict[str, NodeChange] | None = None) -> list[str]:
+    """Why ``node`` differs from what was recorded: config, code, data and upstream changes.
+
+    An upstream node of the same resource (an evaluation's trial, a sweep's trials) is never named as
+    ``upstream changed: <the resource itself>``: its own reasons (from ``earlier``, the changes planned
+    so far) are the cause, or, when it does not run again, that this node has not run against it yet.
+    """
     reasons = config_reasons(recorded.config, node.config)
     if node.code_hash != recorded.code_hash and node.code:
         reasons.append(f"code changed: {node.code}")
@@ -122,12 +128,19 @@ def node_reasons(node: Node, recorded: NodeResult, upstream: dict[str, str]) -> 
     for parent, fingerprint in sorted(upstream.items()):
         if recorded.upstream.get(parent) != fingerprint:
             address = _address_of_node(parent)
-            label = "data changed" if address.startswith("datasets.") else "upstream changed"
-            reason = f"{label}: {address}"
-            if reason not in reasons:
-                reasons.append(reason)
-    return reasons or ["fingerprint changed"]
+            if address == node.address:
+                found = _inherited(parent, (earlier or {}).get(parent))
+            else:
+                found = [f"{'data changed' if address.startswith('datasets.') else 'upstream changed'}: {address}"]
+            reasons.extend(reason for reason in found if reason not in reasons)
+    return list(dict.fromkeys(reasons)) or ["fingerprint changed"]
 
+
+def _inherited(parent: str, change: NodeChange | None) -> list[str]:
+    """Why a node runs again because ``parent``, a node of its own resource, changed: the parent's reasons."""
+    if change is None or change.action not in ("create", "replace", "update"):
+        return [f"not yet run against the current {parent}"]
+    return [f"not yet run: {parent}" if reason == "not yet run" else reason for reason in change.reasons]
 
 
 def make_plan(graph: Graph, recorded: dict[str, NodeResult], gates: dict[str, GateView],
@@ -154,9 +167,12 @@ def make_plan(graph: Graph, recorded: dict[str, NodeResult], gates: dict[str, Ga
                 change = NodeChange(node.id, node.address, node.kind, "replace", (forced[node.id],),
                                     node.fingerprint, change.before)
             elif rerun and node.kind != "monitor":  # a monitor's work is watching: it goes on as it is
+                why = [reason for p in upstream if p in changes and changes[p].action in ("create", "replace")
+                       for reason in (_inherited(p, changes[p]) if changes[p].address == node.address
+                                      else [f"upstream changed: {changes[p].address}"])]
                 change = NodeChange(node.id, node.address, node.kind, "replace",
-                                    tuple(dict.fromkeys(f"upstream changed: {a}" for a in rerun if a != node.address))
-                                    or ("upstream runs again",), node.fingerprint, change.before)
+                                    tuple(dict.fromkeys(why)) or ("upstream runs again",), node.fingerprint,
+                                    change.before)
         changes[node.id] = change
     if selected is None:
         for node_id, result in sorted(recorded.items()):
@@ -209,7 +225,7 @@ def _node_change(node: Node, recorded: NodeResult | None, upstream: dict[str, st
         return change("create", ["not yet run"] if node.kind != "snapshot" else [f"new data: {node.address}"])
     if recorded.fingerprint == node.fingerprint:
         return change("no-op", [])
-    reasons = node_reasons(node, recorded, upstream)
+    reasons = node_reasons(node, recorded, upstream, earlier)
     in_place = IN_PLACE_KEYS.get(node.kind)
     if in_place is not None and _only_in_place(recorded, node, upstream, in_place):
         return change("update", reasons)

@@ -170,3 +170,39 @@ def test_a_forced_node_reruns_with_its_reason_and_so_does_its_downstream(tmp_pat
     assert actions["gates.quality"] == "replace"
     assert _reasons(plan, "gates.quality") == ["upstream changed: models.churn"]
     assert actions["deployments.api"] == "replace"
+
+
+def _node_reasons(plan: Any, node_id: str) -> list[str]:
+    return next(list(c.reasons) for c in plan.node_changes if c.node_id == node_id)
+
+
+def test_a_resource_never_names_itself_as_its_upstream_change(tmp_path: Path, make_project: Any) -> None:
+    evaluated = {**SPEC, "models": {"churn": {**SPEC["models"]["churn"], "evaluate": "pipeline:evaluate"}}}
+    before = _graph(tmp_path, make_project, evaluated)
+    tuned = {**evaluated, "models": {"churn": {**evaluated["models"]["churn"], "params": {"lr": 0.02}}}}
+    plan = make_plan(_graph(tmp_path, make_project, tuned), _recorded(before), {})
+    # the evaluation runs again because its trial does: the trial's reason, not "upstream changed: models.churn"
+    assert _node_reasons(plan, "models.churn/evaluate") == ["params.lr: 0.01 -> 0.02"]
+    assert _reasons(plan, "models.churn") == ["params.lr: 0.01 -> 0.02"]
+    assert _reasons(plan, "gates.quality") == ["upstream changed: models.churn"]  # another resource's change
+
+    forced = make_plan(before, _recorded(before), {}, forced={"models.churn/train": "monitor breach: monitors.drift"})
+    assert _node_reasons(forced, "models.churn/evaluate") == ["monitor breach: monitors.drift"]
+    assert _reasons(forced, "models.churn") == ["monitor breach: monitors.drift"]
+
+    recorded = _recorded(before)  # the trial ran at its current fingerprint, the evaluation against an older one
+    recorded["models.churn/evaluate"].upstream["models.churn/train"] = "older"
+    recorded["models.churn/evaluate"].fingerprint = "older"
+    stale = make_plan(before, recorded, {})
+    assert _reasons(stale, "models.churn") == ["not yet run against the current models.churn/train"]
+
+    swept = {**evaluated, "models": {"churn": {**{k: v for k, v in evaluated["models"]["churn"].items()
+                                                  if k != "params"}, "sweep": {"lr": [0.1, 0.2]},
+                                               "objective": {"metric": "auc", "goal": "maximize"}}}}
+    before_sweep = _graph(tmp_path, make_project, swept)
+    wider = {**swept, "models": {"churn": {**swept["models"]["churn"], "sweep": {"lr": [0.1, 0.3]}}}}
+    plan = make_plan(_graph(tmp_path, make_project, wider), _recorded(before_sweep), {})
+    assert _node_reasons(plan, "models.churn/select") == ["not yet run: models.churn/train[lr=0.3]"]
+    for address in ("models.churn", "gates.quality", "deployments.api"):
+        assert f"upstream changed: {address}" not in _reasons(plan, address)
+
