@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 import time
 from collections.abc import Callable
+from typing import Any
 
 from compiler.spec import Gate
 from runtime.state.records import GateDecision, GateStatus
@@ -52,13 +53,49 @@ def decide(gate_name: str, gate: Gate, version: int, metrics: dict[str, float],
         checks.append({"metric": check.metric, "op": check.op, "expected": check.value, "actual": actual,
                        "passed": passed, "reason": reason})
     status: GateStatus
+    approved = sorted(set(approvers))
+    required = gate.approvals.required if gate.approvals is not None else 0
     if not all(c["passed"] for c in checks):
         status = "failed"
-    elif gate.approvals is not None and len(set(approvers)) < gate.approvals.required:
+    elif len(approved) < required:
         status = "awaiting_approval"
     else:
         status = "passed"
+    checks.append(approvals_check(gate, approved))
     return GateDecision(gate_name, gate.model, version, status, checks, time.time())
+
+
+def approvals_check(gate: Gate, approved: list[str]) -> dict[str, Any]:
+    """The approval rule a decision was made under, recorded as the decision's last check.
+
+    ``{"approvals": {"required": N, "from": [...]}, "approved": [principals counted], "passed", "reason"}``:
+    so the decision can be read later against the rule of its day, not the spec's current one.
+    """
+    required = gate.approvals.required if gate.approvals is not None else 0
+    allowed = list(gate.approvals.from_) if gate.approvals is not None else []
+    if required == 0:
+        reason = "no approvals required"
+    else:
+        who = f" ({', '.join(approved)})" if approved else ""
+        reason = f"approvals: {len(approved)} of {required} required{who}"
+    return {"approvals": {"required": required, "from": allowed}, "approved": approved,
+            "passed": len(approved) >= required, "reason": reason}
+
+
+def recorded_approval_rule(decision: GateDecision) -> tuple[int, list[str]] | None:
+    """(approvals required, principals counted) as recorded with ``decision``; ``None`` for a decision made
+    before the rule was recorded with it."""
+    for check in decision.checks:
+        rule = check.get("approvals")
+        if isinstance(rule, dict) and isinstance(rule.get("required"), int):
+            approved = check.get("approved")
+            return rule["required"], [str(a) for a in approved] if isinstance(approved, list) else []
+    return None
+
+
+def is_approvals_check(check: dict[str, Any]) -> bool:
+    """Whether a decision's check is its recorded approval rule (:func:`approvals_check`), not a metric check."""
+    return isinstance(check.get("approvals"), dict)
 
 
 def may_approve(gate: Gate, principal: str) -> bool:

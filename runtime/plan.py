@@ -23,6 +23,7 @@ from typing import Any, Literal
 from compiler.change_reasons import IN_PLACE_KEYS, config_reasons, strongest
 from compiler.content_hash import canonical_json, hash_value
 from compiler.graph import Graph, Node
+from runtime.gates import is_approvals_check
 from runtime.state.records import GateDecision, NodeResult
 
 Action = Literal["create", "update", "replace", "delete", "no-op", "blocked"]
@@ -256,6 +257,6 @@ def _gate_change(node: Node, recorded: NodeResult | None, upstream: dict[str, st
             return "update", [f"approved: {node.address} ({view.approvals} of {view.required})"]
         return "blocked", [f"awaiting approval: {node.address} ({view.approvals} of {view.required} approvals)"]
     if decision.status == "failed":
-        failed = [c.get("reason", "") for c in decision.checks if not c.get("passed")]
+        failed = [c.get("reason", "") for c in decision.checks if not c.get("passed") and not is_approvals_check(c)]
         return "blocked", [f"gate failed: {node.address}: {'; '.join(failed) or 'checks failed'}"]
     return None

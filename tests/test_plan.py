@@ -206,3 +206,16 @@ def test_a_resource_never_names_itself_as_its_upstream_change(tmp_path: Path, ma
     for address in ("models.churn", "gates.quality", "deployments.api"):
         assert f"upstream changed: {address}" not in _reasons(plan, address)
 
+
+def test_a_failed_gate_is_blocked_by_its_failed_checks_not_by_the_approvals_it_records(
+        tmp_path: Path, make_project: Any) -> None:
+    from runtime.gates import decide
+
+    project = load_project(make_project(tmp_path, SPEC, files={"data/raw.csv": "a,b\n1,2\n"}))
+    decision = decide("quality", project.spec.gates["quality"], 1, {"auc": 0.7}, None, [])
+    assert decision.status == "failed"
+    assert decision.checks[-1] == {"approvals": {"required": 1, "from": ["team:risk"]}, "approved": [],
+                                   "passed": False, "reason": "approvals: 0 of 1 required"}  # the rule of its day
+    graph = build_graph(project)
+    plan = make_plan(graph, _recorded(graph), {"gates.quality": GateView(decision, 0, 1)})
+    assert _reasons(plan, "gates.quality") == ["gate failed: gates.quality: auc 0.7 >= 0.8 is false"]

@@ -253,3 +253,90 @@ def test_out_is_required(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     spec = write_project(tmp_path / "project", SPEC, files={"data/customers.csv": DATA})
     assert run_cli(["-f", str(spec), "report"]) == 1
     assert "--out" in capsys.readouterr().err
+
+
+def _report_of(root: Path, record: Any) -> str:
+    """The report of the SPEC project after ``record(project, store)`` wrote its state."""
+    spec = write_project(root / "project", SPEC, files={"data/customers.csv": DATA})
+    project = load_project(spec)
+    with StateStore.open(Workspace.of(project).state_path) as store:
+        for version in (1, 2, 3):
+            store.add_model_version(ModelVersion("churn", version, f"fp{version}", f"sha256:{version:064d}",
+                                                 metrics={"auc": 0.91}, created_at=T0 + version * HOUR))
+        record(project, store)
+    assert run_cli(["-f", str(spec), "--no-color", "report", "--out", str(root / "out")]) == 0
+    return (root / "out" / "index.html").read_text(encoding="utf-8")
+
+
+def _gate_row(page: str, version: int) -> str:
+    found = re.search(rf"gates\.churn-quality</code></td><td>v{version}</td>(.*?)</tr>", page, re.S)
+    assert found, f"no gate row for v{version}"
+    return found.group(1)
+
+
+def test_report_shows_each_decisions_approvals_against_the_rule_recorded_with_it(tmp_path: Path) -> None:
+    from compiler.spec import Gate
+
+    def record(project: Any, store: StateStore) -> None:
+        # v1: decided before decisions recorded their rule (today's rule, 1 approval, did not exist then)
+        store.record_gate_decision(GateDecision("churn-quality", "churn", 1, "passed", [
+            {"metric": "auc", "op": ">=", "expected": 0.8, "actual": 0.91, "passed": True,
+             "reason": "auc 0.91 >= 0.8 is true"}], T0 + HOUR))
+        # v2: decided under a rule of 2 approvals, with one; a second came after the decision
+        stricter = Gate.model_validate({"model": "churn", "checks": [{"metric": "auc", "op": ">=", "value": 0.8}],
+                                        "approvals": {"required": 2, "from": ["team:risk", "dpo@example.com"]}})
+        assert store.add_approval(Approval("churn-quality", "churn", 2, "team:risk", T0 + 2 * HOUR))
+        awaiting = decide("churn-quality", stricter, 2, {"auc": 0.91}, None, ["team:risk"])
+        assert awaiting.status == "awaiting_approval"
+        store.record_gate_decision(GateDecision(**{**vars(awaiting), "decided_at": T0 + 2 * HOUR + 60}))
+        assert store.add_approval(Approval("churn-quality", "churn", 2, "dpo@example.com", T0 + 3 * HOUR))
+        # v3: decided under a rule that asked for no approval
+        lenient = Gate.model_validate({"model": "churn", "checks": [{"metric": "auc", "op": ">=", "value": 0.8}]})
+        store.record_gate_decision(decide("churn-quality", lenient, 3, {"auc": 0.91}, None, []))
+
+    page = _report_of(tmp_path, record)
+    old, stricter, lenient = _gate_row(page, 1), _gate_row(page, 2), _gate_row(page, 3)
+    assert "rule not recorded with this decision" in old and "of 1 required" not in old
+    assert "1 of 2 required at the decision: team:risk (2026-01-01 02:00 UTC)" in stricter
+    assert "dpo@example.com (2026-01-01 03:00 UTC) <span class=\"muted\">after the decision</span>" in stricter
+    assert "approvals: 1 of 2" not in stricter  # the rule is in the approvals column, not among the checks
+    assert "none required" in lenient and "of 1 required" not in lenient
+    assert "of 1 required" not in page  # today's rule is never applied to past decisions
+
+
+def test_report_has_a_deployment_history_with_rollbacks_and_failed_rollouts(tmp_path: Path) -> None:
+    from runtime.state import audit
+
+    def record(project: Any, store: StateStore) -> None:
+        audit.append(store, "ml@example.com", "apply", {
+            "changes": {"deployments.churn-api": "create"}, "outcomes": {"deployments.churn-api/deploy": "succeeded"}},
+            "1111111111111111", at=T0 + HOUR)
+        audit.append(store, "ml@example.com", "apply", {  # the deployment was blocked: no event
+            "changes": {}, "outcomes": {"deployments.churn-api/deploy": "blocked"}}, at=T0 + 2 * HOUR)
+        audit.append(store, "oncall@example.com", "rollback", {
+            "deployment": "deployments.churn-api", "model": "churn", "from": 2, "to": 1,
+            "reason": "latency <regression>"}, "2222222222222222", at=T0 + 3 * HOUR)
+        audit.rollout_failed(store, "ml@example.com", "churn-api", "churn", 3, 1,
+                             "replica failed its health check:\n  model file missing", "3333333333333333")
+        audit.append(store, "ml@example.com", "rollback", {  # another deployment's: not in this history
+            "deployment": "deployments.other", "model": "churn", "from": 5, "to": 4, "reason": "elsewhere"})
+        store.set_deployment(DeploymentState("churn-api", "churn", 3, 1, "Degraded: rollout failed", T0 + 4 * HOUR,
+                                             1, "latency <regression>"))
+        assert audit.verify(store) == []
+
+    page = _report_of(tmp_path, record)
+    assert '<a href="#deployments">Deployments</a>' in page
+    section = page[page.index('<section id="deployments.churn-api">'):]
+    section = section[:section.index("</section>")]
+    assert "serving v1 (desired v3) · Degraded: rollout failed · rolled back to v1: latency &lt;regression&gt;" \
+        in section
+    rows = re.findall(r"<tr><td>(.*?)</td></tr>", section, re.S)
+    events = [[re.sub(r"<[^>]+>", "", cell) for cell in row.split("</td><td>")] for row in rows]
+    assert [(cells[1], cells[2], cells[3]) for cells in events] == [
+        ("deployed", "-", "ml@example.com"),
+        ("rollback", "v2 → v1", "oncall@example.com"),
+        ("rollout failed", "v1 → v3", "ml@example.com")]
+    assert "latency &lt;regression&gt;" in rows[1] and "<regression>" not in section
+    assert "replica failed its health check: model file missing" in rows[2]  # one line
+    assert "<code>333333333333</code>" in rows[2] and "elsewhere" not in section
+    assert 'id="deployments.other"' in page  # a deployment gone from the spec keeps its history

@@ -15,7 +15,9 @@ from typing import Any, Literal
 from compiler import PolicyReport
 from compiler.resolve import Project
 from compiler.spec import Dataset
-from runtime.state.records import MonitorResult
+from runtime.gates import is_approvals_check, recorded_approval_rule
+from runtime.state import audit
+from runtime.state.records import AuditRecord, MonitorResult
 from runtime.state.store import StateStore
 
 MAX_VERSIONS = 10
@@ -89,7 +91,13 @@ class GateRow:
     checks: list[str]
     decided_at: float
     approvals: list[tuple[str, float]]
-    required: int
+    required: int | None
+    """Approvals the rule of the decision's day required; ``None`` when the decision did not record its rule
+    (made before rules were recorded, or no decision yet). Never the spec's current rule."""
+    counted: list[str] = field(default_factory=list)
+    """The approvers the decision counted (approvals recorded later are in ``approvals`` only)."""
+    decided: bool = True
+    """False: approvals are recorded but no decision was made yet."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +169,39 @@ class MonitorReport:
 
 
 @dataclass(frozen=True)
+class DeploymentEvent:
+    """One entry of a deployment's history, from the audit trail."""
+
+    at: float
+    event: str
+    """``deployed`` / ``deploy failed`` (an apply's outcome), ``rollback``, ``rollout failed``."""
+    actor: str
+    from_version: int | None
+    to_version: int | None
+    detail: str
+    commit: str | None
+
+
+@dataclass(frozen=True)
+class DeploymentHistory:
+    name: str
+    model: str
+    mode: str
+    live_version: int | None
+    desired_version: int | None
+    status: str | None
+    """The recorded health (``Healthy``, ``Degraded: rollout failed`` ...); ``None``: never deployed."""
+    pinned_version: int | None
+    pin_reason: str | None
+    events: list[DeploymentEvent]
+    """Oldest first."""
+
+    @property
+    def address(self) -> str:
+        return f"deployments.{self.name}"
+
+
+@dataclass(frozen=True)
 class ReportData:
     """Everything the report shows."""
 
@@ -178,6 +219,7 @@ class ReportData:
     waivers: list[WaiverRow]
     models: list[ModelCard]
     monitors: list[MonitorReport]
+    deployments: list[DeploymentHistory] = field(default_factory=list)
 
 
 def gather(project: Project, report: PolicyReport, store: StateStore | None, today: date | None = None) -> ReportData:
@@ -191,7 +233,8 @@ def gather(project: Project, report: PolicyReport, store: StateStore | None, tod
         owners=list(spec.owners), state_recorded=store is not None, policies=rows, counts=report.counts(),
         waivers=_waivers(project, report, today or date.today()),
         models=[_model_card(project, store, name) for name in spec.models],
-        monitors=[_monitor(project, store, name) for name in spec.monitors])
+        monitors=[_monitor(project, store, name) for name in spec.monitors],
+        deployments=_deployments(project, store))
 
 
 def _policy_row(result: Any) -> PolicyRow:
@@ -254,17 +297,64 @@ def _model_card(project: Project, store: StateStore | None, name: str) -> ModelC
                 approvals = store.approvals(gate_name, name, v.version)
                 if decision is None and not approvals:
                     continue
+                rule = recorded_approval_rule(decision) if decision else None  # the rule of its day, not today's
                 gates.append(GateRow(
                     gate_name, v.version, decision.status if decision else "not decided",
                     [f"{'pass' if c.get('passed') else 'FAIL'}: {c.get('reason', '')}" for c in
-                     (decision.checks if decision else [])],
+                     (decision.checks if decision else []) if not is_approvals_check(c)],
                     decision.decided_at if decision else 0.0, [(a.approver, a.approved_at) for a in approvals],
-                    gate.approvals.required if gate.approvals else 0))
+                    rule[0] if rule else None, rule[1] if rule else [], decided=decision is not None))
         for v in versions:
             curves.extend(_curves(store, v.version, v.run_id))
     return ModelCard(name, model.description, model.intended_use, model.limitations, model.train, model.evaluate,
                      dict(model.params), bool(refs["pii"]), datasets, version_rows, gates, curves,
                      list(refs["deployments"]))
+
+
+def _deployments(project: Project, store: StateStore | None) -> list[DeploymentHistory]:
+    """Each deployment of the spec, and of the audit trail, with its recorded state and its history."""
+    records = audit.of_actions(store, ["apply", "rollback", audit.ROLLOUT_FAILED]) if store else []
+    models = {name: spec.model for name, spec in project.spec.deployments.items()}
+    for record in records:
+        named = str(record.payload.get("deployment") or "")
+        if named.startswith("deployments.") and named.split(".", 1)[1] not in project.spec.deployments:
+            # gone from the spec: its history stays in the report
+            models[named.split(".", 1)[1]] = str(record.payload.get("model") or "-")
+    out = []
+    for name, model in models.items():
+        spec = project.spec.deployments.get(name)
+        state = store.get_deployment(name) if store else None
+        events = [event for record in records for event in _events(record, name)]
+        out.append(DeploymentHistory(
+            name, state.model if state else model, spec.mode if spec else "removed from the spec",
+            state.live_version if state else None, state.desired_version if state else None,
+            state.status if state else None, state.pinned_version if state else None,
+            state.pin_reason if state else None, events))
+    return out
+
+
+def _events(record: AuditRecord, name: str) -> list[DeploymentEvent]:
+    """What ``record`` says about deployment ``name`` (nothing, or one event)."""
+    payload = record.payload
+    address = f"deployments.{name}"
+    if record.action == "apply":
+        status = (payload.get("outcomes") or {}).get(f"{address}/deploy")
+        if status not in ("succeeded", "failed"):
+            return []  # blocked or skipped: the deployment did not change
+        change = (payload.get("changes") or {}).get(address)
+        return [DeploymentEvent(record.at, "deployed" if status == "succeeded" else "deploy failed", record.actor,
+                                None, None, f"apply ({change})" if change else "apply", record.commit)]
+    if payload.get("deployment") != address:
+        return []
+    if record.action == "rollback":
+        return [DeploymentEvent(record.at, "rollback", record.actor, _int(payload.get("from")),
+                                _int(payload.get("to")), str(payload.get("reason") or ""), record.commit)]
+    return [DeploymentEvent(record.at, "rollout failed", record.actor, _int(payload.get("from")),
+                            _int(payload.get("to")), str(payload.get("error") or ""), record.commit)]
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _curves(store: StateStore, version: int, run_id: str | None) -> list[MetricCurve]:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from runtime.report.data import DatasetRow, ModelCard, MonitorReport, ReportData
+from runtime.report.data import DatasetRow, DeploymentHistory, GateRow, ModelCard, MonitorReport, ReportData
 
 NOT_STATED = "not stated"
 
@@ -26,7 +26,8 @@ table{border-collapse:collapse;width:100%;margin:8px 0 16px}th,td{border:1px sol
 text-align:left;vertical-align:top}th{background:#f1f4f8}tr:nth-child(even) td{background:#fafbfc}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:bold;color:#fff}
 .fail,.failed,.breached,.expired,.invalid,.error{background:#c62828}.waived,.awaiting_approval,.warning{background:#e08e0b}
-.pass,.passed,.ok,.active,.approved{background:#2e7d32}.candidate,.rejected,.skipped,.none{background:#6e7781}
+.deploy_failed,.rollout_failed{background:#c62828}.rollback{background:#e08e0b}
+.pass,.passed,.ok,.active,.approved,.deployed{background:#2e7d32}.candidate,.rejected,.skipped,.none{background:#6e7781}
 .pii{background:#6a1b9a}.summary span{margin-right:12px}.muted{color:#6e7781}
 dl.card{display:grid;grid-template-columns:180px 1fr;gap:4px 12px}dl.card dt{font-weight:bold}dl.card dd{margin:0}
 img.plot{max-width:100%;border:1px solid #d0d7de;margin:8px 0}code{background:#f1f4f8;padding:0 3px}
@@ -77,6 +78,7 @@ def render(data: ReportData, model_plots: Mapping[str, bytes | None], drift_plot
     parts = [_header(data), _nav(), "<main>", _policies(data), _waivers(data), '<h2 id="models">Model cards</h2>']
     parts += [_model(card, model_plots.get(card.name)) for card in data.models] or \
         ['<p class="muted">The spec declares no models.</p>']
+    parts.append(_deployments(data))
     parts.append('<h2 id="monitors">Monitors</h2>')
     parts += [_monitor(m, drift_plots.get(m.name)) for m in data.monitors] or \
         ['<p class="muted">The spec declares no monitors.</p>']
@@ -102,7 +104,8 @@ def _header(data: ReportData) -> str:
 
 def _nav() -> str:
     return ('<nav><a href="#policies">Policy results</a><a href="#waivers">Waivers</a>'
-            '<a href="#models">Model cards</a><a href="#monitors">Monitors</a></nav>')
+            '<a href="#models">Model cards</a><a href="#deployments">Deployments</a>'
+            '<a href="#monitors">Monitors</a></nav>')
 
 
 def _policies(data: ReportData) -> str:
@@ -165,14 +168,61 @@ def _model(card: ModelCard, plot: bytes | None) -> str:
                        for v in card.versions], "No version trained yet.")
     gates = _table(["Gate", "Version", "Decision", "Checks", "Approvals", "Decided"],
                    [[f"<code>gates.{e(g.gate)}</code>", f"v{g.version}", _badge(g.status),
-                     "<br>".join(e(c) for c in g.checks) or "-",
-                     (f"{len(g.approvals)} of {g.required} required: " if g.required else "") +
-                     ("<br>".join(f"{e(who)} ({e(_utc(at))})" for who, at in g.approvals) or "none"),
+                     "<br>".join(e(c) for c in g.checks) or "-", _approvals(g),
                      e(_utc(g.decided_at))] for g in card.gates], "No gate decision recorded.")
     image = _image(plot, f"metric history of {card.address}", "No metrics recorded yet.")
     return (f'<section id="{e(card.address)}"><h3>{e(card.address)}</h3><dl class="card">{card_html}</dl>'
             f"<h4>Data lineage</h4>{lineage}<h4>Versions</h4>{versions}<h4>Gate decisions and approvals</h4>{gates}"
             f"<h4>Metric history</h4>{image}</section>")
+
+
+def _approvals(gate: GateRow) -> str:
+    """The approvals of one decision against the rule recorded with it (never the spec's current rule)."""
+    if not gate.decided:
+        rule = '<span class="muted">no decision yet:</span> '
+    elif gate.required is None:
+        rule = '<span class="muted">rule not recorded with this decision:</span> '
+    elif gate.required == 0:
+        rule = "none required" + (": " if gate.approvals else "")
+    else:
+        rule = f"{len(gate.counted)} of {gate.required} required at the decision: "
+    later = [who not in gate.counted and gate.required is not None and at > gate.decided_at
+             for who, at in gate.approvals]
+    listed = "<br>".join(f"{e(who)} ({e(_utc(at))})" + (' <span class="muted">after the decision</span>' if after
+                                                       else "")
+                         for (who, at), after in zip(gate.approvals, later, strict=True))
+    if gate.required == 0 and not listed:
+        return rule
+    return rule + (listed or "none")
+
+
+def _deployments(data: ReportData) -> str:
+    if not data.deployments:
+        return '<h2 id="deployments">Deployments</h2><p class="muted">The spec declares no deployments.</p>'
+    return '<h2 id="deployments">Deployments</h2>' + "".join(_deployment(d) for d in data.deployments)
+
+
+def _version(number: int | None) -> str:
+    return "-" if number is None else f"v{number}"
+
+
+def _deployment(item: DeploymentHistory) -> str:
+    if item.status is None:
+        state = "never deployed"
+    else:
+        state = (f"serving {_version(item.live_version)} (desired {_version(item.desired_version)}) "
+                 f"· {item.status}")
+        if item.pinned_version is not None:
+            state += f" · rolled back to {_version(item.pinned_version)}: {item.pin_reason or 'no reason given'}"
+    history = _table(["When", "Event", "Versions", "By", "Detail", "Commit"],
+                     [[e(_utc(ev.at)), _badge(ev.event),
+                       e(f"{_version(ev.from_version)} → {_version(ev.to_version)}"
+                         if ev.from_version is not None or ev.to_version is not None else "-"),
+                       e(ev.actor), e(ev.detail or "-"), f"<code>{e((ev.commit or '-')[:12])}</code>"]
+                      for ev in item.events], "Nothing recorded in the audit trail for this deployment.")
+    return (f'<section id="{e(item.address)}"><h3>{e(item.address)}</h3>'
+            f"<p>Model <code>models.{e(item.model)}</code> ({e(item.mode)}): {e(state)}</p>"
+            f"<h4>History</h4>{history}</section>")
 
 
 def _drifted(check: Mapping[str, Any]) -> str:

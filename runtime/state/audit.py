@@ -71,6 +71,31 @@ def append(store: StateStore, actor: str, action: str, payload: dict[str, Any], 
     return record
 
 
+ROLLOUT_FAILED = "rollout_failed"
+"""The action of a record that a deployment's new version did not go live (:func:`rollout_failed`)."""
+
+
+def rollout_failed(store: StateStore, actor: str, deployment: str, model: str, version: int,
+                   serving: int | None, error: str, commit: str | None = None) -> AuditRecord:
+    """Audit a rollout that failed: ``version`` of ``model`` did not go live at ``deployment``.
+
+    ``deployment`` is the deployment's name (or its ``deployments.NAME`` address); ``serving`` is the version
+    that keeps serving (``None``: nothing does); ``error`` says why, in one line. Call it before raising,
+    outside any transaction the failure rolls back, or the record goes with it. The payload has the
+    shape of a ``rollback`` record: ``{"deployment", "model", "from", "to", "error"}``.
+    """
+    address = deployment if deployment.startswith("deployments.") else f"deployments.{deployment}"
+    return append(store, actor, ROLLOUT_FAILED, {"deployment": address, "model": model, "from": serving,
+                                                 "to": version, "error": " ".join(str(error).split())}, commit)
+
+
+def of_actions(store: StateStore, actions: list[str]) -> list[AuditRecord]:
+    """The records of these actions, oldest first."""
+    marks = ",".join("?" * len(actions))
+    return [_record(row) for row in store.query(f"SELECT * FROM audit WHERE action IN ({marks}) ORDER BY seq",
+                                                tuple(actions))] if actions else []
+
+
 def log(store: StateStore, limit: int | None = None) -> list[AuditRecord]:
     """The records in order (oldest first); with ``limit``, only the newest ``limit`` of them."""
     if limit is None:
