@@ -8,6 +8,7 @@ outputs are stored, so an interrupted apply never redoes finished work.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import time
@@ -16,11 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from compiler.errors import MlopsError
 from compiler.graph import Graph, Node
 from compiler.spec import memory_bytes
 from runtime import ray_backend
 from runtime.artifacts import ArtifactStore
-from runtime.gates import decide
+from runtime.feasibility import local_cluster_cpus
+from runtime.gates import decide, failed_reasons
 from runtime.plan import Plan
 from runtime.provenance import Provenance
 from runtime.state.records import DeploymentState, MetricPoint, ModelVersion, NodeResult, Run, Snapshot
@@ -53,7 +56,13 @@ class ApplyResult:
 
 
 ProgressHook = Callable[[str, str, str], None]
-"""(node id, event, detail): events are ``started``, ``succeeded``, ``failed``, ``retry``, ``skipped``, ``blocked``."""
+"""(node id, event, detail): events are ``started`` (submitted), ``waiting`` (not started: what it waits for),
+``running`` (started after a wait), ``succeeded``, ``failed``, ``retry``, ``skipped``, ``blocked``."""
+RESOURCE_WAIT_S = 120.0
+"""How long an apply lets its submitted tasks wait for resources while none of them runs before it gives up."""
+WAIT_NOTICE_S = 2.0
+"""A submitted task that has not started after this long is reported as waiting (and what for)."""
+WATCH_EVERY_S = 1.0
 
 
 @dataclass
@@ -65,16 +74,31 @@ class _Attempt:
     ref: Any
     chained: bool = False
     """Submitted behind running upstream tasks: its run is recorded when it reports back."""
+    upstream: tuple[Any, ...] = ()
+    """The refs of the running upstream tasks a chained attempt waits for."""
     limit: float | None = None
-    """Seconds it may run before it is cancelled (``None``: no timeout)."""
+    """Seconds it may run before it is cancelled (``None``: no timeout), counted from its start."""
+    running_since: float | None = None
+    """When its worker started it (``None`` until the driver has seen that)."""
+    eligible_since: float | None = None
+    """Since when it could start: its submission, or for a chained one the end of its upstream tasks."""
+    waiting: bool = False
+    """Reported as waiting for resources."""
 
 
 class Executor:
     """Runs one plan against one workspace; construct, then :meth:`run`."""
 
     def __init__(self, workspace: Workspace, store: StateStore, graph: Graph, plan: Plan,
-                 provenance: Provenance, parallelism: int = 4, progress: ProgressHook | None = None) -> None:
+                 provenance: Provenance, parallelism: int = 4, progress: ProgressHook | None = None,
+                 resource_wait: float = RESOURCE_WAIT_S) -> None:
         self.workspace = workspace
+        self.resource_wait = resource_wait
+        self._starts = f"{ray_backend.STARTED_PREFIX}{uuid.uuid4().hex}/"
+        """Where this apply's tasks report their start (Ray's key-value store)."""
+        self._watched = 0.0
+        self._moved = time.time()
+        """The last time one of this apply's tasks was seen running or finished."""
         self.project = workspace.project
         self.store = store
         self.graph = graph
@@ -189,9 +213,14 @@ class Executor:
                             waiting.append(retry)
                         else:
                             remaining.discard(attempt.node.id)
+                if ready:
+                    self._moved = time.time()
+                self._watch(in_flight, remaining)
                 for ref, attempt in list(in_flight.items()):
                     limit = attempt.limit
-                    if limit is not None and time.time() - attempt.started > limit:
+                    if attempt.waiting and attempt.running_since is None:
+                        continue  # not started: its timeout counts from its start, the wait has a deadline of its own
+                    if limit is not None and time.time() - (attempt.running_since or attempt.started) > limit:
                         ray_backend.cancel(ref)
                         self._landed(in_flight, ref)
                         retry = self._complete(attempt, {"status": "failed",
@@ -207,7 +236,70 @@ class Executor:
                 break  # nothing can move: every remaining node waits on something outside the plan
         for node_id in remaining:
             self._finish(node_id, "skipped", "not reachable")
+        ray_backend.forget_starts(self._starts)
         return self.result
+
+    def _watch(self, in_flight: dict[Any, _Attempt], remaining: set[str]) -> None:
+        """See which submitted tasks have started; report those that wait for resources, and when none of
+        this apply's tasks has run for ``resource_wait`` seconds, fail the waiting ones (never run: not
+        retried, not a timeout)."""
+        now = time.time()
+        if now - self._watched < WATCH_EVERY_S:
+            return
+        self._watched = now
+        refs = set(in_flight)
+        unseen = []
+        for attempt in in_flight.values():
+            if attempt.running_since is not None:
+                continue
+            if attempt.eligible_since is None:
+                if attempt.chained and any(ref in refs for ref in attempt.upstream):
+                    continue  # behind running upstream tasks: queued, not waiting for resources
+                attempt.eligible_since = now
+            if now - attempt.eligible_since >= WAIT_NOTICE_S:
+                unseen.append(attempt)
+        if not unseen:
+            if any(a.running_since is not None for a in in_flight.values()):
+                self._moved = now
+            return
+        started = ray_backend.started(self._starts, {a.run.run_id for a in unseen})
+        for attempt in unseen:
+            if attempt.run.run_id in started:
+                attempt.running_since = started[attempt.run.run_id]
+                if attempt.waiting:
+                    attempt.waiting = False
+                    self.store.mark_run(attempt.run.run_id, "running")
+                    self.progress(attempt.node.id, "running", "started")
+        if any(a.running_since is not None for a in in_flight.values()):
+            self._moved = now
+        stuck = [a for a in unseen if a.running_since is None]
+        for attempt in stuck:
+            if not attempt.waiting:
+                attempt.waiting = True
+                if not attempt.chained:
+                    self.store.mark_run(attempt.run.run_id, "waiting")
+                self.progress(attempt.node.id, "waiting", self._wants(attempt.node))
+        if stuck and now - self._moved >= self.resource_wait:
+            for attempt in stuck:
+                ray_backend.cancel(attempt.ref)
+                self._landed(in_flight, attempt.ref)
+                waited = now - (attempt.eligible_since or now)
+                error = (f"never started: waited {waited:.0f}s for resources ({self._wants(attempt.node)}) "
+                         "while nothing else of this apply ran")
+                self._complete(attempt, {"status": "failed", "error": error, "never_started": True})
+                remaining.discard(attempt.node.id)
+
+    def _wants(self, node: Node) -> str:
+        """What a node asks for, what the cluster has free, and what holds the rest."""
+        from runtime import feasibility
+
+        resources = node.resources or {}
+        asks = [f"{float(resources.get('cpus', 1)):g} CPU"]
+        if resources.get("gpus"):
+            asks.append(f"{float(resources['gpus']):g} GPU")
+        workers = int(resources.get("workers", 1) or 1)
+        ask = " + ".join(asks) + (f" on each of {workers} workers" if workers > 1 else "")
+        return f"asks {ask}; {feasibility.describe_free(self.project)}"
 
     def _cluster_address(self) -> str | None:
         """The spec's ``cluster.address``, else the local cluster ``mlops up`` started, else none (embedded)."""
@@ -219,7 +311,7 @@ class Executor:
         serves = any(c.kind == "deploy" and self.project.spec.deployments[c.address.split(".", 1)[1]].mode
                      == "realtime" for c in self.plan.runnable())
         if local is None and serves:  # deployments must outlive this process: join the long-lived cluster
-            local = cluster.up(self.workspace.state_path)
+            local = cluster.up(self.workspace.state_path, num_cpus=local_cluster_cpus(self.project))
         return local.address if local else None
 
     def _upstream_state(self, node_id: str) -> str:
@@ -263,12 +355,14 @@ class Executor:
         refs = list((chain or {}).values())
         if chain:
             spec = dataclasses.replace(spec, chained={name: i for i, name in enumerate(chain)})
+        spec.started_key = self._starts + run.run_id
         memory = resources.get("memory")
         ref = ray_backend.submit(spec, float(resources.get("cpus", 1)), float(resources.get("gpus", 0)),
                                  memory_bytes(memory) if memory else None, refs)
         self.progress(node.id, "started", f"attempt {attempt_no}")
         self._touch(node.id)
-        return _Attempt(node, attempt_no, run, time.time(), ref, chained=bool(chain), limit=self._timeout(node))
+        return _Attempt(node, attempt_no, run, time.time(), ref, chained=bool(chain), limit=self._timeout(node),
+                        upstream=tuple(refs))
 
     def _launched(self, in_flight: dict[Any, _Attempt], attempt: _Attempt) -> None:
         in_flight[attempt.ref] = attempt
@@ -358,18 +452,20 @@ class Executor:
             attempt.run = dataclasses.replace(
                 attempt.run, started_at=float(outcome.get("started_at", attempt.run.started_at)),
                 finished_at=finished_at, status=status, metrics=metrics, error=outcome.get("error"),
-                log_uri=outcome.get("log_uri"), device=outcome.get("device") or attempt.run.device)
+                log_uri=outcome.get("log_uri"), device=outcome.get("device") or attempt.run.device,
+                host=outcome.get("host") or attempt.run.host, pid=int(outcome.get("pid") or attempt.run.pid))
             self.store.start_run(attempt.run)
         else:  # the start and the end the worker measured, one clock (the submit time counts queueing too)
             worker_start = outcome.get("started_at") if "finished_at" in outcome else None
             self.store.finish_run(attempt.run.run_id, status, metrics, outcome.get("error"), outcome.get("log_uri"),
                                   finished_at, outcome.get("device"),
-                                  float(worker_start) if worker_start is not None else None)
+                                  float(worker_start) if worker_start is not None else None,
+                                  outcome.get("host"), outcome.get("pid"))
         if outcome.get("steps"):
             self.store.log_metrics(attempt.run.run_id, [MetricPoint(attempt.run.run_id, n, int(s), float(v))
                                                        for n, s, v in outcome["steps"]])
         if status != "succeeded":
-            if attempt.attempt <= self._retries(node):
+            if attempt.attempt <= self._retries(node) and not outcome.get("never_started"):
                 delay = BACKOFF_SECONDS * 2 ** (attempt.attempt - 1)
                 self.progress(node.id, "retry", f"{outcome.get('error')} (retrying in {delay:.1f}s)")
                 return time.time() + delay, node, attempt.attempt + 1
@@ -394,8 +490,13 @@ class Executor:
 
     def _run_local(self, node: Node) -> None:
         handler: Callable[[Node], dict[str, Any] | None] = getattr(self, f"_local_{node.kind}")
+        if node.kind == "deploy":  # a rollout takes a while: show it as running
+            self.progress(node.id, "started", "rolling out")
         try:
             outputs = handler(node)
+        except MlopsError as error:  # a user-facing failure (a rollout that did not go live): its own words
+            self._finish(node.id, "failed", "; ".join(d.message for d in error.diagnostics))
+            return
         except Exception as exc:  # noqa: BLE001 - a local step failing is that node's failure
             self._finish(node.id, "failed", f"{type(exc).__name__}: {exc}")
             return
@@ -433,7 +534,7 @@ class Executor:
         decision = decide(gate_name, gate, version, version_output.get("metrics", {}), baseline, approvers)
         self.store.record_gate_decision(decision)
         if decision.status == "failed":
-            reasons = "; ".join(c["reason"] for c in decision.checks if not c["passed"])
+            reasons = "; ".join(failed_reasons(decision.checks))
             self.store.set_model_version_status(gate.model, version, "rejected", f"gates.{gate_name}: {reasons}")
         elif decision.status == "passed":
             current = self.store.get_model_version(gate.model, version)
@@ -447,7 +548,7 @@ class Executor:
         elif decision.status == "awaiting_approval":
             self._finish(node.id, "blocked", f"awaiting approval: {node.address} (version {version})")
         else:
-            reasons = "; ".join(c["reason"] for c in decision.checks if not c["passed"])
+            reasons = "; ".join(failed_reasons(decision.checks))
             self._finish(node.id, "blocked", f"gate failed: {node.address}: {reasons}")
 
     def _live_metrics(self, gate_name: str, model: str) -> dict[str, float] | None:
@@ -505,6 +606,8 @@ class Executor:
             self.store.record_result(self._result(node, outputs))
         self.outputs[node.id] = outputs
         detail = f"version {outputs['version']}" if "version" in outputs else ""
+        if outputs.get("url"):
+            detail += f" at {outputs['url']}"
         self._finish(node.id, "succeeded", detail)
 
     def _new_version(self, node: Node, outputs: dict[str, Any]) -> int:
@@ -544,7 +647,8 @@ def connect_for_serving(workspace: Workspace, project: Any) -> int:
     if project.spec.cluster.address:
         ray_backend.connect(project.spec.cluster.address)
         return port
-    local = cluster.running(workspace.state_path) or cluster.up(workspace.state_path)
+    local = cluster.running(workspace.state_path) or cluster.up(workspace.state_path,
+                                                                num_cpus=local_cluster_cpus(project))
     ray_backend.connect(local.address)
     return local.serve_port
 
@@ -570,24 +674,33 @@ def deploy_version(workspace: Workspace, store: StateStore, name: str, version: 
         from runtime import serving
 
         route = deployment.route or f"/{name}"
-        model = project.spec.models[deployment.model]
-        trial_code = model_version.code_hash
-        if graph is not None:
-            trial_code = next((n.code_hash for n in graph.by_address(f"models.{deployment.model}")
-                               if n.kind == "trial"), trial_code)
-        spec = serving.ServeSpec(name, version, model.train, trial_code, str(project.root), workspace.artifact_root,
-                                 model_version.artifact_uri, dict(model_version.params))
+        spec = serve_spec(workspace, name, model_version, graph)
+        serving_now = store.get_model_version(deployment.model, live_version) if live_version else None
+        before = serve_spec(workspace, name, serving_now, graph) if serving_now is not None else None
+        memory = deployment.resources.memory
+        resources = serving.ReplicaResources(deployment.resources.cpus, deployment.resources.gpus,
+                                             memory_bytes(memory) if memory else None)
         port = connect_for_serving(workspace, project)
         try:
-            serving.deploy(spec, route, deployment.replicas, deployment.resources.cpus, deployment.resources.gpus,
-                           port)
+            serving.deploy(spec, route, deployment.replicas, resources, port, previous=before)
         except serving.RolloutFailed as failed:
-            store.set_deployment(DeploymentState(name, deployment.model, desired, live_version,
-                                                 "Degraded: rollout failed", time.time(),
-                                                 previous.pinned_version if previous else None,
+            really = None
+            with contextlib.suppress(Exception):  # Serve did not answer: nothing is known to serve
+                really = serving.live(name)
+            serving_version = really.version if really is not None else None
+            keeps = f"version {serving_version} keeps serving" if serving_version is not None else "nothing serves"
+            store.set_deployment(DeploymentState(name, deployment.model, desired, serving_version,
+                                                 f"Degraded: rollout of version {version} failed: {failed}",
+                                                 time.time(), previous.pinned_version if previous else None,
                                                  previous.pin_reason if previous else None))
-            raise RuntimeError(f"rollout of version {version} failed, version {live_version} keeps serving: "
-                               f"{failed}") from failed
+            from runtime.provenance import provenance
+            from runtime.state import audit
+
+            origin = provenance(project.root)
+            audit.rollout_failed(store, origin.actor, name, deployment.model, version, serving_version, str(failed),
+                                 origin.commit)
+            raise MlopsError.one(f"rollout of version {version} failed, {keeps}: {failed}",
+                                 address=f"deployments.{name}") from failed
         outputs.update(route=route, url=f"http://127.0.0.1:{port}{route}")
     else:
         from runtime.batch import BatchSpec, score
@@ -602,6 +715,20 @@ def deploy_version(workspace: Workspace, store: StateStore, name: str, version: 
     store.set_deployment(DeploymentState(name, deployment.model, desired, version, "Healthy", time.time(),
                                          version if pin is not None else None, pin[1] if pin else None))
     return outputs
+
+
+def serve_spec(workspace: Workspace, name: str, model_version: ModelVersion, graph: Graph | None = None) -> Any:
+    """What a replica of deployment ``name`` needs to serve ``model_version``."""
+    from runtime import serving
+
+    project = workspace.project
+    deployment = project.spec.deployments[name]
+    model = project.spec.models[deployment.model]
+    code = model_version.code_hash
+    if graph is not None:  # the trainer module's code now (serving code lives beside the trainer)
+        code = next((n.code_hash for n in graph.by_address(f"models.{deployment.model}") if n.kind == "trial"), code)
+    return serving.ServeSpec(name, model_version.version, model.train, code, str(project.root),
+                             workspace.artifact_root, model_version.artifact_uri, dict(model_version.params))
 
 
 def dataset_uri(project: Any, store: StateStore, name: str) -> str:

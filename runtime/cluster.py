@@ -46,6 +46,8 @@ class LocalCluster:
     started_at: float
     auth: str = "token"
     """Ray's authentication mode on the head: ``token`` or ``disabled``."""
+    num_cpus: float | None = None
+    """The logical CPUs the head offers (``None``: recorded before this was kept; the machine's)."""
 
     @property
     def serve_url(self) -> str:
@@ -186,7 +188,8 @@ def _start(state_path: Path, num_cpus: int | None, serve_port: int | None, timeo
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, env=env)
     chosen_port = serve_port or int(os.environ.get("MLOPS_SERVE_PORT") or 0) or _free_port_or(DEFAULT_SERVE_PORT)
-    cluster = LocalCluster(f"127.0.0.1:{port}", process.pid, chosen_port, str(temp_dir), time.time(), auth)
+    cluster = LocalCluster(f"127.0.0.1:{port}", process.pid, chosen_port, str(temp_dir), time.time(), auth,
+                           float(num_cpus if num_cpus is not None else os.cpu_count() or 1))
     deadline = time.time() + timeout
     while time.time() < deadline:
         if process.poll() is not None:

@@ -98,6 +98,11 @@ def is_approvals_check(check: dict[str, Any]) -> bool:
     return isinstance(check.get("approvals"), dict)
 
 
+def failed_reasons(checks: list[dict[str, Any]]) -> list[str]:
+    """Why a decision failed: the reasons of its failed metric checks (its recorded approval rule left out)."""
+    return [str(c.get("reason", "")) for c in checks if not c.get("passed") and not is_approvals_check(c)]
+
+
 def may_approve(gate: Gate, principal: str) -> bool:
     """Whether ``principal`` is among the gate's allowed approvers (anyone when ``from`` is empty)."""
     allowed = gate.approvals.from_ if gate.approvals else []

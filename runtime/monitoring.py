@@ -496,9 +496,11 @@ def _rollback(project: Project, store: StateStore, name: str, deployment: str) -
 
     try:
         outcome = rollback(project, deployment, reason=f"monitor breach: monitors.{name}", store=store)
-    except MlopsError as exc:
-        logger.error("monitors.%s: rollback of deployments.%s is impossible: %s", name, deployment, exc)
-        return f"rollback impossible: {'; '.join(d.message for d in exc.diagnostics)}"
+    except MlopsError as exc:  # no earlier version passed the gates, or its rollout did not go live
+        why = "; ".join(d.message for d in exc.diagnostics)
+        verdict = "failed" if why.startswith("rollout of version") else "impossible"
+        logger.error("monitors.%s: rollback of deployments.%s %s: %s", name, deployment, verdict, why)
+        return f"rollback {verdict}: {why}"
     except Exception as exc:  # noqa: BLE001 - a failed rollout leaves the old version serving; report it
         logger.error("monitors.%s: rollback of deployments.%s failed: %s", name, deployment, exc)
         return f"rollback failed: {exc}"

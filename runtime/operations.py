@@ -17,7 +17,7 @@ from compiler.errors import MlopsError
 from compiler.graph import Graph
 from compiler.resolve import Project
 from runtime import feasibility, planfile
-from runtime.apply import ApplyResult, Executor, ProgressHook
+from runtime.apply import RESOURCE_WAIT_S, ApplyResult, Executor, ProgressHook
 from runtime.gates import may_approve
 from runtime.hashing import CachedHasher
 from runtime.plan import GateView, Plan, make_plan
@@ -75,8 +75,9 @@ def plan_project(project: Project, store: StateStore, targets: list[str] | None 
         raise MlopsError.one(f"--target {unknown[0]}: no such resource")
     graph = build_graph(project, data_hasher=CachedHasher(store))
     recorded = store.latest_results()
-    forced = {**retrain_requests(project, graph, store), **serving_drift(project, graph, store, recorded)}
-    return graph, make_plan(graph, recorded, gate_views(project, graph, store), targets, forced)
+    drift = serving_drift(project, graph, store, recorded)
+    forced = {**retrain_requests(project, graph, store), **drift.replace}
+    return graph, make_plan(graph, recorded, gate_views(project, graph, store), targets, forced, drift.update)
 
 
 def retrain_requests(project: Project, graph: Graph, store: StateStore) -> dict[str, str]:
@@ -89,40 +90,81 @@ def retrain_requests(project: Project, graph: Graph, store: StateStore) -> dict[
     return forced
 
 
+@dataclass(frozen=True)
+class ServingDrift:
+    """How what Ray Serve runs differs from the record: deploy nodes to run again, and ones to update."""
+
+    replace: dict[str, str]
+    update: dict[str, str]
+
+
 def serving_drift(project: Project, graph: Graph, store: StateStore,
-                  recorded: dict[str, NodeResult]) -> dict[str, str]:
+                  recorded: dict[str, NodeResult]) -> ServingDrift:
     """Realtime deployments whose live state in Ray Serve differs from the record (deleted or changed
-    behind the tool's back). Serve is asked only when this process can reach it."""
+    behind the tool's back: ``replace``), that serve an older version than the one the record says
+    should be live, or that an interrupted rollout left a staging application for (``update``).
+    Serve is asked only when this process can reach it."""
     from runtime import cluster
 
     realtime = {name for name, d in project.spec.deployments.items() if d.mode == "realtime"}
     if not realtime:
-        return {}
+        return ServingDrift({}, {})
     workspace = Workspace.of(project)
     local = cluster.running(workspace.state_path)
     if not _serve_reachable(project, workspace, local):
         # no cluster.address and the local cluster is down: nothing can be serving what was deployed
-        return {f"deployments.{name}/deploy": "live state differs: the local Ray cluster is down "
-                                              "(`mlops apply` starts it again)"
-                for name in sorted(realtime)
-                if f"deployments.{name}/deploy" in recorded and (s := store.get_deployment(name)) is not None
-                and s.live_version is not None}
+        return ServingDrift({f"deployments.{name}/deploy": "live state differs: the local Ray cluster is down "
+                                                           "(`mlops apply` starts it again)"
+                             for name in sorted(realtime)
+                             if f"deployments.{name}/deploy" in recorded
+                             and (s := store.get_deployment(name)) is not None and s.live_version is not None}, {})
     from runtime import serving
 
-    forced = {}
+    replace: dict[str, str] = {}
+    update: dict[str, str] = {}
+    staging = set(serving.staging_applications())
     for name in sorted(realtime):
         node_id = f"deployments.{name}/deploy"
         result = recorded.get(node_id)
         state = store.get_deployment(name)
-        if result is None or state is None or state.live_version is None:
+        if serving.staging_name(name) in staging:
+            update[node_id] = (f"an interrupted rollout left the staging application {serving.staging_name(name)}; "
+                               "apply removes it")
+        if result is None or state is None:
             continue
-        live = serving.live(name)
-        if live is None:
-            forced[node_id] = f"live state differs: deployments.{name} is not running in Ray Serve"
-        elif live.version != state.live_version:
-            forced[node_id] = (f"live state differs: Ray Serve runs version {live.version} of deployments.{name}, "
-                               f"expected {state.live_version}")
-    return forced
+        live = serving.live(name) if state.live_version is not None else None
+        if state.live_version is not None and live is None:
+            replace[node_id] = f"live state differs: deployments.{name} is not running in Ray Serve"
+        elif live is not None and live.version != state.live_version:
+            replace[node_id] = (f"live state differs: Ray Serve runs version {live.version} of deployments.{name}, "
+                                f"expected {state.live_version}")
+        else:
+            expected = expected_version(project, graph, store, recorded, name)
+            if expected is not None and expected != state.live_version:
+                serving_now = f"version {state.live_version} is live" if state.live_version else "nothing is live"
+                update[node_id] = f"version {expected} passed its gates; {serving_now}"
+    return ServingDrift(replace, update)
+
+
+def expected_version(project: Project, graph: Graph, store: StateStore, recorded: dict[str, NodeResult],
+                     name: str) -> int | None:
+    """The version deployment ``name`` should serve by the record: the spec's pin, a rollback's pin while no
+    newer version passed the gates, else the model's newest version when it passed every gate in front of
+    the deployment (``None`` when it has not, or no version exists)."""
+    deployment = project.spec.deployments[name]
+    if deployment.version is not None:
+        return deployment.version
+    result = recorded.get(final_node(graph, deployment.model))
+    newest = result.outputs.get("version") if result is not None else None
+    if newest is None:
+        return None
+    state = store.get_deployment(name)
+    if state is not None and state.pinned_version is not None and int(newest) <= (state.desired_version or 0):
+        return state.pinned_version
+    decisions = [store.latest_gate_decision(gate, deployment.model, int(newest)) for gate in deployment.gates]
+    if all(d is not None and d.status == "passed" for d in decisions):
+        return int(newest)
+    return None
 
 
 def _serve_reachable(project: Project, workspace: Workspace, local: Any) -> bool:
@@ -144,7 +186,7 @@ def close_interrupted_runs(store: StateStore) -> int:
 
     Call it holding the apply lock: no other apply is running then, so every ``running`` run is orphaned.
     """
-    rows = store.query("SELECT run_id FROM runs WHERE status = 'running'")
+    rows = store.query("SELECT run_id FROM runs WHERE status IN ('running', 'waiting')")
     with store.transaction():
         for row in rows:
             store.finish_run(row[0], "failed", error="interrupted: the apply running it ended before it finished")
@@ -160,7 +202,7 @@ class ApplyOutcome:
 
 def apply_project(project: Project, *, plan_path: Path | None = None, targets: list[str] | None = None,
                   parallelism: int = 4, lock_timeout: float = 0.0, progress: ProgressHook | None = None,
-                  allow_dirty: bool = True) -> ApplyOutcome:
+                  allow_dirty: bool = True, resource_wait: float = RESOURCE_WAIT_S) -> ApplyOutcome:
     """Lock the state, (re)plan, refuse a stale saved plan, run it on Ray, and audit what happened."""
     started = time.time()
     origin = provenance(project.root)
@@ -178,7 +220,7 @@ def apply_project(project: Project, *, plan_path: Path | None = None, targets: l
         graph, plan = plan_project(project, store, saved.targets if saved else targets)
         if saved is not None and plan_path is not None:
             planfile.check_fresh(saved, plan, plan_path)
-        executor = Executor(workspace, store, graph, plan, origin, parallelism, progress)
+        executor = Executor(workspace, store, graph, plan, origin, parallelism, progress, resource_wait)
         result = executor.run()
         audit.append(store, origin.actor, "apply", {
             "spec": str(project.spec_path), "git_dirty": origin.dirty,

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from compiler.change_reasons import IN_PLACE_KEYS, config_reasons, strongest
 from compiler.content_hash import canonical_json, hash_value
 from compiler.graph import Graph, Node
-from runtime.gates import is_approvals_check
+from runtime.gates import failed_reasons
 from runtime.state.records import GateDecision, NodeResult
 
 Action = Literal["create", "update", "replace", "delete", "no-op", "blocked"]
@@ -145,14 +145,17 @@ def _inherited(parent: str, change: NodeChange | None) -> list[str]:
 
 
 def make_plan(graph: Graph, recorded: dict[str, NodeResult], gates: dict[str, GateView],
-              targets: list[str] | None = None, forced: dict[str, str] | None = None) -> Plan:
+              targets: list[str] | None = None, forced: dict[str, str] | None = None,
+              updates: dict[str, str] | None = None) -> Plan:
     """Compare ``graph`` with the recorded node results; ``gates`` holds each gate's latest decision.
 
     ``forced`` maps node ids that must run again although their fingerprint is recorded to the reason
     (``monitor breach: monitors.x``, ``live state differs: ...``). Whatever is downstream of a node
-    that runs again runs again too.
+    that runs again runs again too. ``updates`` maps node ids whose recorded work stands but whose live
+    state lags behind it to the reason (``version 3 passed its gates; version 2 is live``): an ``update``.
     """
     forced = forced or {}
+    updates = updates or {}
     nodes = graph.nodes()
     selected = _targeted(graph, targets) if targets else None
     changes: dict[str, NodeChange] = {}
@@ -166,6 +169,9 @@ def make_plan(graph: Graph, recorded: dict[str, NodeResult], gates: dict[str, Ga
                      if p in changes and changes[p].action in ("create", "replace")]
             if node.id in forced:
                 change = NodeChange(node.id, node.address, node.kind, "replace", (forced[node.id],),
+                                    node.fingerprint, change.before)
+            elif node.id in updates and not rerun:
+                change = NodeChange(node.id, node.address, node.kind, "update", (updates[node.id],),
                                     node.fingerprint, change.before)
             elif rerun and node.kind != "monitor":  # a monitor's work is watching: it goes on as it is
                 why = [reason for p in upstream if p in changes and changes[p].action in ("create", "replace")
@@ -257,6 +263,6 @@ def _gate_change(node: Node, recorded: NodeResult | None, upstream: dict[str, st
             return "update", [f"approved: {node.address} ({view.approvals} of {view.required})"]
         return "blocked", [f"awaiting approval: {node.address} ({view.approvals} of {view.required} approvals)"]
     if decision.status == "failed":
-        failed = [c.get("reason", "") for c in decision.checks if not c.get("passed") and not is_approvals_check(c)]
+        failed = failed_reasons(decision.checks)
         return "blocked", [f"gate failed: {node.address}: {'; '.join(failed) or 'checks failed'}"]
     return None

@@ -7,10 +7,11 @@ import dataclasses
 import functools
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from runtime.worker import TaskSpec, run_task
+from runtime.worker import START_NAMESPACE, TaskSpec, run_task
 
 _REMOTE: Any = None
 _DISTRIBUTED: set[str] = set()
@@ -62,6 +63,44 @@ def cluster_resources() -> dict[str, float]:
     import ray
 
     return {key: float(value) for key, value in ray.cluster_resources().items()}
+
+
+STARTED_PREFIX = "started/"
+
+
+def started(prefix: str, run_ids: set[str]) -> dict[str, float]:
+    """Run id -> start time, for those of ``run_ids`` whose task reported its start under ``prefix``."""
+    from ray.experimental import internal_kv
+
+    found = {}
+    try:
+        keys = internal_kv._internal_kv_list(prefix, namespace=START_NAMESPACE)
+        for key in keys:
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            run_id = name[len(prefix):]
+            if run_id in run_ids:
+                value = internal_kv._internal_kv_get(name, namespace=START_NAMESPACE)
+                found[run_id] = float(value) if value else time.time()
+    except Exception:  # noqa: BLE001 - the key-value store did not answer: nothing known to have started
+        return {}
+    return found
+
+
+def forget_starts(prefix: str) -> None:
+    """Drop the start reports under ``prefix`` (an apply's, once it ends)."""
+    import ray
+    from ray.experimental import internal_kv
+
+    if ray.is_initialized():
+        with contextlib.suppress(Exception):
+            internal_kv._internal_kv_del(prefix, del_by_prefix=True, namespace=START_NAMESPACE)
+
+
+def available_resources() -> dict[str, float]:
+    """Resources of the connected cluster free right now."""
+    import ray
+
+    return {key: float(value) for key, value in ray.available_resources().items()}
 
 
 def _remote() -> Any:

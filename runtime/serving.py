@@ -6,22 +6,39 @@ loads the model version's artifact once, answers ``POST {"instances": [{...}, ..
 with ``{"predictions": [...], "ids": [...], "version": N}``, and appends a sample of requests to the
 inference log for the monitors.
 
-Rollout is blue/green: the new version first starts as a staging application on a private route
-and must become healthy (its replicas constructed, the model loaded, health checks passing); only
-then is the live application updated to it (Serve replaces its
-replicas once the new ones are healthy). A version that fails to start leaves the old one serving.
+Rollout is blue/green: the new version first starts as a staging application of one replica on a
+private route and must become healthy (constructed, the model loaded, health checks passing); only
+then is the live application updated to it. The live application's one deployment keeps its name
+across versions, so Serve replaces its replicas one at a time (a rolling update: with two or more
+replicas one always answers; with one, requests queue until the new one is up) and no request fails
+during a switch. The version a deployment serves is carried in its ``user_config``.
+
+Every call into Serve here has a deadline: Serve's own waits are turned off and this module polls
+the application's status until :data:`ROLLOUT_TIMEOUT_S`. A version that is not healthy in time is
+undone (its staging application removed, the live application put back to the previous version) and
+the error carries the replica's own cause (the last exception line of Serve's message, or why its
+replicas could not be scheduled).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 Health = Literal["Healthy", "Progressing", "Degraded", "Missing"]
 STAGING_PREFIX = "/_mlops/staging"
+STAGING_SUFFIX = "--staging"
 APP_SUFFIX = "-v"
+"""Deployments made before the version moved into ``user_config`` were named ``<deployment>-v<N>``."""
+ROLLOUT_TIMEOUT_S = 120.0
+"""How long a version may take to become healthy (staging, then live) before its rollout is undone."""
+DELETE_TIMEOUT_S = 30.0
+CONTROLLER_TIMEOUT_S = 15.0
+"""How long one question to Serve's controller may take."""
+_EXCEPTION_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)\b.*)$")
 
 
 @dataclass(frozen=True)
@@ -38,6 +55,21 @@ class ServeSpec:
     model_uri: str
     params: dict[str, Any]
     sample_rate: float = 1.0
+
+
+@dataclass(frozen=True)
+class ReplicaResources:
+    """What each replica of a deployment reserves on the cluster."""
+
+    cpus: float
+    gpus: float = 0.0
+    memory_bytes: int | None = None
+
+    def actor_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"num_cpus": self.cpus, "num_gpus": self.gpus}
+        if self.memory_bytes:
+            options["memory"] = self.memory_bytes
+        return options
 
 
 @dataclass(frozen=True)
@@ -81,6 +113,10 @@ def _server_class() -> Any:
             replica = f"v{spec.version}-{uuid.uuid4().hex[:8]}"
             self.writer = InferenceWriter(log_dir(spec.artifact_root, spec.deployment), replica)
 
+        def reconfigure(self, config: dict[str, Any]) -> None:
+            """The ``user_config`` only labels the replica with its version (read back by :func:`live`)."""
+            self.labels = dict(config)
+
         async def __call__(self, request: Request) -> dict[str, Any]:
             from runtime.inference_log import InferenceRecord
 
@@ -107,72 +143,153 @@ def _server_class() -> Any:
 
 def start(http_port: int) -> None:
     """Start Serve's controller and HTTP proxy on the connected cluster (idempotent)."""
+    import logging
+
     from ray import serve
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO lines are not the CLI's output
 
     serve.start(http_options={"host": "127.0.0.1", "port": http_port})
 
 
-def _application(spec: ServeSpec, replicas: int, cpus: float, gpus: float) -> Any:
+def staging_name(deployment: str) -> str:
+    return f"{deployment}{STAGING_SUFFIX}"
+
+
+def _application(spec: ServeSpec, replicas: int, resources: ReplicaResources) -> Any:
     server = _server_class()
-    options = {"num_cpus": cpus, "num_gpus": gpus}
-    return server.options(name=f"{spec.deployment}{APP_SUFFIX}{spec.version}", num_replicas=max(1, replicas),
-                          ray_actor_options=options, health_check_period_s=1,
+    return server.options(name=spec.deployment, num_replicas=max(1, replicas),
+                          ray_actor_options=resources.actor_options(), health_check_period_s=1,
+                          user_config={"version": spec.version, "model_uri": spec.model_uri},
                           graceful_shutdown_wait_loop_s=0.2, graceful_shutdown_timeout_s=2).bind(spec)
 
 
-def deploy(spec: ServeSpec, route: str, replicas: int, cpus: float, gpus: float, http_port: int,
-           timeout: float = 120.0) -> LiveDeployment:
-    """Blue/green: prove the new version on a staging route, then move the live route to it."""
+def _run(application: Any, name: str, route: str) -> None:
+    """Hand an application to Serve without waiting for it (``serve.run`` waits without a deadline)."""
     from ray import serve
 
+    serve.run_many([serve.RunTarget(application, name=name, route_prefix=route)],
+                   wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
+
+
+def deploy(spec: ServeSpec, route: str, replicas: int, resources: ReplicaResources, http_port: int,
+           previous: ServeSpec | None = None, timeout: float | None = None) -> LiveDeployment:
+    """Blue/green: prove the new version on a staging route, then roll the live route over to it.
+
+    ``previous`` is the version serving now (what the live application is put back to when the new
+    one does not become healthy there). ``timeout`` defaults to :data:`ROLLOUT_TIMEOUT_S` for each of
+    the two steps. Raises :class:`RolloutFailed`; the old version then serves.
+    """
+    timeout = ROLLOUT_TIMEOUT_S if timeout is None else timeout
     start(http_port)
-    if live(spec.deployment) is None:  # nothing serving yet: nothing to protect, start it in place
-        try:
-            serve.run(_application(spec, replicas, cpus, gpus), name=spec.deployment, route_prefix=route,
-                      blocking=False)
-            _wait_running(spec.deployment, timeout)
-        except Exception as exc:  # noqa: BLE001
-            _delete(spec.deployment)
-            raise RolloutFailed(f"version {spec.version} did not start: {str(exc).splitlines()[0]}") from exc
-        return live(spec.deployment) or LiveDeployment(spec.deployment, spec.version, "Progressing", "DEPLOYING", 0)
-    staging_name = f"{spec.deployment}--staging"
-    staging_route = f"{STAGING_PREFIX}/{spec.deployment}"
+    remove_staging(spec.deployment)  # left behind by an interrupted rollout
+    name = spec.deployment
+    if live(name) is None:  # nothing serving yet: nothing to protect, start it in place
+        with _undone_unless_healthy(name):
+            _run(_application(spec, replicas, resources), name, route)
+            _wait_running(name, spec.version, timeout)
+        return live(name) or LiveDeployment(name, spec.version, "Progressing", "DEPLOYING", 0)
+    staging = staging_name(name)
     try:
-        serve.run(_application(spec, 1, cpus, gpus), name=staging_name, route_prefix=staging_route,
-                  blocking=False)
-    except Exception as exc:  # noqa: BLE001 - any failure to start is a failed rollout
-        _delete(staging_name)
-        raise RolloutFailed(f"version {spec.version} did not start: {str(exc).splitlines()[0]}") from exc
+        _run(_application(spec, 1, resources), staging, f"{STAGING_PREFIX}/{name}")
+        _wait_running(staging, spec.version, timeout)
+    finally:  # healthy or not, interrupted or not: staging has done its work
+        _delete(staging)
     try:
-        _wait_running(staging_name, timeout)
-    except RolloutFailed:
-        _delete(staging_name)
+        _run(_application(spec, replicas, resources), name, route)
+        _wait_running(name, spec.version, timeout)
+    except BaseException:
+        if previous is not None:  # put the live route back to the version that served
+            with contextlib.suppress(Exception):
+                _run(_application(previous, replicas, resources), name, route)
+                _wait_running(name, previous.version, timeout)
         raise
-    serve.run(_application(spec, replicas, cpus, gpus), name=spec.deployment, route_prefix=route, blocking=False)
-    _wait_running(spec.deployment, timeout)
-    _delete(staging_name, wait=False)
-    return live(spec.deployment) or LiveDeployment(spec.deployment, spec.version, "Progressing", "DEPLOYING", 0)
+    return live(name) or LiveDeployment(name, spec.version, "Progressing", "DEPLOYING", 0)
 
 
-def _wait_running(name: str, timeout: float) -> None:
-    from ray import serve
+@contextlib.contextmanager
+def _undone_unless_healthy(name: str) -> Any:
+    """Delete application ``name`` when the block does not finish (a failure, a deadline, Ctrl-C)."""
+    try:
+        yield
+    except BaseException:
+        _delete(name)
+        raise
 
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        app = serve.status().applications.get(name)
-        if app is not None and str(app.status) in ("RUNNING", "ApplicationStatus.RUNNING"):
+
+def _wait_running(name: str, version: int, timeout: float) -> None:
+    """Poll until application ``name`` runs ``version``; :class:`RolloutFailed` with the replica's cause
+    when it fails or is not running within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    app = None
+    while time.monotonic() < deadline:
+        app = _status(name)
+        state = _state(app)
+        if state == "RUNNING" and version in _versions(name).values():
             return
-        if app is not None and "FAIL" in str(app.status):
-            raise RolloutFailed(f"{name}: {app.message.splitlines()[0] if app.message else app.status}")
+        if state == "DEPLOY_FAILED":
+            raise RolloutFailed(f"version {version} did not start: {cause(app)}")
         time.sleep(0.25)
-    raise RolloutFailed(f"{name} did not become healthy within {timeout:.0f}s")
+    waited = cause(app) if app is not None else "Serve never created the application"
+    raise RolloutFailed(f"version {version} was not healthy within {timeout:.0f}s: {waited}")
 
 
-def _delete(name: str, wait: bool = True) -> None:
+def cause(app: Any) -> str:
+    """The one line of Serve's messages about ``app`` that says why it is not running."""
+    messages = [getattr(app, "message", "") or ""]
+    for deployment in (getattr(app, "deployments", None) or {}).values():
+        messages.append(getattr(deployment, "message", "") or "")
+    lines = [line.strip() for message in messages for line in message.splitlines() if line.strip()]
+    exceptions = [m.group(1) for line in lines if (m := _EXCEPTION_LINE.match(line))]
+    if exceptions:
+        return exceptions[-1]
+    scheduling = [line for line in lines if "to be scheduled" in line or "Resources required" in line]
+    if scheduling:
+        return scheduling[0]
+    return lines[0] if lines else f"application is {_state(app) or 'unknown'}"
+
+
+def _status(name: str) -> Any:
     from ray import serve
 
-    with contextlib.suppress(Exception):  # already gone
-        serve.delete(name, _blocking=wait)
+    return serve.status().applications.get(name)
+
+
+def _state(app: Any) -> str:
+    return str(app.status).rsplit(".", 1)[-1] if app is not None else ""
+
+
+def _versions(app_name: str) -> dict[str, int]:
+    """Deployment name -> the version its ``user_config`` labels it with (what Serve is told to run), in
+    application ``app_name`` (a staging application's one deployment has the live one's name)."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    try:
+        client: Any = _get_global_client()
+        details: dict[str, Any] = ray.get(client._controller.get_serve_instance_details.remote(),
+                                          timeout=CONTROLLER_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - Serve's controller did not answer: no version known
+        return {}
+    versions = {}
+    for name, app in (details.get("applications") or {}).items():
+        if name != app_name:
+            continue
+        for deployment_name, deployment in (app.get("deployments") or {}).items():
+            config = (deployment.get("deployment_config") or {}).get("user_config") or {}
+            if isinstance(config, dict) and isinstance(config.get("version"), int):
+                versions[deployment_name] = config["version"]
+    return versions
+
+
+def _delete(name: str) -> None:
+    from ray import serve
+
+    with contextlib.suppress(Exception):  # already gone, or not gone within its deadline (reported by live())
+        serve.delete(name, _blocking=False)
+        deadline = time.monotonic() + DELETE_TIMEOUT_S
+        while time.monotonic() < deadline and _status(name) is not None:
+            time.sleep(0.2)
 
 
 def undeploy(name: str) -> None:
@@ -180,22 +297,26 @@ def undeploy(name: str) -> None:
     _delete(name)
 
 
+def remove_staging(deployment: str) -> bool:
+    """Remove the staging application an interrupted rollout of ``deployment`` left behind."""
+    if _status(staging_name(deployment)) is None:
+        return False
+    _delete(staging_name(deployment))
+    return True
+
+
 def live(name: str) -> LiveDeployment | None:
     """What Serve itself says about a deployment (``None`` when Serve has no such application)."""
-    from ray import serve
-
-    app = serve.status().applications.get(name)
+    app = _status(name)
     if app is None:
         return None
-    status = str(app.status).rsplit(".", 1)[-1]
-    version = None
+    status = _state(app)
+    version = _versions(name).get(name)
     replicas = 0
     for deployment_name, deployment in app.deployments.items():
-        if APP_SUFFIX in deployment_name:
-            try:
+        if version is None and APP_SUFFIX in deployment_name:
+            with contextlib.suppress(ValueError):
                 version = int(deployment_name.rsplit(APP_SUFFIX, 1)[1])
-            except ValueError:
-                version = None
         replicas += sum(deployment.replica_states.values()) if deployment.replica_states else 0
     health: Health = {"RUNNING": "Healthy", "DEPLOYING": "Progressing", "NOT_STARTED": "Progressing"}.get(
         status, "Degraded")  # type: ignore[assignment]
@@ -203,6 +324,14 @@ def live(name: str) -> LiveDeployment | None:
 
 
 def applications() -> list[str]:
+    """Serve's applications other than staging ones."""
     from ray import serve
 
-    return [name for name in serve.status().applications if not name.endswith("--staging")]
+    return [name for name in serve.status().applications if not name.endswith(STAGING_SUFFIX)]
+
+
+def staging_applications() -> list[str]:
+    """Staging applications still in Serve (an interrupted rollout's)."""
+    from ray import serve
+
+    return [name for name in serve.status().applications if name.endswith(STAGING_SUFFIX)]

@@ -23,6 +23,7 @@ from compiler import build_graph
 from compiler.errors import MlopsError
 from compiler.graph import Graph
 from compiler.resolve import Project
+from runtime.gates import failed_reasons
 from runtime.hashing import CachedHasher
 from runtime.state.records import ReconcilerStatus
 from runtime.state.store import StateStore
@@ -150,6 +151,9 @@ class _Health:
             run = failed[0]
             error = (run.error or "failed").strip().splitlines() or ["failed"]
             return "Degraded", f"run {run.run_id} of {run.node_id} failed: {error[-1]}"
+        waiting = [r for r in latest.values() if r.status == "waiting"]
+        if waiting:
+            return "Progressing", f"{waiting[0].node_id} is waiting for resources: {self._asks(waiting[0].node_id)}"
         if any(r.status == "running" for r in latest.values()):
             return "Progressing", "running"
         produced = [self.results[n] for n in nodes if n in self.results]
@@ -161,6 +165,12 @@ class _Health:
         artifact = str(newest.outputs.get("artifact") or "")
         return "Healthy", artifact[:24] + ("…" if len(artifact) > 24 else "")
 
+    def _asks(self, node_id: str) -> str:
+        """What a node asks the cluster for."""
+        resources = self.graph.node(node_id).resources or {} if node_id in self.graph.dag else {}
+        gpus = float(resources.get("gpus", 0) or 0)
+        return f"{float(resources.get('cpus', 1)):g} CPU" + (f" and {gpus:g} GPU" if gpus else "")
+
     def _gate(self, address: str) -> tuple[Health, str]:
         view = self.gates.get(address)
         decision = view.decision if view else None
@@ -171,7 +181,7 @@ class _Health:
         if decision.status == "awaiting_approval":
             return "Progressing", (f"version {decision.version} awaiting approval "
                                    f"({view.approvals} of {view.required})")
-        failed = [c.get("reason", "") for c in decision.checks if not c.get("passed")]
+        failed = failed_reasons(decision.checks)
         return "Degraded", f"version {decision.version} failed: {'; '.join(failed)}"
 
     def _deployment(self, name: str) -> tuple[Health, str]:
@@ -182,17 +192,28 @@ class _Health:
             from runtime import serving
 
             try:
-                return _served(serving.live(name), state)
+                health, detail = _served(serving.live(name), state)
             except Exception as exc:  # noqa: BLE001 - a Serve that does not answer: fall back to the state
                 where = f" (Ray Serve did not answer: {(str(exc).splitlines() or [type(exc).__name__])[0]})"
-        if state is None or state.live_version is None:
+            else:
+                return health, detail + self._url(name, health)
+        if state is None or (state.live_version is None and not state.status.startswith("Degraded")):
             return "Missing", "never deployed"
         if self.stopped(f"deployments.{name}"):
             return "Missing", f"version {state.live_version} recorded as live; nothing serves it"
-        detail = f"version {state.live_version}{where}{_pin(state)}"
+        detail = f"version {state.live_version}{where}{_pin(state)}" if state.live_version is not None \
+            else "nothing serves"
         if state.status.startswith("Degraded"):
             return "Degraded", f"{state.status}; {detail}"
         return ("Healthy", detail) if state.status == "Healthy" else ("Progressing", f"{state.status}; {detail}")
+
+    def _url(self, name: str, health: Health) -> str:
+        """Where a realtime deployment answers (`` at URL``), from its last successful rollout."""
+        if health == "Missing":
+            return ""
+        result = self.results.get(f"deployments.{name}/deploy")
+        url = result.outputs.get("url") if result is not None else None
+        return f" at {url}" if url else ""
 
     def stopped(self, address: str) -> bool:
         """A realtime deployment recorded as live whose local cluster is down."""
@@ -226,12 +247,18 @@ class _Health:
 
 
 def _served(live: Any, state: Any) -> tuple[Health, str]:
-    """Health as Ray Serve reports it (``live`` is ``None`` when Serve has no such application)."""
+    """Health as Ray Serve reports it (``live`` is ``None`` when Serve has no such application), Degraded
+    while the state records a rollout that failed and Serve still runs what it ran before."""
+    failed = state is not None and state.status.startswith("Degraded")
     if live is None:
+        if failed:
+            return "Degraded", f"{state.status}; nothing serves"
         return "Missing", "not running in Ray Serve"
     detail = f"Ray Serve: version {live.version}, {live.replicas} replica(s), {live.status}"
     if state is not None and state.live_version not in (None, live.version):
         detail += f" (the state expects version {state.live_version})"
+    if failed and live.health == "Healthy":
+        return "Degraded", f"{state.status}; {detail}{_pin(state)}"
     return live.health, detail + _pin(state)
 
 

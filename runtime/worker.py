@@ -26,6 +26,8 @@ from typing import Any
 from runtime.context import RunContext, TrainResult
 
 _HOST = socket.gethostname()
+START_NAMESPACE = "mlops"
+"""Ray key-value namespace of the tasks' start reports."""
 _LOADED_CODE: dict[str, str] = {}
 """module name -> code hash it was imported at (a worker process is reused across applies)."""
 
@@ -55,6 +57,9 @@ class TaskSpec:
     """Ray resources of each worker of a distributed trial (``CPU``, ``GPU``, ``memory``); set on submit."""
     chained: dict[str, int] = field(default_factory=dict)
     """Input name -> index of the upstream task result (passed to :func:`run_task`) that provides it."""
+    started_key: str = ""
+    """Where the task reports that it started (Ray's key-value store), so the driver can tell a run from a
+    task still waiting for resources."""
 
 
 def _import(target: str, code_hash: str | None, repo_root: str) -> Any:
@@ -113,6 +118,8 @@ def run_task(fields: dict[str, Any], *upstream: dict[str, Any]) -> dict[str, Any
     :func:`runtime.distributed.run_distributed`, which runs :func:`execute` on every Ray Train worker.
     """
     spec = TaskSpec(**fields)
+    if spec.started_key:
+        _report_start(spec.started_key)
     if spec.chained:
         for name, index in spec.chained.items():
             parent = upstream[index]
@@ -126,6 +133,14 @@ def run_task(fields: dict[str, Any], *upstream: dict[str, Any]) -> dict[str, Any
 
         return run_distributed(spec)
     return execute(spec)
+
+
+def _report_start(key: str) -> None:
+    """Tell the driver this task runs (best effort: without it the driver only cannot tell it from waiting)."""
+    with contextlib.suppress(Exception):
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_put(key, repr(time.time()).encode(), namespace=START_NAMESPACE)
 
 
 def execute(spec: TaskSpec, rank: int = 0, world_size: int = 1, device: str | None = None) -> dict[str, Any]:

@@ -326,3 +326,16 @@ def test_a_run_records_when_its_worker_ran_it_not_when_it_was_queued(tmp_path: P
     assert trial.finished_at is not None and evaluation.finished_at is not None
     assert evaluation.started_at - trial.finished_at > 1.0  # it waited for a CPU ...
     assert evaluation.finished_at - evaluation.started_at < 1.0  # ... and that wait is not its duration
+
+
+def test_a_run_records_the_host_and_pid_of_the_worker_that_ran_it(tmp_path: Path, make_project: Any) -> None:
+    import socket
+
+    project = load_project(make_project(tmp_path, spec(), files={"data/raw.csv": "x\n1\n"}, pipeline=PIPELINE))
+    assert apply_project(project, targets=["models.churn"]).result.ok
+    with opened(project) as (_, store):
+        runs = store.list_runs(None, limit=10)
+    assert {r.kind for r in runs} == {"transform", "trial", "evaluate"}
+    for run in runs:
+        assert run.pid not in (0, os.getpid()), f"{run.node_id} records pid {run.pid}, not its worker's"
+        assert run.host == socket.gethostname()

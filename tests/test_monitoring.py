@@ -444,4 +444,4 @@ def test_breach_rolls_back_to_the_newest_earlier_version_that_passed(copy: Proje
         shown = {r.address: r for r in project_status(project, store).resources}["deployments.canary"]
     assert (shown.sync, shown.health) == ("Synced", "Healthy")
     assert shown.detail == ("Ray Serve: version 1, 1 replica(s), RUNNING; "
-                            "rolled back (monitor breach: monitors.canary-guard)")
+                            f"rolled back (monitor breach: monitors.canary-guard) at http://127.0.0.1:{serve_port}/canary")

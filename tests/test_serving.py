@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,7 @@ def test_rollout_serves_the_new_version_and_a_failed_start_keeps_the_old_one(
     third = apply_project(project)
     failed = third.result.outcomes["deployments.api/deploy"]
     assert failed.status == "failed" and "version 2 keeps serving" in failed.message
+    assert "RuntimeError: this version cannot load" in failed.message  # the replica's own cause
     assert ask(serve_port, 3)["version"] == 2  # the old version never stopped answering
     assert not [name for name in serving.applications() if name.endswith("staging")]
     with opened(project) as (_, store):
@@ -123,3 +125,154 @@ def test_batch_deployment_scores_its_input_into_a_versioned_predictions_artifact
     assert result is not None and result.outputs["rows"] == 2 and state is not None and state.live_version == 1
     text = ArtifactStore(Workspace.of(project).artifact_root).read_bytes(result.outputs["predictions"]).decode()
     assert text.splitlines() == ["id,x,prediction", "a,1,4.0", "b,2.5,10.0"]
+
+
+def _status_of(project: Any, address: str) -> Any:
+    from runtime.status import project_status
+
+    with opened(project) as (_, store):
+        return next(r for r in project_status(project, store).resources if r.address == address)
+
+
+def test_a_first_rollout_that_cannot_load_is_degraded_with_the_replicas_cause(
+        tmp_path: Path, make_project: Any) -> None:
+    body = spec({"w": 1})
+    body["deployments"] = {"fresh": {"model": "m", "replicas": 1, "route": "/fresh"}}
+    no_serving_code = PIPELINE.split("def load_predictor")[0]
+    project = load_project(make_project(tmp_path, body, files={"data/raw.csv": "x\n1\n"}, pipeline=no_serving_code))
+    outcome = apply_project(project)
+    failed = outcome.result.outcomes["deployments.fresh/deploy"]
+    assert failed.status == "failed"
+    assert "rollout of version 1 failed, nothing serves" in failed.message
+    assert "AttributeError: module 'pipeline' has no attribute 'load_predictor'" in failed.message
+    assert serving.live("fresh") is None and "fresh--staging" not in serving.staging_applications()
+    status = _status_of(project, "deployments.fresh")
+    assert status.health == "Degraded" and "load_predictor" in status.detail
+
+
+def test_a_rollout_not_healthy_in_time_is_undone_and_the_old_version_keeps_serving(
+        tmp_path: Path, make_project: Any, serve_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = load_project(write(tmp_path, make_project, {"w": 2}))
+    assert apply_project(project).result.ok
+    monkeypatch.setattr(serving, "ROLLOUT_TIMEOUT_S", 8.0)
+    body = spec({"w": 9})
+    body["deployments"]["api"]["resources"] = {"cpus": 0.5, "memory": "200Gi"}  # a replica no node can place
+    project = load_project(make_project(tmp_path, body, files={"data/raw.csv": "x\n1\n"}, pipeline=PIPELINE))
+    started = time.monotonic()
+    outcome = apply_project(project)
+    took = time.monotonic() - started
+    failed = outcome.result.outcomes["deployments.api/deploy"]
+    assert failed.status == "failed" and "version 1 keeps serving" in failed.message, failed.message
+    assert "was not healthy within 8s" in failed.message
+    assert took < 120, f"the rollout's deadline was not kept: {took:.0f}s"
+    assert ask(serve_port, 3)["version"] == 1 and ask(serve_port, 3)["predictions"] == [6.0]
+    assert "api--staging" not in serving.staging_applications()
+    assert _status_of(project, "deployments.api").health == "Degraded"
+
+
+def test_a_retrained_version_that_passed_its_gates_but_is_not_live_is_an_update(
+        tmp_path: Path, make_project: Any, serve_port: int) -> None:
+    project = load_project(write(tmp_path, make_project, {"w": 2}))
+    assert apply_project(project).result.ok
+
+    class Killed(Exception):
+        """The apply dies after the gates passed, before the live switch."""
+
+    def die_at_the_switch(node_id: str, event: str, detail: str) -> None:
+        if node_id == "deployments.api/deploy" and event == "started":
+            raise Killed
+
+    with opened(project) as (_, store):  # what a monitor's `on_breach: [retrain]` does
+        store.request_retrain("m", "monitors.drift")
+    with pytest.raises(Killed):
+        apply_project(project, progress=die_at_the_switch)
+    assert ask(serve_port, 1)["version"] == 1
+    with opened(project) as (_, store):
+        _, plan = plan_project(project, store)
+    change = next(c for c in plan.resource_changes if c.address == "deployments.api")
+    assert change.action == "update" and change.reasons == ["version 2 passed its gates; version 1 is live"]
+    assert all(c.action == "no-op" for c in plan.resource_changes if c.address != "deployments.api")
+    assert apply_project(project).result.ok
+    answer = ask(serve_port, 1)
+    assert answer["version"] == 2 and answer["predictions"] == [2.0]
+    with opened(project) as (_, store):
+        _, plan = plan_project(project, store)
+    assert not plan.has_changes
+
+
+def test_an_orphaned_staging_application_is_planned_and_removed(
+        tmp_path: Path, make_project: Any, serve_port: int) -> None:
+    project = load_project(write(tmp_path, make_project, {"w": 2}))
+    assert apply_project(project).result.ok
+    with opened(project) as (_, store):
+        version = store.get_model_version("m", 1)
+    from runtime.apply import serve_spec
+    from runtime.workspace import Workspace
+
+    assert version is not None
+    leftover = serve_spec(Workspace.of(project), "api", version)
+    serving._run(serving._application(leftover, 1, serving.ReplicaResources(0.1)), serving.staging_name("api"),
+                 f"{serving.STAGING_PREFIX}/api")  # what an apply killed mid-rollout leaves behind
+    assert "api--staging" in serving.staging_applications()
+    with opened(project) as (_, store):
+        _, plan = plan_project(project, store)
+    change = next(c for c in plan.resource_changes if c.address == "deployments.api")
+    assert change.action == "update" and "staging application api--staging" in change.reasons[0]
+    assert apply_project(project).result.ok
+    assert "api--staging" not in serving.staging_applications()
+    assert ask(serve_port, 1)["version"] == 1
+
+
+def test_a_deployments_memory_is_reserved_for_each_replica(tmp_path: Path, make_project: Any) -> None:
+    import ray
+    from ray.serve.context import _get_global_client
+
+    body = spec({"w": 2})
+    body["deployments"]["api"]["resources"] = {"cpus": 0.5, "memory": "300Mi"}
+    project = load_project(make_project(tmp_path, body, files={"data/raw.csv": "x\n1\n"}, pipeline=PIPELINE))
+    assert apply_project(project).result.ok
+    client: Any = _get_global_client()
+    details = ray.get(client._controller.get_serve_instance_details.remote(), timeout=15)
+    options = details["applications"]["api"]["deployments"]["api"]["deployment_config"]["ray_actor_options"]
+    assert options["memory"] == 300 * 1024 * 1024 and options["num_cpus"] == 0.5
+
+
+def test_a_rollback_to_a_version_that_cannot_start_is_undone_with_its_cause(
+        tmp_path: Path, make_project: Any, serve_port: int) -> None:
+    from compiler.errors import MlopsError
+    from runtime.artifacts import ArtifactStore
+    from runtime.operations import rollback
+    from runtime.workspace import Workspace
+
+    project = load_project(write(tmp_path, make_project, {"w": 2}))
+    assert apply_project(project).result.ok
+    project = load_project(write(tmp_path, make_project, {"w": 3}))
+    assert apply_project(project).result.ok
+    with opened(project) as (_, store):
+        first = store.get_model_version("m", 1)
+    assert first is not None
+    local = ArtifactStore(Workspace.of(project).artifact_root).local_path(first.artifact_uri)
+    assert local is not None
+    Path(local).unlink()  # version 1's weights are gone: it cannot start
+    started = time.monotonic()
+    with pytest.raises(MlopsError, match="rollout of version 1 failed, version 2 keeps serving: version 1 did "
+                                         "not start: .*Error"):
+        rollback(project, "api")
+    assert time.monotonic() - started < 150
+    assert ask(serve_port, 2)["version"] == 2
+    assert "api--staging" not in serving.staging_applications()
+
+
+def test_a_failed_rollout_is_in_the_audit_trail(tmp_path: Path, make_project: Any) -> None:
+    from runtime.state import audit
+
+    body = spec({"w": 1})
+    body["deployments"] = {"audited": {"model": "m", "replicas": 1, "route": "/audited"}}
+    no_serving_code = PIPELINE.split("def load_predictor")[0]
+    project = load_project(make_project(tmp_path, body, files={"data/raw.csv": "x\n1\n"}, pipeline=no_serving_code))
+    assert not apply_project(project).result.ok
+    with opened(project) as (_, store):
+        records = [r for r in audit.log(store) if r.action == "rollout_failed"]
+    assert len(records) == 1
+    assert records[0].payload["deployment"] == "deployments.audited" and records[0].payload["to"] == 1
+    assert records[0].payload["from"] is None and "load_predictor" in records[0].payload["error"]

@@ -38,6 +38,8 @@ def render_outcomes(console: Console, result: ApplyResult, seconds: float) -> No
         if outcome.status in ("failed", "blocked", "skipped"):
             style = {"failed": "red", "blocked": "yellow", "skipped": "dim"}[outcome.status]
             console.print(Text(f"{outcome.status:>9} {outcome.node_id}: {outcome.message}", style=style))
+        elif outcome.node_id.startswith("deployments.") and " at http" in outcome.message:
+            console.print(Text(f"{'serving':>9} {outcome.node_id}: {outcome.message}", style="green"))
     console.print(f"Apply complete in {seconds:.1f}s: {result.count('succeeded')} succeeded, "
                   f"{result.count('failed')} failed, {result.count('skipped')} skipped, "
                   f"{result.count('blocked')} blocked.")

@@ -13,8 +13,11 @@ class NodeProgress:
 
     def __init__(self, console: Console, enabled: bool = True) -> None:
         self.console = console
+        self.verbose = enabled
         self.enabled = enabled and console.is_terminal
         self.running: set[str] = set()
+        self.waiting: dict[str, str] = {}
+        """Node id -> what it waits for (submitted, not started)."""
         self.done = 0
         self.failed = 0
         self._progress = Progress(TextColumn("[bold]apply"), BarColumn(), MofNCompleteColumn(),
@@ -35,11 +38,22 @@ class NodeProgress:
     def update(self, node_id: str, event: str, detail: str) -> None:
         if event == "started":
             self.running.add(node_id)
+        elif event == "waiting":
+            self.waiting[node_id] = detail
+            if self.verbose:  # also without a terminal (CI logs): a wait is never silent
+                self.console.print(f"[yellow]waiting[/yellow] {node_id}: {detail}", markup=True, highlight=False)
+        elif event == "running":
+            self.waiting.pop(node_id, None)
         elif event in ("succeeded", "failed", "skipped", "blocked"):
             self.running.discard(node_id)
+            self.waiting.pop(node_id, None)
             self.done += 1
             self.failed += event == "failed"
         if event in ("failed", "retry") and self.enabled:
             self.console.print(f"[red]{event}[/red] {node_id}: {detail}", markup=True, highlight=False)
-        status = f"{len(self.running)} running, {self.done} done, {self.failed} failed"
+        starting = len(self.running & set(self.waiting))
+        status = f"{len(self.running) - starting} running, {self.done} done, {self.failed} failed"
+        if self.waiting:
+            first, what = next(iter(self.waiting.items()))
+            status += f", {len(self.waiting)} waiting for resources ({first} {what})"
         self._progress.update(self._task, completed=self.done, status=status)

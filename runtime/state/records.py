@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-RunStatus = Literal["running", "succeeded", "failed"]
+RunStatus = Literal["running", "waiting", "succeeded", "failed"]
+"""``waiting``: submitted, but its task has not started (the cluster has no room for it yet)."""
 VersionStatus = Literal["candidate", "approved", "rejected"]
 GateStatus = Literal["passed", "failed", "awaiting_approval"]
 

@@ -300,18 +300,26 @@ class StateStore:
 
     def finish_run(self, run_id: str, status: RunStatus, metrics: dict[str, float] | None = None,
                    error: str | None = None, log_uri: str | None = None, finished_at: float | None = None,
-                   device: str | None = None, started_at: float | None = None) -> None:
+                   device: str | None = None, started_at: float | None = None, host: str | None = None,
+                   pid: int | None = None) -> None:
         """Close a run: its final status, metrics, error, log and the device it ran on; unknown ids are an error.
 
         ``started_at``, when given, replaces the start recorded when the run was submitted: the moment the
         worker began it, on the same clock as ``finished_at`` (the time queued for a worker is not the run's).
+        ``host`` and ``pid``, when given, are the worker's (the submitting driver's are recorded at the start).
         """
         cursor = self._exec(
             "UPDATE runs SET status = ?, metrics = ?, error = ?, log_uri = COALESCE(?, log_uri), finished_at = ?,"
-            " device = COALESCE(?, device), started_at = COALESCE(?, started_at) WHERE run_id = ?",
-            (status, _dump(metrics or {}), error, log_uri, finished_at or time.time(), device, started_at, run_id))
+            " device = COALESCE(?, device), started_at = COALESCE(?, started_at), host = COALESCE(?, host),"
+            " pid = COALESCE(?, pid) WHERE run_id = ?",
+            (status, _dump(metrics or {}), error, log_uri, finished_at or time.time(), device, started_at, host, pid,
+             run_id))
         if cursor.rowcount == 0:
             raise StateError.of(f"unknown run '{run_id}'")
+
+    def mark_run(self, run_id: str, status: RunStatus) -> None:
+        """Move an unfinished run between ``running`` and ``waiting`` (its task not started yet)."""
+        self._exec("UPDATE runs SET status = ? WHERE run_id = ? AND finished_at IS NULL", (status, run_id))
 
     def log_metrics(self, run_id: str, points: list[MetricPoint]) -> None:
         """Store metric values of a run (a value logged again at the same step replaces the old one)."""

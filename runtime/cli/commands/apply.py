@@ -21,10 +21,12 @@ from runtime.cli.progress import NodeProgress
 @click.option("--target", "targets", multiple=True, help="Only this resource (and what it needs); repeatable.")
 @click.option("--lock-timeout", default="0s", show_default=True, help="Wait this long for the state lock (30s, 5m).")
 @click.option("--allow-dirty", is_flag=True, help="Apply even with uncommitted changes in the work tree.")
+@click.option("--resource-timeout", default="2m", show_default=True,
+              help="Give up when no task of the apply could start for this long (the cluster has no room).")
 @global_options
 @pass_app
 def apply_command(app: Application, plan_file: str | None, parallelism: int, targets: tuple[str, ...],
-                  lock_timeout: str, allow_dirty: bool) -> None:
+                  lock_timeout: str, allow_dirty: bool, resource_timeout: str) -> None:
     """Make the live state match the spec."""
     from runtime.operations import apply_project
 
@@ -33,12 +35,17 @@ def apply_command(app: Application, plan_file: str | None, parallelism: int, tar
         timeout = float(duration_seconds(lock_timeout))
     except ValueError as error:
         app.fail(MlopsError.one(f"--lock-timeout: {error}"))
+    try:
+        resource_wait = float(duration_seconds(resource_timeout))
+    except ValueError as error:
+        app.fail(MlopsError.one(f"--resource-timeout: {error}"))
     progress = NodeProgress(app.err, enabled=not app.json_output)
     try:
         with progress:
             outcome = apply_project(project, plan_path=Path(plan_file) if plan_file else None,
                                     targets=list(targets), parallelism=parallelism, lock_timeout=timeout,
-                                    progress=progress.update, allow_dirty=allow_dirty)
+                                    progress=progress.update, allow_dirty=allow_dirty,
+                                    resource_wait=resource_wait)
     except MlopsError as error:
         app.fail(error)
     if app.json_output:

@@ -16,7 +16,9 @@ from runtime.cli.options import global_options
 
 
 @click.command("up")
-@click.option("--num-cpus", type=click.IntRange(1), default=None, help="CPUs the local cluster offers (default: all).")
+@click.option("--num-cpus", type=click.IntRange(1), default=None,
+              help="Logical CPUs the local cluster offers (default: this machine's plus what the spec's "
+                   "deployments hold and one rollout's extra replica).")
 @click.option("--serve-port", type=click.IntRange(1, 65535), default=None,
               help="Ray Serve's HTTP port (default 8000, or a free one when 8000 is taken).")
 @global_options
@@ -30,7 +32,10 @@ def up_command(app: Application, num_cpus: int | None, serve_port: int | None) -
     try:
         state_path = Workspace.of(project).state_path
         existing = cluster.running(state_path)
-        local = existing or cluster.up(state_path, num_cpus=num_cpus, serve_port=serve_port)
+        from runtime.feasibility import local_cluster_cpus
+
+        cpus = num_cpus if num_cpus is not None else local_cluster_cpus(project)
+        local = existing or cluster.up(state_path, num_cpus=cpus, serve_port=serve_port)
     except MlopsError as error:
         app.fail(error)
     if app.json_output:

@@ -1,0 +1,158 @@
+"""Resources are accounted, never waited on in silence: serving's share at plan time, a bounded wait at apply time."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compiler import load_project
+from compiler.errors import MlopsError
+from runtime import feasibility
+from runtime.operations import apply_project, opened
+from runtime.status import project_status
+
+SLEEPY = '''
+import time
+
+import torch
+
+from runtime.context import TrainResult
+
+
+def train(ctx):
+    time.sleep(float(ctx.params.get("sleep", 0)))
+    return TrainResult(model={"w": torch.tensor(1.0)}, metrics={"auc": 0.9})
+'''
+
+
+def _spec(resources: dict[str, Any], params: dict[str, Any] | None = None, timeout: str = "10m",
+          deployments: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"apiVersion": "mlops/v1", "project": "resources", "datasets": {"raw": {"path": "data/raw.csv"}},
+            "models": {"m": {"train": "pipeline:train", "data": {"train": "raw"}, "params": params or {},
+                             "resources": resources, "retries": 2, "timeout": timeout}},
+            "deployments": deployments or {}}
+
+
+SERVED = {"api": {"model": "m", "replicas": 2, "resources": {"cpus": 1}}}
+
+
+def test_the_local_cluster_is_sized_for_serving_on_top_of_the_machines_cpus(
+        tmp_path: Path, make_project: Any) -> None:
+    project = load_project(make_project(tmp_path, _spec({"cpus": 2}, deployments=SERVED),
+                                        files={"data/raw.csv": "x\n1\n"}, pipeline=SLEEPY))
+    machine = os.cpu_count() or 1
+    assert feasibility.serving_need(project) == {"CPU": 3.0, "GPU": 0.0}  # 2 replicas and a rollout's extra one
+    assert feasibility.local_cluster_cpus(project) == machine + 3
+    capacity = feasibility.capacity(project)
+    assert capacity is not None and capacity.total["CPU"] == machine + 3 and capacity.hosts_serving
+    feasibility.check(project, capacity)  # training keeps the machine's CPUs: feasible
+
+
+def test_training_that_cannot_fit_beside_the_deployments_is_infeasible_naming_what_holds_the_cpus(
+        tmp_path: Path, make_project: Any) -> None:
+    project = load_project(make_project(tmp_path, _spec({"cpus": 2}, deployments=SERVED),
+                                        files={"data/raw.csv": "x\n1\n"}, pipeline=SLEEPY))
+    too_small = feasibility.Capacity({"CPU": 4.0, "GPU": 0.0}, "the local Ray cluster", True)
+    with pytest.raises(MlopsError) as raised:
+        feasibility.check(project, too_small)
+    [diagnostic] = raised.value.diagnostics
+    assert diagnostic.address == "models.m" and diagnostic.position is not None
+    assert "infeasible: asks for 2 CPU(s) but the local Ray cluster has 4" in diagnostic.message
+    assert "deployments.api holds 2 (2 replicas × 1)" in diagnostic.message
+    assert "a rollout's extra replica needs 1" in diagnostic.message and "leaving 1" in diagnostic.message
+    assert "`mlops down`" in diagnostic.message
+
+
+def test_deployments_wider_than_the_cluster_are_infeasible(tmp_path: Path, make_project: Any) -> None:
+    wide = {"api": {"model": "m", "replicas": 4, "resources": {"cpus": 1}}}
+    project = load_project(make_project(tmp_path, _spec({"cpus": 1}, deployments=wide),
+                                        files={"data/raw.csv": "x\n1\n"}, pipeline=SLEEPY))
+    with pytest.raises(MlopsError, match=r"deployments.api: infeasible: 4 replicas × 1 CPU and one more for a "
+                                         r"rollout need 5 CPU\(s\) but the Ray cluster at x has 4"):
+        feasibility.check(project, feasibility.Capacity({"CPU": 4.0}, "the Ray cluster at x", True))
+
+
+@pytest.fixture(scope="module")
+def two_cpus() -> Any:
+    from runtime import ray_backend
+
+    ray_backend.connect(None, num_cpus=2)
+    yield
+    ray_backend.shutdown()
+
+
+def _hog(cpus: float) -> Any:
+    """Something outside the apply holding CPUs (another team's actor, a replica the spec does not know)."""
+    import ray
+
+    @ray.remote(num_cpus=cpus)
+    class Hog:
+        def ping(self) -> int:
+            return 1
+
+    hog = Hog.remote()  # type: ignore[attr-defined]
+    ray.get(hog.ping.remote(), timeout=60)
+    return hog
+
+
+@pytest.mark.xdist_group("ray")
+def test_a_task_the_cluster_has_no_room_for_is_reported_waiting_then_fails_as_never_started(
+        tmp_path: Path, make_project: Any, two_cpus: Any) -> None:
+    import ray
+
+    project = load_project(make_project(tmp_path, _spec({"cpus": 1}), files={"data/raw.csv": "x\n1\n"},
+                                        pipeline=SLEEPY))
+    hog = _hog(2)
+    events: list[tuple[str, str, str]] = []
+    seen_while_waiting: list[Any] = []
+
+    def progress(node_id: str, event: str, detail: str) -> None:
+        events.append((node_id, event, detail))
+        if event == "waiting":
+            with opened(project) as (_, store):
+                run = store.list_runs("models.m", limit=1)[0]
+                status = next(r for r in project_status(project, store).resources if r.address == "models.m")
+            seen_while_waiting.append((run.status, status.health, status.detail))
+
+    try:
+        started = time.monotonic()
+        outcome = apply_project(project, progress=progress, resource_wait=6)
+        took = time.monotonic() - started
+    finally:
+        ray.kill(hog)
+    trial = outcome.result.outcomes["models.m/train"]
+    assert trial.status == "failed" and trial.message.startswith("never started: waited")
+    assert "asks 1 CPU; 0 of 2 CPU free" in trial.message and "timed out" not in trial.message
+    assert took < 60, f"the wait for resources was not bounded: {took:.0f}s"
+    waiting = [e for e in events if e[1] == "waiting"]
+    assert waiting and waiting[0][0] == "models.m/train" and "0 of 2 CPU free" in waiting[0][2]
+    assert seen_while_waiting[0] == ("waiting", "Progressing",
+                                     "models.m/train is waiting for resources: 1 CPU")
+    with opened(project) as (_, store):
+        runs = store.list_runs("models.m", limit=10)
+    assert len(runs) == 1, "a run that never started was retried"
+    assert runs[0].status == "failed" and (runs[0].error or "").startswith("never started")
+
+
+@pytest.mark.xdist_group("ray")
+def test_a_runs_timeout_counts_from_its_start_not_from_its_wait_for_resources(
+        tmp_path: Path, make_project: Any, two_cpus: Any) -> None:
+    import ray
+
+    project = load_project(make_project(tmp_path, _spec({"cpus": 1}, {"sleep": 1}, timeout="4s"),
+                                        files={"data/raw.csv": "x\n1\n"}, pipeline=SLEEPY))
+    hog = _hog(2)
+    threading.Timer(6.0, lambda: ray.kill(hog)).start()  # the CPUs come free after the run waited 6 s
+    events: list[tuple[str, str]] = []
+    outcome = apply_project(project, progress=lambda node_id, event, detail: events.append((node_id, event)))
+    assert outcome.result.outcomes["models.m/train"].status == "succeeded", outcome.result.outcomes
+    assert ("models.m/train", "waiting") in events and ("models.m/train", "running") in events
+    with opened(project) as (_, store):
+        runs = store.list_runs("models.m", limit=10)
+    assert [r.status for r in runs] == ["succeeded"]
+    assert runs[0].finished_at is not None and runs[0].finished_at - runs[0].started_at < 4
