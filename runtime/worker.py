@@ -13,9 +13,11 @@ import importlib
 import io
 import logging
 import os
+import queue
 import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -28,6 +30,12 @@ from runtime.context import RunContext, TrainResult
 _HOST = socket.gethostname()
 START_NAMESPACE = "mlops"
 """Ray key-value namespace of the tasks' start reports."""
+REPORT_AFTER_S = 1.0
+"""A task reports its start once it has run this long (the driver looks for reports after 2 s)."""
+_REPORTS: queue.SimpleQueue[tuple[str, float]] = queue.SimpleQueue()
+_RUNNING: set[str] = set()
+"""Start keys of the tasks this worker process runs now."""
+_REPORTER: threading.Thread | None = None
 _LOADED_CODE: dict[str, str] = {}
 """module name -> code hash it was imported at (a worker process is reused across applies)."""
 
@@ -118,8 +126,17 @@ def run_task(fields: dict[str, Any], *upstream: dict[str, Any]) -> dict[str, Any
     :func:`runtime.distributed.run_distributed`, which runs :func:`execute` on every Ray Train worker.
     """
     spec = TaskSpec(**fields)
-    if spec.started_key:
-        _report_start(spec.started_key)
+    if not spec.started_key:
+        return _run_task(spec, upstream)
+    _report_start(spec.started_key)
+    try:
+        return _run_task(spec, upstream)
+    finally:
+        _RUNNING.discard(spec.started_key)
+
+
+def _run_task(spec: TaskSpec, upstream: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    """:func:`run_task` once the task has reported its start."""
     if spec.chained:
         for name, index in spec.chained.items():
             parent = upstream[index]
@@ -136,11 +153,25 @@ def run_task(fields: dict[str, Any], *upstream: dict[str, Any]) -> dict[str, Any
 
 
 def _report_start(key: str) -> None:
-    """Tell the driver this task runs (best effort: without it the driver only cannot tell it from waiting)."""
-    with contextlib.suppress(Exception):
-        from ray.experimental import internal_kv
+    """Tell the driver this task runs, once it has run for :data:`REPORT_AFTER_S` (a task that ends sooner
+    reports by ending). A thread of the worker process writes the report, off the task's path."""
+    global _REPORTER
+    if _REPORTER is None:
+        _REPORTER = threading.Thread(target=_write_reports, name="mlops-start-reports", daemon=True)
+        _REPORTER.start()
+    _RUNNING.add(key)
+    _REPORTS.put((key, time.time()))
 
-        internal_kv._internal_kv_put(key, repr(time.time()).encode(), namespace=START_NAMESPACE)
+
+def _write_reports() -> None:
+    from ray.experimental import internal_kv
+
+    while True:
+        key, at = _REPORTS.get()
+        time.sleep(max(0.0, at + REPORT_AFTER_S - time.time()))
+        if key in _RUNNING:
+            with contextlib.suppress(Exception):  # best effort: without it the driver cannot tell a run from a wait
+                internal_kv._internal_kv_put(key, repr(at).encode(), namespace=START_NAMESPACE)
 
 
 def execute(spec: TaskSpec, rank: int = 0, world_size: int = 1, device: str | None = None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ itself, with its default settings.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -205,6 +206,8 @@ def test_the_readme_example_applies_changes_rolls_back_and_stops_on_two_cpus(
     finally:
         sys.path.remove(str(repo))
     body = {"instances": [{name: 0.5 for name in FEATURE_NAMES}]}
+    local = cluster.running(user.state_path(EXAMPLE_SPEC))
+    assert local is not None and local.num_cpus == (os.cpu_count() or 1) + 3  # 2 replicas + a rollout's extra one
     url, _, _ = _walk_change_rollback_monitor(user, EXAMPLE_SPEC, "churn-api", body,
                                               "params: {lr: 0.01,", "params: {lr: 0.02,")
     _down_and_check(user, user.state_path(EXAMPLE_SPEC), url)

@@ -156,3 +156,21 @@ def test_a_runs_timeout_counts_from_its_start_not_from_its_wait_for_resources(
         runs = store.list_runs("models.m", limit=10)
     assert [r.status for r in runs] == ["succeeded"]
     assert runs[0].finished_at is not None and runs[0].finished_at - runs[0].started_at < 4
+
+
+def test_the_progress_display_says_what_a_waiting_task_waits_for_even_without_a_terminal() -> None:
+    import io
+
+    from rich.console import Console
+
+    from runtime.cli.progress import NodeProgress
+
+    out = io.StringIO()
+    progress = NodeProgress(Console(file=out, width=200, force_terminal=False))
+    with progress:
+        progress.update("models.m/train", "started", "attempt 1")
+        progress.update("models.m/train", "waiting", "asks 2 CPU; 0 of 5 CPU free (deployments.api holds 2 CPU)")
+        assert progress.waiting == {"models.m/train": "asks 2 CPU; 0 of 5 CPU free (deployments.api holds 2 CPU)"}
+        progress.update("models.m/train", "running", "started")
+        assert progress.waiting == {}
+    assert "waiting models.m/train: asks 2 CPU; 0 of 5 CPU free (deployments.api holds 2 CPU)" in out.getvalue()
