@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import tomllib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -176,6 +177,21 @@ def test_github_workflow_matches_the_published_schema() -> None:
 
 def test_gitlab_pipeline_matches_the_published_schema() -> None:
     check_schema(GITLAB, "vendor.gitlab-ci")
+
+
+def test_ci_examples_install_the_projects_own_distribution() -> None:
+    """``pip install mlops`` would install an unrelated project (with no ``mlops`` command): both pipelines
+    install this project's distribution, by the name pyproject.toml gives it."""
+    name = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
+    assert name == "mlops-gitops"
+    github, gitlab = load(GITHUB), load(GITLAB)
+    assert github["env"]["MLOPS_PACKAGE"] == name and gitlab["variables"]["MLOPS_PACKAGE"] == name
+    installs = [step["run"] for job in github["jobs"].values() for step in job["steps"]
+                if step.get("name") == "Install mlops"]
+    assert len(installs) == 2 and all('pip install "$MLOPS_PACKAGE"' in run for run in installs)
+    assert 'pip install --quiet "$MLOPS_PACKAGE"' in gitlab["default"]["before_script"]
+    for path in (GITHUB, GITLAB, TEMPLATE):
+        assert not re.search(r"pip install\s+(--\S+\s+)*['\"]?mlops(?![-\w])", path.read_text()), path
 
 
 def test_the_schema_check_rejects_a_broken_workflow(tmp_path: Path) -> None:
