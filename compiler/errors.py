@@ -19,11 +19,18 @@ _ESCAPED_BREAKS = {ord(c): c.encode("unicode_escape").decode() for c in "\n\r\x0
 
 @dataclass(frozen=True)
 class Position:
-    """A place in a source file; ``line`` and ``column`` are 1-based."""
+    """A place in a source file; ``line`` and ``column`` are 1-based.
+
+    ``end_line`` and ``end_column``, when the loader knows them, say where the node that starts here ends:
+    ``end_column`` is the column just after its last character (so a one-character node at column 5 ends at
+    column 6, as SARIF regions count). They take no part in comparisons: a place is its start.
+    """
 
     file: str
     line: int
     column: int
+    end_line: int | None = field(default=None, compare=False)
+    end_column: int | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}"

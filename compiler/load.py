@@ -72,6 +72,8 @@ _MAP_TAG = "tag:yaml.org,2002:map"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 Loc = tuple[str | int, ...]
+Span = tuple[int, int, int, int]
+"""1-based (line, column, end line, end column); the end column is just after the last character."""
 
 
 @dataclass
@@ -80,9 +82,9 @@ class Document:
 
     file: str
     data: dict[str, Any]
-    value_positions: dict[Loc, tuple[int, int]] = field(default_factory=dict)
-    """path -> (line, column) of the value; plain tuples because there is one per node."""
-    key_positions: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    value_positions: dict[Loc, Span] = field(default_factory=dict)
+    """path -> (line, column, end line, end column) of the value; plain tuples because there is one per node."""
+    key_positions: dict[Loc, Span] = field(default_factory=dict)
 
     def position_of(self, loc: Sequence[str | int], key: bool = False) -> Position:
         """The position of the value at ``loc`` (or of its key), else of its nearest known ancestor."""
@@ -198,12 +200,51 @@ class _Builder:
     def __init__(self, name: str, text: str) -> None:
         self.name = name
         self.text = text
-        self.value_positions: dict[Loc, tuple[int, int]] = {}
-        self.key_positions: dict[Loc, tuple[int, int]] = {}
+        self.value_positions: dict[Loc, Span] = {}
+        self.key_positions: dict[Loc, Span] = {}
+        self._lines: list[str] | None = None
         self._scalars = yaml.constructor.SafeConstructor()
 
     def pos(self, node: yaml.Node) -> Position:
         return Position(self.name, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def span(self, node: yaml.Node) -> Span:
+        start = node.start_mark
+        end_line, end_column = self._end(node)
+        if (end_line, end_column) <= (start.line, start.column):  # an alias at the end: its anchor is earlier
+            end_line, end_column = start.line, start.column + 1
+        return start.line + 1, start.column + 1, end_line + 1, end_column + 1
+
+    def _end(self, node: yaml.Node) -> tuple[int, int]:
+        """Where ``node``'s text ends (0-based line and the column after its last character).
+
+        A block collection's own end mark is the start of whatever follows it (the next key, after any blank
+        lines and comments), so its end is taken from its last entry; a literal or folded scalar's end mark
+        is past its trailing line breaks, so its end is the end of its last line that has text.
+        """
+        if isinstance(node, yaml.ScalarNode):
+            if node.style in ("|", ">"):
+                return self._block_scalar_end(node)
+            return node.end_mark.line, node.end_mark.column
+        if not isinstance(node, yaml.CollectionNode) or node.flow_style or not node.value:
+            return node.end_mark.line, node.end_mark.column
+        if isinstance(node, yaml.MappingNode):
+            key, value = node.value[-1]
+            return max(self._end(key), self._end(value))
+        return self._end(node.value[-1])
+
+    def _block_scalar_end(self, node: yaml.ScalarNode) -> tuple[int, int]:
+        line, column = node.end_mark.line, node.end_mark.column
+        if column:
+            return line, column
+        if self._lines is None:
+            self._lines = self.text.split("\n")
+        while line > node.start_mark.line:
+            line -= 1
+            text = self._lines[line].rstrip() if line < len(self._lines) else ""
+            if text:
+                return line, len(text)
+        return node.end_mark.line, node.end_mark.column
 
     def check_expansion(self, root: yaml.Node) -> None:
         """Refuse recursive aliases and documents whose aliases expand past the cap."""
@@ -243,10 +284,14 @@ class _Builder:
     def build(self, node: yaml.Node, loc: Loc) -> Any:
         if len(loc) > MAX_DEPTH:  # the path to a node is as long as it is deep: no extra walk
             raise self._too_deep(node)
-        mark = node.start_mark
-        self.value_positions[loc] = (mark.line + 1, mark.column + 1)
         if isinstance(node, yaml.ScalarNode):
+            start, end = node.start_mark, node.end_mark
+            if node.style in ("|", ">"):
+                self.value_positions[loc] = self.span(node)
+            else:
+                self.value_positions[loc] = (start.line + 1, start.column + 1, end.line + 1, end.column + 1)
             return self._scalar(node)
+        self.value_positions[loc] = self.span(node)
         if isinstance(node, yaml.SequenceNode):
             if node.tag != _SEQ_TAG:
                 raise LoadError.one(f"unsupported YAML tag {_short(node.tag)}", self.pos(node))
@@ -310,8 +355,8 @@ class _Builder:
             if key in exclude:
                 out[key] = None  # overridden by the mapping merged into; neither built nor positioned
                 continue
-            mark = key_node.start_mark
-            self.key_positions[(*loc, key)] = (mark.line + 1, mark.column + 1)
+            start, end = key_node.start_mark, key_node.end_mark
+            self.key_positions[(*loc, key)] = (start.line + 1, start.column + 1, end.line + 1, end.column + 1)
             out[key] = self.build(value_node, (*loc, key))
         for key in exclude:
             out.pop(key, None)

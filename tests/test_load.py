@@ -76,6 +76,41 @@ def test_key_positions_point_at_the_key(loc: tuple[str | int, ...], line: int, c
     assert doc.position_of(loc, key=True) == Position("m.yaml", line, column)
 
 
+ENDS = """\
+models:
+  churn:
+    params: {lr: 0.01, tags: [a, b]}
+    description: |
+      Predicts churn.
+      Trained on EU customers.
+
+    seed: "é7"   # a comment
+# a comment after the mapping
+owners:
+  - team:ml
+"""
+
+
+@pytest.mark.parametrize(
+    ("loc", "start", "end"),
+    [
+        (("models", "churn", "params", "lr"), (3, 18), (3, 22)),
+        (("models", "churn", "params"), (3, 13), (3, 37)),  # a flow mapping ends after its brace
+        (("models", "churn", "description"), (4, 18), (6, 31)),  # a literal block: its last line of text
+        (("models", "churn", "seed"), (8, 11), (8, 15)),  # columns count characters, quotes included
+        (("models", "churn"), (3, 5), (8, 15)),  # a block mapping ends with its last value, not at the comment
+        (("owners",), (11, 3), (11, 12)),
+    ],
+)
+def test_positions_know_where_each_node_ends(loc: tuple[str | int, ...], start: tuple[int, int],
+                                             end: tuple[int, int]) -> None:
+    position = load_text(ENDS, "m.yaml").position_of(loc)
+    assert (position.line, position.column) == start
+    assert (position.end_line, position.end_column) == end
+    key = load_text(ENDS, "m.yaml").position_of(loc, key=True)
+    assert key.end_line == key.line and key.end_column == key.column + len(str(loc[-1]))
+
+
 def test_data_is_plain_python() -> None:
     doc = load_text(POSITIONED, "m.yaml")
     assert doc.data["models"]["churn"] == {
