@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import jsonschema
 import pytest
+from schema_validators import validate_junit, validate_sarif
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,6 +141,34 @@ def test_policy_check_formats(starter: Path, tmp_path: Path) -> None:
     out = tmp_path / "report.sarif"
     written = mlops("-f", str(spec), "policy", "check", "--format", "sarif", "--output", str(out))
     assert written.returncode == 1 and json.loads(out.read_text())["version"] == "2.1.0"
+
+
+def test_policy_check_sarif_is_repository_relative_and_valid_from_any_directory(starter: Path) -> None:
+    spec = _failing_spec(starter)
+    runs = [mlops("-f", spec.name, "policy", "check", "--format", "sarif", cwd=starter),
+            mlops("-f", f"../{spec.name}", "policy", "check", "--format", "sarif", cwd=starter / "data"),
+            mlops("-f", str(spec), "policy", "check", "--format", "sarif", cwd=ROOT)]
+    assert [run.returncode for run in runs] == [1, 1, 1], runs[0].stderr
+    assert runs[0].stdout == runs[1].stdout == runs[2].stdout
+    log = json.loads(runs[0].stdout)
+    validate_sarif(log)
+    run = log["runs"][0]
+    assert run["originalUriBaseIds"]["SRCROOT"]["uri"] == starter.resolve().as_uri() + "/"
+    assert run["tool"]["driver"]["semanticVersion"] == metadata.version("mlops-gitops")
+    result = run["results"][0]
+    location = result["locations"][0]["physicalLocation"]
+    assert location["artifactLocation"] == {"uri": spec.name, "uriBaseId": "SRCROOT"}
+    region = location["region"]
+    lines = spec.read_text().splitlines()
+    assert region["endLine"] >= region["startLine"] and region["endColumn"] >= 1
+    assert lines[region["startLine"] - 1][region["startColumn"] - 1:].startswith("[]")  # gates.quality's checks: []
+    assert result["partialFingerprints"]["mlopsPolicyResult/v1"]
+
+
+def test_policy_check_junit_is_valid_against_jenkins_junit_10_xsd(starter: Path, tmp_path: Path) -> None:
+    result = mlops("-f", str(_failing_spec(starter)), "policy", "check", "--format", "junit")
+    assert result.returncode == 1
+    validate_junit(result.stdout, tmp_path)
 
 
 def test_compile_writes_outputs_and_refuses_on_policy_error(starter: Path, tmp_path: Path) -> None:

@@ -5,17 +5,30 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Callable
+from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from compiler.errors import Position
 from compiler.policy.evaluate import PolicyReport, PolicyResult
+from compiler.repository import find_root
 
-SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 TOOL_NAME = "mlops"
 TOOL_URI = "https://github.com/mlops/mlops"
+DISTRIBUTION = "mlops-gitops"
+"""The installed distribution whose version the SARIF log names."""
+SRCROOT = "SRCROOT"
+"""The uriBaseId of every location: the repository (git work tree) that holds the spec."""
+FINGERPRINT = "mlopsPolicyResult/v1"
+"""The partialFingerprints key: a hash of the policy id and the resource address, stable across line moves."""
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
 
 
 def render_text(report: PolicyReport) -> str:
@@ -61,8 +74,57 @@ def _sarif_level(result: PolicyResult) -> str:
     return {"error": "error", "warning": "warning"}[result.policy.severity]
 
 
+@lru_cache(maxsize=1)
+def tool_version() -> str | None:
+    """The installed distribution's version (None when running from a tree that was never installed)."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def repository_path(file: str) -> tuple[str, Path]:
+    """A spec's path relative to the repository holding it, and that repository's root.
+
+    ``file`` is the path as the user typed it (``-f``): relative to the current directory or absolute. The
+    result is the same for every spelling of the same file and from every working directory.
+    """
+    path = Path(file)
+    absolute = (path if path.is_absolute() else Path.cwd() / path).resolve()
+    root = find_root(absolute)
+    return absolute.relative_to(root).as_posix(), root
+
+
+def fingerprint(result: PolicyResult) -> str:
+    """A result's identity across runs: which policy, about which resource (not where in the file)."""
+    return hashlib.sha256(f"{result.policy.id}\0{result.address}".encode()).hexdigest()
+
+
+def _region(position: Position) -> dict[str, int]:
+    region = {"startLine": position.line, "startColumn": position.column}
+    if position.end_line is not None and position.end_column is not None \
+            and (position.end_line, position.end_column) > (position.line, position.column):
+        region.update(endLine=position.end_line, endColumn=position.end_column)
+    return region
+
+
+def _driver(rules: list[dict[str, Any]]) -> dict[str, Any]:
+    driver: dict[str, Any] = {"name": TOOL_NAME, "informationUri": TOOL_URI}
+    version = tool_version()
+    if version:
+        driver["version"] = version
+        if _SEMVER.match(version):
+            driver["semanticVersion"] = version
+    driver["rules"] = rules
+    return driver
+
+
 def render_sarif(report: PolicyReport) -> str:
-    """SARIF 2.1.0: one rule per policy, one result per failure or waiver, located at the offending line."""
+    """SARIF 2.1.0: one rule per policy, one result per failure or waiver, located at the offending node.
+
+    Locations are relative to the repository root (``uriBaseId: SRCROOT``), as code scanning resolves them;
+    each result has a fingerprint of its policy and resource, so an alert keeps its identity when lines move.
+    """
     policies = {r.policy.id: r for r in report.results}
     rule_ids = sorted(policies)
     rules = [{
@@ -74,10 +136,12 @@ def render_sarif(report: PolicyReport) -> str:
         "defaultConfiguration": {"level": _sarif_level(policies[pid])},
         "properties": {"pack": policies[pid].pack},
     } for pid in rule_ids]
+    paths = {file: repository_path(file) for file in sorted({r.position.file for r in report.results})}
     results = []
     for result in report.results:
         if result.status == "pass":
             continue
+        uri, _ = paths[result.position.file]
         entry: dict[str, Any] = {
             "ruleId": result.policy.id,
             "ruleIndex": rule_ids.index(result.policy.id),
@@ -85,28 +149,32 @@ def render_sarif(report: PolicyReport) -> str:
             "message": {"text": f"{result.address}: {result.message}"},
             "locations": [{
                 "physicalLocation": {
-                    "artifactLocation": {"uri": Path(result.position.file).as_posix()},
-                    "region": {"startLine": result.position.line, "startColumn": result.position.column},
+                    "artifactLocation": {"uri": uri, "uriBaseId": SRCROOT},
+                    "region": _region(result.position),
                 },
                 "logicalLocations": [{"fullyQualifiedName": result.address, "kind": "resource"}],
             }],
+            "partialFingerprints": {FINGERPRINT: fingerprint(result)},
         }
         if result.status == "waived":
             entry["suppressions"] = [{"kind": "inSource", "justification": result.waiver_reason}]
         results.append(entry)
-    log = {
-        "$schema": SARIF_SCHEMA,
-        "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {"name": TOOL_NAME, "informationUri": TOOL_URI, "rules": rules}},
-            "results": results,
-        }],
-    }
+    run: dict[str, Any] = {"tool": {"driver": _driver(rules)}}
+    roots = {root for _, root in paths.values()}
+    if len(roots) == 1:
+        run["originalUriBaseIds"] = {SRCROOT: {"uri": roots.pop().as_uri() + "/"}}
+    run["columnKind"] = "unicodeCodePoints"
+    run["results"] = results
+    log = {"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]}
     return json.dumps(log, indent=2) + "\n"
 
 
 def render_junit(report: PolicyReport) -> str:
-    """JUnit XML: a test suite per pack, a test case per (policy, resource)."""
+    """JUnit XML (valid against Jenkins' junit-10.xsd): a test suite per pack, a test case per (policy, resource).
+
+    The schema has no place for a file or line on a test case: each case's ``system-out`` holds its position
+    (``mlops.yaml:12:5``), and a failure's text starts with it.
+    """
     suites = ET.Element("testsuites", name="mlops policy check")
     by_pack: dict[str, list[PolicyResult]] = {}
     for result in report.results:
@@ -114,17 +182,21 @@ def render_junit(report: PolicyReport) -> str:
     for pack, results in by_pack.items():
         failures = sum(1 for r in results if r.status == "fail")
         skipped = sum(1 for r in results if r.status == "waived")
-        suite = ET.SubElement(suites, "testsuite", name=pack, tests=str(len(results)),
-                              failures=str(failures), skipped=str(skipped), errors="0")
+        attributes = {"name": pack, "tests": str(len(results)), "failures": str(failures), "errors": "0",
+                      "skipped": str(skipped)}
+        files = {r.position.file for r in results}
+        if len(files) == 1:
+            attributes["file"] = files.pop()
+        suite = ET.SubElement(suites, "testsuite", attributes)
         for result in results:
-            case = ET.SubElement(suite, "testcase", classname=f"{pack}.{result.policy.id}",
-                                 name=result.address, file=result.position.file, line=str(result.position.line))
+            case = ET.SubElement(suite, "testcase", classname=f"{pack}.{result.policy.id}", name=result.address)
             if result.status == "fail":
                 failure = ET.SubElement(case, "failure", message=result.message, type=result.policy.severity)
                 failure.text = f"{result.position}: {result.policy.title}\n{result.detail}\n" \
                                f"Remediation: {result.policy.remediation}"
             elif result.status == "waived":
                 ET.SubElement(case, "skipped", message=f"waived: {result.waiver_reason}")
+            ET.SubElement(case, "system-out").text = f"{result.position}: {result.address}"
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
 
