@@ -29,7 +29,7 @@ import pytest
 
 from runtime import cluster
 
-pytestmark = pytest.mark.xdist_group("journey")
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster at a time on the 2 CPUs
 
 ROOT = Path(__file__).resolve().parents[1]
 APPLY_S = 420
