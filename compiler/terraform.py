@@ -21,8 +21,9 @@ What is emitted:
   is false), then -- as ``helm_release``s of the local chart :data:`MANIFESTS_CHART`, each depending on
   the release of its CRDs, because ``kubernetes_manifest`` needs a CRD at plan time -- a ``RayCluster``
   (``ray.io/v1``) with a head group from ``cluster.head`` and a worker group per ``cluster.workers``
-  entry, and a ``PodMonitor`` that scrapes the Ray pods' metrics (Ray and Ray Serve) plus, with
-  monitors, one ``PrometheusRule`` holding a rule per monitor check (see :func:`prometheus_rule`).
+  entry, and a ``PodMonitor`` that scrapes the Ray pods' metrics (Ray and Ray Serve), a ``Service`` and
+  ``ServiceMonitor`` for the reconciler's metrics (see :func:`reconciler_metrics`) plus, with monitors,
+  one ``PrometheusRule`` holding a rule per monitor check (see :func:`prometheus_rule`).
   A GPU group gets an ``nvidia.com/gpu`` limit, a toleration of the ``nvidia.com/gpu`` taint and a
   required node affinity from ``gpu_type`` (see :func:`gpu_node_affinity` and :data:`GPU_TYPES`).
   Names are valid Kubernetes names within their limits (see :class:`Names`). Images are
@@ -157,6 +158,7 @@ HELM_RELEASE_NAME_MAX = 53
 RFC1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 LABEL_VALUE = r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?"
 RAY_METRICS_PORT = 8080
+RECONCILER_METRICS_PORT = 9464
 
 CHECKOV_EXEMPTIONS: dict[tuple[str, str], str] = {
     ("CKV_AWS_144", "aws_s3_bucket.artifacts"):
@@ -390,7 +392,7 @@ def _kuberay(project: Project, plan: Blueprint, gke: bool) -> None:
     plan.add("resource", "helm_release", "prometheus_operator_crds", {
         "count": "${var.install_prometheus_operator_crds ? 1 : 0}", "name": "prometheus-operator-crds",
         "namespace": namespace, **PROMETHEUS_CRDS_CHART, "atomic": True, "wait": True})
-    manifests = [ray_pod_monitor(project, names.ray_cluster)]
+    manifests = [ray_pod_monitor(project, names.ray_cluster), *reconciler_metrics(project, names.ray_cluster)]
     if any(monitor.checks for monitor in project.spec.monitors.values()):
         manifests.append(prometheus_rule(project, f"{names.ray_cluster}-monitors"))
     plan.add("resource", "helm_release", "monitoring", {
@@ -450,6 +452,33 @@ def ray_cluster(project: Project, name: str, gke: bool) -> dict[str, Any]:
         spec["rayVersion"] = version
     return {"apiVersion": "ray.io/v1", "kind": "RayCluster",
             "metadata": {"name": name, "labels": _k8s_labels(project)}, "spec": spec}
+
+
+def reconciler_metrics(project: Project, cluster: str) -> list[dict[str, Any]]:
+    """A ``Service`` for the reconciler's metrics port and the ``ServiceMonitor`` that scrapes it.
+
+    They select the pods labelled :func:`reconciler_labels` with a container port named ``metrics``
+    (``mlops reconcile --watch --metrics-port`` :data:`RECONCILER_METRICS_PORT`), which is where the
+    alert rules' ``mlops_monitor_breach`` comes from. The reconciler's Deployment itself is not emitted
+    yet: until one runs with those labels, the Service has no endpoints and nothing is scraped.
+    """
+    name = k8s_name(f"{cluster}-reconciler")
+    selector = reconciler_labels(project)
+    return [
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": name, "labels": {**_k8s_labels(project), **selector}},
+         "spec": {"type": "ClusterIP", "selector": selector, "ports": [
+             {"name": "metrics", "port": RECONCILER_METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]}},
+        {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+         "metadata": {"name": name, "labels": _k8s_labels(project)},
+         "spec": {"selector": {"matchLabels": selector},
+                  "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}]}},
+    ]
+
+
+def reconciler_labels(project: Project) -> dict[str, str]:
+    """The labels of the reconciler's pods (and of the Service in front of their metrics)."""
+    return {"app.kubernetes.io/name": "mlops-reconciler", "app.kubernetes.io/instance": k8s_name(project.spec.project)}
 
 
 def ray_pod_monitor(project: Project, cluster: str) -> dict[str, Any]:

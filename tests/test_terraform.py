@@ -256,11 +256,12 @@ def test_no_crd_kind_is_a_kubernetes_manifest_and_each_waits_for_the_release_of_
                    "monitoring.coreos.com": "helm_release.prometheus_operator_crds"}
     kinds = {}
     for name in ("ray_cluster", "monitoring"):
-        groups = {m["apiVersion"].split("/")[0] for m in release_manifests(s3_kuberay, name)}
-        assert len(groups) == 1
+        groups = {m["apiVersion"].split("/")[0] for m in release_manifests(s3_kuberay, name) if "/" in m["apiVersion"]}
+        assert len(groups) == 1  # core kinds (apiVersion v1) need no CRD
         assert releases[name]["depends_on"] == [crd_release[groups.pop()]]
         kinds[name] = sorted(m["kind"] for m in release_manifests(s3_kuberay, name))
-    assert kinds == {"ray_cluster": ["RayCluster"], "monitoring": ["PodMonitor", "PrometheusRule"]}
+    assert kinds == {"ray_cluster": ["RayCluster"],
+                     "monitoring": ["PodMonitor", "PrometheusRule", "Service", "ServiceMonitor"]}
     assert "depends_on" not in releases["kuberay_operator"]
     # the local chart is written next to the Terraform, where the releases find it
     chart = tmp_path / "chart"
@@ -297,6 +298,19 @@ def test_ray_pods_metrics_are_scraped_by_a_pod_monitor(s3_kuberay: dict[str, Any
     assert {"name": "metrics", "containerPort": 8080} in head["ports"]
     for group in ray["spec"]["workerGroupSpecs"]:
         assert {"name": "metrics", "containerPort": 8080} in group["template"]["spec"]["containers"][0]["ports"]
+
+
+def test_the_reconcilers_metrics_are_scraped_by_a_service_monitor(s3_kuberay: dict[str, Any]) -> None:
+    service = release_manifest(s3_kuberay, "monitoring", "Service")
+    monitor = release_manifest(s3_kuberay, "monitoring", "ServiceMonitor")
+    pods = {"app.kubernetes.io/name": "mlops-reconciler", "app.kubernetes.io/instance": "churn"}
+    assert service["spec"]["selector"] == pods
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9464, "targetPort": "metrics", "protocol": "TCP"}]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert [endpoint["port"] for endpoint in monitor["spec"]["endpoints"]] == ["metrics"]
+    # what it scrapes is what the alert rules read
+    rule = release_manifest(s3_kuberay, "monitoring", "PrometheusRule")
+    assert all("mlops_monitor_breach{" in r["expr"] for g in rule["spec"]["groups"] for r in g["rules"])
 
 
 RFC1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -388,7 +402,7 @@ def test_prometheus_rule_has_one_rule_per_monitor_check(s3_kuberay: dict[str, An
 
 def test_no_monitors_no_prometheus_rule(tmp_path: Path) -> None:
     document = synth(tmp_path, {"monitors": None, "storage": None})
-    assert [m["kind"] for m in release_manifests(document, "monitoring")] == ["PodMonitor"]
+    assert [m["kind"] for m in release_manifests(document, "monitoring")] == ["PodMonitor", "Service", "ServiceMonitor"]
 
 
 def test_values_that_look_like_terraform_templates_stay_literal(tmp_path: Path) -> None:
@@ -442,8 +456,9 @@ def validate_against_crd(manifest: dict[str, Any]) -> None:
 
 def test_manifests_are_valid_against_the_crd_schemas_of_kuberay_and_prometheus_operator(
         s3_kuberay: dict[str, Any], tmp_path: Path) -> None:
-    manifests = [*release_manifests(s3_kuberay, "ray_cluster"), *release_manifests(s3_kuberay, "monitoring")]
-    assert sorted(m["kind"] for m in manifests) == ["PodMonitor", "PrometheusRule", "RayCluster"]
+    everything = [*release_manifests(s3_kuberay, "ray_cluster"), *release_manifests(s3_kuberay, "monitoring")]
+    manifests = [m for m in everything if m["apiVersion"] != "v1"]
+    assert sorted(m["kind"] for m in manifests) == ["PodMonitor", "PrometheusRule", "RayCluster", "ServiceMonitor"]
     for manifest in manifests:
         validate_against_crd(manifest)
     # the checks do catch what the API server would refuse or drop
