@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from compiler.errors import LoadError, MlopsError, Position
+from compiler.yaml_slips import explain
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_EXPANDED_NODES = 200_000
@@ -169,10 +170,7 @@ def _load_nodes(text: str, name: str) -> Document:
     try:
         root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
-        position = Position(name, mark.line + 1, mark.column + 1) if mark else Position(name, 1, 1)
-        raise LoadError.one(f"invalid YAML: {message}", position) from None
+        raise _syntax_error(text, name, exc) from None
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow; libyaml counts UTF-8 bytes
         before = text.encode()[: exc.position].decode("utf-8", "replace")
         line = before.count("\n") + 1
@@ -192,6 +190,19 @@ def _load_nodes(text: str, name: str) -> Document:
         builder.check_expansion(root)
     data = builder.build(root, ())
     return Document(name, data, builder.value_positions, builder.key_positions)
+
+
+def _syntax_error(text: str, name: str, exc: yaml.MarkedYAMLError) -> MlopsError:
+    """The parser's error, in plain words at the slip's own place when :mod:`compiler.yaml_slips` knows it."""
+    marks = [(mark.line, mark.column) if mark is not None else None for mark in (exc.problem_mark, exc.context_mark)]
+    explained = explain(text, exc.problem, exc.context, marks[0], marks[1])
+    if explained is not None:
+        message, line, column = explained
+        return LoadError.one(f"invalid YAML: {message}", Position(name, line, column))
+    mark = exc.problem_mark or exc.context_mark
+    message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+    position = Position(name, mark.line + 1, mark.column + 1) if mark else Position(name, 1, 1)
+    return LoadError.one(f"invalid YAML: {message}", position)
 
 
 class _Builder:

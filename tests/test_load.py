@@ -298,6 +298,66 @@ def test_syntax_error_is_positioned() -> None:
     assert position.line >= 2
 
 
+JARGON = ("while parsing", "while scanning", "did not find expected", "cannot start any token",
+          "mapping values are not allowed", "could not find expected")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column", "words"),
+    [
+        pytest.param("project: p\nmodels:\n  m:\n    train: a:b\n     seed: 1\n", 5, 5,
+                     "'seed' is indented 1 space more than 'train' on line 4, so YAML reads it as part of the value "
+                     "of 'train': indent it 4 spaces, like 'train'", id="an extra space before a key"),
+        pytest.param("project: p\nmodels:\n  m:\n    train: a:b\n   seed: 1\n", 5, 4,
+                     "'seed' is indented 3 spaces, like none of the lines around it: 'train' (4 spaces, line 4) or "
+                     "'m' (2 spaces, line 3)", id="a key between two indentation levels"),
+        pytest.param("project: p\nmodels:\n  m:\n\ttrain: a:b\n", 4, 1,
+                     "a tab in the indentation: YAML indents with spaces only; replace the tab with spaces",
+                     id="a tab"),
+        pytest.param("project: p\nmodels:\n  m:\n    \ttrain: a:b\n", 4, 5,
+                     "a tab in the indentation", id="a tab after spaces"),
+        pytest.param("project: p\nowners: [team:a, team:b\nmodels: {}\n", 2, 9,
+                     "this '[' is never closed: add ']' after the last item of the list", id="an unclosed bracket"),
+        pytest.param("a: 1\nb: [1, 2\nc: 3\n", 2, 4, "this '[' is never closed", id="an unclosed bracket mid-file"),
+        pytest.param("project: p\nowners: [team:a, team:b\n", 2, 9, "this '[' is never closed",
+                     id="an unclosed bracket at the end"),
+        pytest.param("project: p\nresources: {cpus: 1\nseed: 2\n", 2, 12, "this '{' is never closed",
+                     id="an unclosed brace"),
+        pytest.param("sweep: {lr: [0.1, 0.2}\n", 1, 13, "closed with '}' (line 1, column 22): close it with ']'",
+                     id="a bracket closed by a brace"),
+        pytest.param("resources: {cpus: 1 memory: 2Gi}\n", 1, 21, "a ',' is missing before 'memory'",
+                     id="a missing comma"),
+        pytest.param("project: 'churn\nseed: 1\n", 1, 10, "this quoted text is never closed: add the closing '",
+                     id="an unclosed quote"),
+        pytest.param("project:churn\nseed: 1\n", 1, 8, "no space after the ':' of 'project'",
+                     id="no space after a colon"),
+        pytest.param("seed: 1\nproject:churn\nowners: [a]\n", 2, 8, "no space after the ':' of 'project'",
+                     id="no space after a colon, after a key"),
+        pytest.param("description: ratio: 2 to 1\n", 1, 14, "the value of 'description' contains ': '",
+                     id="a colon in a value"),
+        pytest.param("owners:\n  - team:a\n  seed: 1\n", 3, 3,
+                     "'seed' is a key where the list under 'owners' (line 1) expects its next '- ' item",
+                     id="a key among list items"),
+        pytest.param("checks:\n  - {metric: auc}\n   - {metric: f1}\n", 3, 3,
+                     "this '- ' item is indented 1 space more than the item on line 2: indent it 2 spaces",
+                     id="a list item indented further"),
+        pytest.param(" project: p\nseed: 1\n", 1, 1, "the first key is indented 1 space", id="an indented first key"),
+    ],
+)
+def test_yaml_slips_are_said_in_plain_words_where_a_person_would_look(text: str, line: int, column: int,
+                                                                     words: str) -> None:
+    position, message = _only(_error(text))
+    assert (position.line, position.column) == (line, column), message
+    assert message.startswith("invalid YAML: ") and words in message
+    assert not any(jargon in message for jargon in JARGON), message
+
+
+def test_a_syntax_error_it_does_not_recognise_keeps_the_parsers_words_and_place() -> None:
+    position, message = _only(_error("project: p\n- seed\n"))
+    assert message.startswith("invalid YAML: ")
+    assert position.line >= 2
+
+
 # --- scalar typing -----------------------------------------------------------------------
 
 
