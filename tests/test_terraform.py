@@ -37,6 +37,7 @@ from compiler.terraform import (
     PROVIDERS,
     SPLICE_BYTES,
     TERRAFORM_FILE,
+    _helm_values,
     access_log_bucket,
     blueprint,
     k8s_name,
@@ -405,11 +406,10 @@ def test_no_monitors_no_prometheus_rule(tmp_path: Path) -> None:
     assert [m["kind"] for m in release_manifests(document, "monitoring")] == ["PodMonitor", "Service", "ServiceMonitor"]
 
 
-def test_values_that_look_like_terraform_templates_stay_literal(tmp_path: Path) -> None:
-    monitors = {"m": {"deployment": "churn-api", "checks": [{"type": "latency", "p95_ms": 50}]}}
-    plan = blueprint(load_spec(tmp_path, {"monitors": monitors, "storage": None}))
-    monitoring = next(b for b in plan.blocks if b.name == "monitoring")
-    assert "${" not in monitoring.body["values"][0].replace("$${", "")
+def test_helm_values_keep_terraform_template_sequences_literal() -> None:
+    # Terraform reads "${" and "%{" in a JSON string as a template; the values must reach Helm as written
+    text = _helm_values({"manifests": [{"note": "${var.x} %{ if y }"}]})
+    assert text == '{"manifests":[{"note":"$${var.x} %%{ if y }"}]}'
 
 
 # --- the manifests against the CRDs' schemas --------------------------------------------------------
