@@ -1,4 +1,5 @@
-"""``mlops init``: write a small, working starter project (spec, data, pipeline, README, CI workflow)."""
+"""``mlops init``: write a small, working starter project (spec and its JSON Schema, data, pipeline, README, CI
+workflow)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from pathlib import Path
 
 from compiler.errors import MlopsError, Position
 from compiler.repository import find_root
+from compiler.schema_export import render as render_schema
 
 TEMPLATES = Path(__file__).resolve().parent / "starter_files"
 ROWS = 600
 WORKFLOW_TEMPLATE = "github-workflow.yml.tmpl"
 README_TEMPLATE = "README.md.tmpl"
+SCHEMA_FILE = "mlops.schema.json"
+"""The spec's JSON Schema (``mlops schema``), written beside it: its editor modeline names it."""
 WORKFLOW_SPEC_LINE = "  MLOPS_SPEC: mlops.yaml\n"
 
 
@@ -79,6 +83,7 @@ def create_starter(directory: Path, name: str | None = None) -> list[Path]:
     project = _project_name(directory, name)
     files = {
         spec_path: (TEMPLATES / "mlops.yaml.tmpl").read_text().format(project=project, module=module),
+        directory / SCHEMA_FILE: render_schema(SCHEMA_FILE),
         directory / "pipeline.py": (TEMPLATES / "pipeline.py.tmpl").read_text(),
         # only the name is filled in (the README's JSON examples keep their braces)
         directory / "README.md": (TEMPLATES / README_TEMPLATE).read_text().replace("{project}", project),

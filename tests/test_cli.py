@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -39,6 +40,31 @@ def test_init_writes_a_project_that_validates(starter: Path) -> None:
     result = mlops("validate", cwd=starter)
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout
+
+
+MODELINE = re.compile(r"^# yaml-language-server: \$schema=(\S+)$")
+
+
+def test_init_points_the_editor_modeline_at_a_schema_it_writes(starter: Path, tmp_path: Path) -> None:
+    """The modeline names a schema that exists (beside the spec), is ``mlops schema``'s output and validates the
+    spec, as the YAML language server and check-jsonschema read it."""
+    first_line = (starter / "mlops.yaml").read_text().splitlines()[0]
+    match = MODELINE.match(first_line)
+    assert match, first_line
+    target = match[1]
+    assert "://" not in target and target == "./mlops.schema.json"
+    schema = (starter / "mlops.yaml").parent / target  # relative to the spec, as yaml-language-server resolves it
+    assert schema.is_file()
+    assert json.loads(schema.read_text()) == json.loads(mlops("schema").stdout)
+    check = Path(sys.executable).parent / "check-jsonschema"
+    valid = subprocess.run([str(check), "--schemafile", str(schema), str(starter / "mlops.yaml")],
+                           capture_output=True, text=True, timeout=120)
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+    broken = tmp_path / "mlops.yaml"
+    broken.write_text((starter / "mlops.yaml").read_text().replace("owners:", "ownres:", 1))
+    invalid = subprocess.run([str(check), "--schemafile", str(schema), str(broken)],
+                             capture_output=True, text=True, timeout=120)
+    assert invalid.returncode == 1 and "ownres" in invalid.stdout, invalid.stdout + invalid.stderr
 
 
 def test_init_refuses_to_overwrite(starter: Path) -> None:

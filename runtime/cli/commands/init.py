@@ -18,7 +18,7 @@ from runtime.cli.options import global_options
 @global_options
 @pass_app
 def init_command(app: Application, directory: str, name: str | None) -> None:
-    """Write a starter project (spec, data, pipeline code, CI workflow) into DIRECTORY."""
+    """Write a starter project (spec and its JSON Schema, data, pipeline code, CI workflow) into DIRECTORY."""
     try:
         written = create_starter(Path(directory), name)
     except MlopsError as error:
