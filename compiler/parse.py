@@ -23,6 +23,7 @@ from compiler.spec import (
     Spec,
 )
 from compiler.suggest import did_you_mean
+from compiler.values import quoted, yaml_text
 
 PATTERN_HINTS = {
     NAME_PATTERN: "is not a valid name (a lowercase letter, then lowercase letters, digits, _ or -; at most 63)",
@@ -31,6 +32,11 @@ PATTERN_HINTS = {
     CALLABLE_PATTERN: "is not a callable (use module.path:function)",
     PRINCIPAL_PATTERN: "is not a principal (use team:NAME, user:NAME or an e-mail)",
 }
+
+
+BOUNDS = {"less_than_equal": ("le", "at most"), "greater_than_equal": ("ge", "at least"),
+          "greater_than": ("gt", "more than"), "less_than": ("lt", "less than")}
+"""Pydantic's bound errors, worded with the bound: ``replicas: must be at most 1000, not 100000000...``."""
 
 
 def parse(document: Document) -> Spec:
@@ -88,7 +94,7 @@ def _diagnostic(document: Document, error: Any) -> Diagnostic:
         loc = _data_loc(document, raw_loc[:-1])
         name = str(loc[-1]) if loc else ""
         return Diagnostic(
-            f"invalid name {name!r}: names match ^[a-z][a-z0-9_-]{{0,62}}$",
+            f"invalid name {quoted(name)}: names match ^[a-z][a-z0-9_-]{{0,62}}$",
             document.position_of(loc, key=True),
             address_of(loc),
         )
@@ -108,15 +114,25 @@ def _diagnostic(document: Document, error: Any) -> Diagnostic:
     value = error.get("input")
     ctx = error.get("ctx") or {}
     if kind == "string_pattern_mismatch":
-        text = f"{value!r} " + PATTERN_HINTS.get(str(ctx.get("pattern")), f"does not match {ctx.get('pattern')}")
+        text = f"{quoted(value)} " + PATTERN_HINTS.get(str(ctx.get("pattern")), f"does not match {ctx.get('pattern')}")
     elif kind == "literal_error":
-        text = f"{value!r} is not one of {ctx.get('expected')}"
+        text = f"{quoted(value)} is not one of {ctx.get('expected')}"
+    elif kind in BOUNDS:
+        bound, words = BOUNDS[kind]
+        text = f"must be {words} {yaml_text(ctx.get(bound))}, not {yaml_text(value, limit=24)}"
+    elif kind == "float_type" and isinstance(value, int) and not isinstance(value, bool) \
+            and _bound(loc, "le" if value > 0 else "ge") is not None:  # an integer too large for a float
+        limit = _bound(loc, "le" if value > 0 else "ge")
+        text = f"must be {'at most' if value > 0 else 'at least'} {yaml_text(limit)}, not {yaml_text(value, limit=24)}"
     elif kind in ("dict_type", "model_type", "model_attributes_type"):
         text = f"expected a mapping, got {_type_name(value)}"
     elif kind == "list_type":
         text = f"expected a list, got {_type_name(value)}"
     elif kind == "union_tag_invalid":
-        text = f"unknown type {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+        tag = ctx.get("tag")
+        if isinstance(value, dict):
+            tag = value.get(str(ctx.get("discriminator", "")).strip("'"), tag)
+        text = f"unknown type {quoted(tag)}; expected one of {ctx.get('expected_tags')}"
     elif kind == "union_tag_not_found":
         text = "missing key 'type'"
     elif kind == "value_error":
@@ -155,6 +171,31 @@ def _allowed_keys(loc: Loc) -> list[str]:
     if model is None:
         return []
     return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _bound(loc: Loc, which: str) -> Any:
+    """The bound (``le`` or ``ge``) the spec puts on the field at ``loc``, if any."""
+    annotation: Any = Spec
+    found: Any = None
+    for part in loc:
+        found = None
+        for leaf in _unwrap(annotation):
+            origin = typing.get_origin(leaf)
+            if isinstance(leaf, type) and issubclass(leaf, BaseModel) and isinstance(part, str):
+                found = next((info for name, info in leaf.model_fields.items() if part in (name, info.alias)), None)
+                if found is not None:
+                    annotation = found.annotation
+                    break
+            elif origin is dict and isinstance(part, str):
+                annotation = typing.get_args(leaf)[1]
+                break
+            elif origin is list and isinstance(part, int):
+                annotation = typing.get_args(leaf)[0]
+                break
+        else:
+            return None
+    return next((getattr(m, which) for m in getattr(found, "metadata", []) if getattr(m, which, None) is not None),
+                None)
 
 
 def _unwrap(annotation: Any) -> list[Any]:

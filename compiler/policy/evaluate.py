@@ -19,6 +19,7 @@ from compiler.errors import Diagnostic, Position
 from compiler.policy.packs import LoadedPack, all_policies
 from compiler.resolve import Project, loc_of
 from compiler.spec import SECTIONS, Policy
+from compiler.values import quoted, yaml_text
 
 Status = Literal["pass", "fail", "waived"]
 
@@ -90,19 +91,36 @@ class PolicyReport:
         return out
 
 
+class _Unknown(str):
+    """A field the view does not have: shown as written in the message (``{field}``)."""
+
+
 class _Formatter(string.Formatter):
-    """``{address}``-style messages over a view; an unknown field stays as written."""
+    """``{address}``-style messages over a view: ``{refs.inherited.retention_days}`` reaches into mappings,
+    values are written as in YAML (``null``, ``[team:a, team:b]``), and an unknown field stays as written."""
 
     def get_value(self, key: Any, args: Any, kwargs: Any) -> Any:
         if isinstance(key, str):
-            return kwargs.get(key, "{" + key + "}")
+            return kwargs.get(key, _Unknown("{" + key + "}"))
         return super().get_value(key, args, kwargs)
 
     def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
+        if "." in field_name and "[" not in field_name:
+            value: Any = kwargs
+            for part in field_name.split("."):
+                if not isinstance(value, dict) or part not in value:
+                    return _Unknown("{" + field_name + "}"), field_name
+                value = value[part]
+            return value, field_name
         try:
             return super().get_field(field_name, args, kwargs)
         except (KeyError, AttributeError, IndexError, TypeError):
-            return "{" + field_name + "}", field_name
+            return _Unknown("{" + field_name + "}"), field_name
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        if isinstance(value, str) or format_spec:
+            return super().format_field(value, format_spec)
+        return yaml_text(value)
 
 
 _FORMATTER = _Formatter()
@@ -161,7 +179,11 @@ def evaluate(project: Project, packs: list[LoadedPack], today: date | None = Non
 
 
 def _loc(address: str, path: Any) -> tuple[str | int, ...]:
-    return (*loc_of(address), *[p for p in path if p != "refs"])
+    """Where in ``mlops.yaml`` a failing part of a view is: ``refs.widens.access`` is the dataset's ``access``."""
+    parts = list(path)
+    if parts[:2] == ["refs", "widens"]:
+        parts = parts[2:]
+    return (*loc_of(address), *[p for p in parts if p != "refs"])
 
 
 def _explain(schema: dict[str, Any], view: dict[str, Any]) -> Any:
@@ -173,8 +195,61 @@ def _explain(schema: dict[str, Any], view: dict[str, Any]) -> Any:
 
 
 def _describe(error: Any) -> str:
+    """``retention_days: 5000 is more than the maximum of 3650``: the failing field and why, values as YAML."""
     where = ".".join(str(p) for p in error.absolute_path)
-    return f"{where}: {error.message}" if where else error.message
+    text = _reason(error)
+    return f"{where}: {text}" if where else text
+
+
+def _shown(value: Any, error: Any) -> str:
+    """A failing instance, YAML-style; a whole view (a root-level ``anyOf`` or ``not``) is named, not printed."""
+    if not error.absolute_path and isinstance(value, dict) and "address" in value:
+        return f"the view of {value['address']}"
+    return quoted(value, limit=80)
+
+
+def _reason(error: Any) -> str:
+    """jsonschema's reason for one error, with every value written as in YAML instead of as a Python repr."""
+    kind, expected, instance = error.validator, error.validator_value, error.instance
+    value = _shown(instance, error)
+    if error.schema is False:
+        return f"{value} is not allowed here"
+    if kind == "required":
+        missing = next((name for name in expected if f"{name!r} is a required property" == error.message),
+                       next((name for name in expected if name not in instance), ""))
+        return f"'{missing}' is not set"
+    if kind == "type":
+        types = expected if isinstance(expected, list) else [expected]
+        return f"{value} is not of type {' or '.join(str(t) for t in types)}"
+    if kind == "const":
+        return f"{value} is not {quoted(expected)}"
+    if kind == "enum":
+        return f"{value} is not one of {yaml_text(expected)}"
+    if kind == "pattern":
+        return f"{value} does not match the pattern {quoted(expected)}"
+    if kind in ("minItems", "minLength", "minProperties"):
+        unit = {"minItems": "item", "minLength": "character", "minProperties": "key"}[kind]
+        return f"{value} is empty" if expected == 1 else f"{value} has fewer than {expected} {unit}s"
+    if kind in ("maxItems", "maxLength", "maxProperties"):
+        unit = {"maxItems": "item", "maxLength": "character", "maxProperties": "key"}[kind]
+        return f"{value} has more than {expected} {unit}{'s' if expected != 1 else ''}"
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        bound = {"minimum": "less than the minimum of", "maximum": "more than the maximum of",
+                 "exclusiveMinimum": "not more than", "exclusiveMaximum": "not less than"}[kind]
+        return f"{value} is {bound} {yaml_text(expected)}"
+    if kind == "contains":
+        return f"no item of {value} matches" if instance else f"{value} has no items"
+    if kind == "not":
+        return f"{value} is not allowed here"
+    if kind in ("anyOf", "oneOf"):
+        return f"{value} matches none of the allowed forms"
+    if kind == "additionalProperties" and isinstance(instance, dict):
+        known = set((error.schema or {}).get("properties", {}))
+        extra = [key for key in instance if key not in known]
+        return f"unexpected keys {yaml_text(extra)}" if extra else f"{value} has keys it may not have"
+    message = str(error.message)
+    raw = repr(instance)
+    return message.replace(raw, value) if raw in message else message
 
 
 def _active_waivers(project: Project, packs: list[LoadedPack], today: date,
