@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
+
 from compiler.errors import Diagnostic, Position, ResolveError
 from compiler.load import Document, Loc
 from compiler.repository import find_root, inside, module_file, top_level_names
@@ -246,15 +249,120 @@ def _upstream_datasets(spec: Spec) -> dict[str, list[str]]:
     return memo
 
 
+GOVERNANCE = ("pii", "legal_basis", "region", "retention_days", "access")
+"""The dataset fields that follow the data: a derived dataset inherits them unless it declares its own."""
+
+
+def present(value: Any) -> Any:
+    """A spec model as its view sees it: fields by their YAML names, defaults applied, unset fields absent.
+
+    A field that is ``None`` (not set, or written as ``null``) is left out, at every level of the spec's own
+    models; values inside ``params`` and other free-form mappings are the user's and are kept as written.
+    """
+    if isinstance(value, BaseModel):
+        out: dict[str, Any] = {}
+        for name, info in type(value).model_fields.items():
+            item = getattr(value, name)
+            if item is not None:
+                out[info.alias or name] = present(item)
+        return out
+    if isinstance(value, dict):
+        return {key: present(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [present(item) for item in value]
+    return to_jsonable_python(value)
+
+
+@dataclass(frozen=True)
+class Governance:
+    """A dataset's governance fields as its view carries them (``values``), what its upstream datasets pass down
+    (``inherited``), which of the fields it sets itself (``declared``) and where it goes beyond what it inherits
+    (``widens``: a longer ``retention_days``, ``access`` principals not allowed on every upstream)."""
+
+    values: dict[str, Any]
+    inherited: dict[str, Any]
+    declared: list[str]
+    widens: dict[str, Any]
+
+    @property
+    def personal(self) -> bool:
+        return bool(self.values.get("pii"))
+
+
+def governance(spec: Spec) -> dict[str, Governance]:
+    """SPEC §2 "governance follows the data", per dataset name.
+
+    A derived dataset inherits from the datasets of its ``from`` (as they are after their own inheritance):
+    ``pii`` (personal when any upstream is), ``legal_basis`` and ``region`` (when every personal upstream
+    has the same one), ``retention_days`` (the shortest upstream one) and ``access`` (the principals allowed
+    on every upstream that restricts access; an upstream with no ``access`` list restricts nothing). Its own
+    declaration wins; ``access: []`` declares nothing.
+    """
+    out: dict[str, Governance] = {}
+
+    def of(name: str) -> Governance:
+        if name in out:
+            return out[name]
+        dataset = spec.datasets[name]
+        declared = [f for f in GOVERNANCE if f in dataset.model_fields_set and getattr(dataset, f) is not None
+                    and not (f == "access" and not dataset.access)]
+        own: dict[str, Any] = {f: present(getattr(dataset, f)) for f in declared}
+        parents = [of(parent) for parent in dataset.from_ or [] if parent in spec.datasets]
+        inherited: dict[str, Any] = {}
+        if parents:
+            personal = [p for p in parents if p.personal]
+            inherited["pii"] = bool(personal)
+            for key in ("legal_basis", "region"):
+                agreed = {p.values.get(key) for p in personal}
+                if len(agreed) == 1 and None not in agreed:
+                    inherited[key] = agreed.pop()
+            retention = [p.values["retention_days"] for p in parents if "retention_days" in p.values]
+            if retention:
+                inherited["retention_days"] = min(retention)
+            restricting = [p.values["access"] for p in parents if p.values.get("access")]
+            if restricting:
+                inherited["access"] = [a for a in restricting[0] if all(a in r for r in restricting[1:])]
+        values = {"pii": False, "access": [], **inherited, **own}
+        widens: dict[str, Any] = {}
+        if "retention_days" in own and "retention_days" in inherited \
+                and own["retention_days"] > inherited["retention_days"]:
+            widens["retention_days"] = own["retention_days"]
+        if "access" in own and "access" in inherited:
+            wider = [a for a in own["access"] if a not in inherited["access"]]
+            if wider:
+                widens["access"] = wider
+        out[name] = Governance(values, inherited, declared, widens)
+        return out[name]
+
+    for name in spec.datasets:
+        of(name)
+    return out
+
+
 def build_views(project: Project) -> dict[str, dict[str, Any]]:
-    """The policy views of SPEC §2, keyed by address (plus ``project``, ``cluster``, ``storage``)."""
+    """The policy views of SPEC §2, keyed by address (plus ``project``, ``cluster``, ``storage``).
+
+    A view is the resource with the spec's defaults applied and no unset field (never ``null``), plus
+    ``name``, ``address`` and ``refs``. Defaults the spec computes are filled in (a dataset's ``format`` from
+    its suffix, a realtime deployment's ``route``); a dataset's governance fields are what it declares, else
+    what it inherits (see :func:`governance`).
+    """
     spec = project.spec
     upstream = project.upstream
     dumped = {
-        section: {name: resource.model_dump(mode="json", by_alias=True)
-                  for name, resource in getattr(spec, section).items()}
+        section: {name: present(resource) for name, resource in getattr(spec, section).items()}
         for section in SECTIONS
     }
+    governed = governance(spec)
+    for name, dataset in spec.datasets.items():
+        body = dumped["datasets"][name]
+        body.update(governed[name].values)
+        chosen = dataset.resolved_format()
+        if chosen is not None:
+            body["format"] = chosen
+    for name, deployment in spec.deployments.items():
+        if deployment.mode == "realtime":
+            dumped["deployments"][name]["route"] = deployment.route or f"/{name}"
     consumers: dict[str, list[str]] = {name: [] for name in spec.datasets}
     for name, dataset in spec.datasets.items():
         for parent in dataset.from_ or []:
@@ -276,7 +384,9 @@ def build_views(project: Project) -> dict[str, dict[str, Any]]:
         monitors_of_deployment[monitor.deployment].append(f"monitors.{name}")
 
     def pii_of(dataset_name: str) -> bool:
-        return spec.datasets[dataset_name].has_pii or any(spec.datasets[u].has_pii for u in upstream[dataset_name])
+        """Holds personal data, or derives from data that does (a claim of anonymisation does not end it)."""
+        found = governed[dataset_name]
+        return found.personal or bool(found.inherited.get("pii"))
 
     views: dict[str, dict[str, Any]] = {}
 
@@ -289,9 +399,11 @@ def build_views(project: Project) -> dict[str, dict[str, Any]]:
         return out
 
     for name in spec.datasets:
+        found = governed[name]
         view("datasets", name, {"consumers": consumers[name],
                                 "upstream": [f"datasets.{u}" for u in upstream[name]],
-                                "pii": pii_of(name)})
+                                "pii": pii_of(name), "inherited": found.inherited, "declared": found.declared,
+                                "widens": found.widens})
     for name, model in spec.models.items():
         model_datasets: dict[str, None] = {}
         for dataset_name in model.data.values():
@@ -299,7 +411,7 @@ def build_views(project: Project) -> dict[str, dict[str, Any]]:
             for u in upstream[dataset_name]:
                 model_datasets[u] = None
         view("models", name, {"datasets": [f"datasets.{d}" for d in model_datasets],
-                              "pii": any(spec.datasets[d].has_pii for d in model_datasets),
+                              "pii": any(governed[d].personal for d in model_datasets),
                               "gates": gates_of_model[name], "deployments": deployments_of_model[name]})
     for name in spec.gates:
         view("gates", name, {"deployments": deployments_of_gate[name]})
@@ -310,11 +422,11 @@ def build_views(project: Project) -> dict[str, dict[str, Any]]:
     for name, monitor in spec.monitors.items():
         view("monitors", name, {"deployment": views[f"deployments.{monitor.deployment}"]})
     for section in ("cluster", "storage"):
-        body = getattr(spec, section).model_dump(mode="json", by_alias=True)
+        body = present(getattr(spec, section))
         body.update(name=section, refs={})
-        body.setdefault("address", section)  # the cluster's own `address` (its Ray address) wins
+        body.setdefault("address", section)  # the cluster's own `address` (its Ray address), when set, wins
         views[section] = body
-    top = spec.model_dump(mode="json", by_alias=True, include={"apiVersion", "project", "owners", "compliance"})
+    top = {key: present(getattr(spec, key)) for key in ("apiVersion", "project", "owners", "compliance")}
     top.update(name=spec.project, address="project",
                refs={"counts": {section: len(getattr(spec, section)) for section in SECTIONS}})
     views["project"] = top

@@ -239,13 +239,28 @@ BASELINE_CASES = [
            absent=[{"gates.churn-quality.checks": THRESHOLD_ONLY, "deployments": DROP, "monitors": DROP}]),
     *cases("BASE-012", MODEL, fails=[{"models.churn.evaluate": DROP}],
            absent=[{"models.churn.evaluate": DROP, "gates": DROP, "deployments.churn-api.gates": []}]),
+    # derived data may be kept no longer, and read by no more principals, than the data it is made from
+    *cases("BASE-013", FEATURES,
+           passes=[{}, {"datasets.features.retention_days": 365}, {"datasets.features.retention_days": DROP}],
+           fails=[{"datasets.features.retention_days": 366}],
+           absent=[{"datasets.transactions.retention_days": DROP}]),
+    *cases("BASE-013", TX, passes=[], fails=[], absent=[{}]),
+    *cases("BASE-014", FEATURES,
+           passes=[{}, {"datasets.features.access": ["team:fraud", "team:ml-platform"]},
+                   {"datasets.features.access": DROP}, {"datasets.features.access": []}],
+           fails=[{"datasets.features.access": ["team:ml-platform", "team:crm"]}],
+           absent=[{"datasets.transactions.access": []}]),
+    *cases("BASE-014", TX, passes=[], fails=[], absent=[{}]),
 ]
 
 GDPR_CASES = [
     *cases("GDPR-001", TX, fails=[{"datasets.transactions.legal_basis": DROP}], absent=[NO_PII]),
-    # obligations follow the data: a derived dataset that claims no PII still inherits them
+    # obligations follow the data: a derived dataset that claims no PII still inherits them, and it
+    # inherits the legal basis of its personal upstream data unless it declares one (SPEC §2)
     *cases("GDPR-001", FEATURES,
-           fails=[{"datasets.features.legal_basis": DROP, "datasets.features.pii": False}]),
+           passes=[{}, {"datasets.features.legal_basis": DROP}],
+           fails=[{"datasets.features.legal_basis": DROP, "datasets.features.pii": False,
+                   "datasets.transactions.legal_basis": DROP}]),
     *cases("GDPR-002", TX, fails=[{"datasets.transactions.description": DROP}], absent=[NO_PII]),
     *cases("GDPR-003", TX, fails=[{"datasets.transactions.access": []}], absent=[NO_PII]),
     *cases("GDPR-004", TX, fails=[{"datasets.transactions.retention_days": DROP}], absent=[NO_PII]),
@@ -259,10 +274,14 @@ GDPR_CASES = [
                   {"datasets.transactions.region": "asia-southeast1"},
                   {"datasets.transactions.region": "eu-west-1-us"}],
            absent=[NO_PII, {"datasets.transactions.region": DROP}]),
-    *cases("GDPR-008", FEATURES, fails=[{"datasets.features.pii": False}, {"datasets.features.pii": []}],
+    *cases("GDPR-008", FEATURES, passes=[{}, {"datasets.features.pii": DROP}],
+           fails=[{"datasets.features.pii": False}, {"datasets.features.pii": []}],
            absent=[NO_PII]),
     *cases("GDPR-008", TX, passes=[], fails=[], absent=[{}]),
     *cases("GDPR-009", TX, fails=[{"datasets.transactions.pii": True}], absent=[NO_PII]),
+    # an inherited `pii: true` is no declaration of the derived dataset's own
+    *cases("GDPR-009", FEATURES, passes=[{}], fails=[{"datasets.features.pii": True}],
+           absent=[{"datasets.transactions.pii": True, "datasets.features.pii": DROP}]),
     *cases("GDPR-010", MODEL, fails=[{"models.churn.intended_use": DROP}], absent=[NO_PII]),
     *cases("GDPR-011", TX,
            passes=[{"datasets.transactions.schema": HEALTH_SCHEMA,

@@ -57,8 +57,11 @@ SPEC: dict[str, Any] = {
         "customers": {"path": "data/customers.csv", "schema": {"email": "string", "amount": "float"},
                       "pii": ["email"], "legal_basis": "contract", "access": ["team:risk"], "region": "eu-west-1",
                       "description": "Customer accounts, one row per customer"},
-        # derived from personal data with no legal basis: GDPR-001 fails here
-        "features": {"from": ["customers"], "transform": "pipeline:build_features"},
+        "tickets": {"path": "data/tickets.csv", "schema": {"email": "string", "amount": "float"},
+                    "pii": ["email"], "legal_basis": "legitimate_interests", "retention_days": 365,
+                    "access": ["team:risk"], "region": "eu-west-1", "description": "Support tickets"},
+        # derived from personal data whose legal bases differ, so it inherits none: GDPR-001 fails here
+        "features": {"from": ["customers", "tickets"], "transform": "pipeline:build_features"},
     },
     "models": {"churn": {"train": "pipeline:train", "data": {"train": "features"}, "params": {"lr": 0.01},
                          "description": DESCRIPTION, "intended_use": INTENDED_USE, "limitations": LIMITATIONS}},
@@ -76,6 +79,7 @@ SPEC: dict[str, Any] = {
     ],
 }
 DATA = "email,amount\n" + "".join(f"u{i}@example.com,{i * 1.5}\n" for i in range(20))
+FILES = {"data/customers.csv": DATA, "data/tickets.csv": DATA}
 
 
 @dataclass
@@ -139,7 +143,7 @@ def record_state(spec: Path) -> None:
 @pytest.fixture(scope="module")
 def written(tmp_path_factory: pytest.TempPathFactory) -> Written:
     root = tmp_path_factory.mktemp("report")
-    spec = write_project(root / "project", SPEC, files={"data/customers.csv": DATA})
+    spec = write_project(root / "project", SPEC, files=FILES)
     record_state(spec)
     out = root / "out" / "report"
     code = run_cli(["-f", str(spec), "--no-color", "report", "--out", str(out)])
@@ -230,7 +234,7 @@ def test_report_renders_in_headless_chromium(written: Written, tmp_path: Path) -
 
 
 def test_report_without_state_creates_no_state(tmp_path: Path) -> None:
-    spec = write_project(tmp_path / "project", SPEC, files={"data/customers.csv": DATA})
+    spec = write_project(tmp_path / "project", SPEC, files=FILES)
     out = tmp_path / "out"
     assert run_cli(["-f", str(spec), "report", "--out", str(out)]) == 0
     page = (out / "index.html").read_text(encoding="utf-8")
@@ -241,7 +245,7 @@ def test_report_without_state_creates_no_state(tmp_path: Path) -> None:
 
 def test_invalid_spec_is_one_line_error_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     broken = {**SPEC, "models": {"churn": {**SPEC["models"]["churn"], "data": {"train": "featurs"}}}}
-    spec = write_project(tmp_path / "project", broken, files={"data/customers.csv": DATA})
+    spec = write_project(tmp_path / "project", broken, files=FILES)
     out = tmp_path / "out"
     assert run_cli(["-f", str(spec), "--no-color", "report", "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip()
@@ -250,14 +254,14 @@ def test_invalid_spec_is_one_line_error_and_writes_nothing(tmp_path: Path, capsy
 
 
 def test_out_is_required(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = write_project(tmp_path / "project", SPEC, files={"data/customers.csv": DATA})
+    spec = write_project(tmp_path / "project", SPEC, files=FILES)
     assert run_cli(["-f", str(spec), "report"]) == 1
     assert "--out" in capsys.readouterr().err
 
 
 def _report_of(root: Path, record: Any) -> str:
     """The report of the SPEC project after ``record(project, store)`` wrote its state."""
-    spec = write_project(root / "project", SPEC, files={"data/customers.csv": DATA})
+    spec = write_project(root / "project", SPEC, files=FILES)
     project = load_project(spec)
     with StateStore.open(Workspace.of(project).state_path) as store:
         for version in (1, 2, 3):

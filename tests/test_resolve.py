@@ -541,8 +541,9 @@ def test_project_view_counts_each_section(project: Project) -> None:
 
 def test_cluster_and_storage_views(project: Project) -> None:
     assert project.views["cluster"]["provider"] == "local"
-    # the cluster's own `address` field (its Ray address, null = start one) keeps its meaning in the view
-    assert project.views["cluster"]["address"] is None
+    # the cluster's own `address` field (its Ray address) keeps its meaning in the view when it is set;
+    # unset (start one) it is absent like every unset field, and `address` is the resource's, as in every view
+    assert project.views["cluster"]["address"] == "cluster"
     assert project.views["cluster"]["name"] == "cluster"
     assert project.views["storage"]["address"] == "storage"
     assert project.views["storage"]["artifacts"] == ".mlops/artifacts"
