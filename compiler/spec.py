@@ -10,7 +10,7 @@ import re
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 DURATION_PATTERN = r"^[0-9]+(s|m|h|d)$"
@@ -18,16 +18,64 @@ MEMORY_PATTERN = r"^[0-9]+(Ki|Mi|Gi|Ti)$"
 CALLABLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 PRINCIPAL_PATTERN = r"^((team|user):[A-Za-z0-9._-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$"
 
+# Upper bounds on what a cluster, a store or a scheduler can take: a spec that asks for more is an error
+# at validate time (one line, naming the bound), never an overflow or a request nothing can satisfy.
+MAX_CPUS = 1024
+"""CPUs of one node, task or replica (the largest machines have a few hundred)."""
+MAX_GPUS = 16
+"""GPUs of one node, task or replica (8 on the largest common nodes)."""
+MAX_MEMORY = "64Ti"
+"""Memory of one node, task or replica."""
+MAX_NODES = 1000
+"""Nodes of one KubeRay worker group (``min`` / ``max``)."""
+MAX_WORKERS = 1024
+"""Ray Train workers of one training run."""
+MAX_REPLICAS = 1000
+"""Ray Serve replicas of one deployment."""
+MAX_RETRIES = 10
+"""Retries of a failed run (each one waits longer)."""
+MAX_DURATION = "365d"
+"""A timeout or a monitor schedule."""
+MAX_RETENTION_DAYS = 36500
+"""100 years; object stores count lifecycle expiry in days."""
+MAX_SEED = 2**32 - 1
+"""numpy's seeds are 32-bit."""
+MAX_VERSION = 2**31 - 1
+"""Model versions are numbered from 1 and stored as integers."""
+MAX_APPROVALS = 100
+MAX_WINDOW = 10_000_000
+"""Labelled predictions an accuracy check reads at once."""
+MAX_LATENCY_MS = 3_600_000
+MAX_METRIC = 1e12
+"""Metric thresholds and tolerances are finite numbers within +-1e12."""
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_MEMORY_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+
+
+def _bounded_duration(text: str) -> str:
+    if len(text) > 16 or duration_seconds(text) > duration_seconds(MAX_DURATION):
+        raise ValueError(f"{_short(text)} is longer than the maximum of {MAX_DURATION}")
+    return text
+
+
+def _bounded_memory(text: str) -> str:
+    if len(text) > 20 or memory_bytes(text) > memory_bytes(MAX_MEMORY):
+        raise ValueError(f"{_short(text)} is more than the maximum of {MAX_MEMORY}")
+    return text
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 24 else f"{text[:12]}...{text[-4:]} ({len(text)} characters)"
+
+
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)]
-Memory = Annotated[str, StringConstraints(pattern=MEMORY_PATTERN)]
+Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN), AfterValidator(_bounded_duration)]
+Memory = Annotated[str, StringConstraints(pattern=MEMORY_PATTERN), AfterValidator(_bounded_memory)]
 CallableRef = Annotated[str, StringConstraints(pattern=CALLABLE_PATTERN)]
 Principal = Annotated[str, StringConstraints(pattern=PRINCIPAL_PATTERN)]
 Scalar = str | int | float | bool | None
 ParamValue = Scalar | list[Any] | dict[str, Any]
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_MEMORY_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
 
 
 def duration_seconds(text: str) -> int:
@@ -61,17 +109,17 @@ class Compliance(Strict):
 
 
 class NodeShape(Strict):
-    cpus: float = Field(2, ge=0)
+    cpus: float = Field(2, ge=0, le=MAX_CPUS)
     memory: Memory = "8Gi"
 
 
 class WorkerGroup(Strict):
-    gpus: int = Field(0, ge=0)
+    gpus: int = Field(0, ge=0, le=MAX_GPUS)
     gpu_type: str | None = Field(None, description="Node selector / accelerator type, e.g. nvidia-h100.")
-    cpus: float = Field(4, ge=0)
+    cpus: float = Field(4, ge=0, le=MAX_CPUS)
     memory: Memory = "16Gi"
-    min: int = Field(0, ge=0)
-    max: int = Field(1, ge=0)
+    min: int = Field(0, ge=0, le=MAX_NODES)
+    max: int = Field(1, ge=0, le=MAX_NODES)
 
     @model_validator(mode="after")
     def _min_le_max(self) -> WorkerGroup:
@@ -99,10 +147,10 @@ class Storage(Strict):
 
 
 class Resources(Strict):
-    cpus: float = Field(1, ge=0)
-    gpus: float = Field(0, ge=0)
+    cpus: float = Field(1, ge=0, le=MAX_CPUS)
+    gpus: float = Field(0, ge=0, le=MAX_GPUS)
     memory: Memory | None = None
-    workers: int = Field(1, ge=1, description="More than 1: distributed training through Ray Train.")
+    workers: int = Field(1, ge=1, le=MAX_WORKERS, description="More than 1: distributed training through Ray Train.")
 
 
 ColumnType = Literal["int", "float", "string", "bool", "category", "datetime"]
@@ -123,7 +171,7 @@ class Dataset(Strict):
     schema_: dict[str, ColumnType] | None = Field(None, alias="schema")
     pii: bool | list[str] = False
     legal_basis: LegalBasis | None = None
-    retention_days: int | None = Field(None, ge=1)
+    retention_days: int | None = Field(None, ge=1, le=MAX_RETENTION_DAYS)
     region: str | None = None
     access: list[Principal] = Field(default_factory=list)
     description: str | None = None
@@ -172,8 +220,8 @@ class Model(Strict):
     sweep: dict[str, list[Any]] | None = None
     objective: Objective | None = None
     resources: Resources = Field(default_factory=Resources)
-    seed: int = 0
-    retries: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    retries: int = Field(0, ge=0, le=MAX_RETRIES)
     timeout: Duration = "1h"
     description: str | None = None
     intended_use: str | None = None
@@ -206,8 +254,8 @@ class GateCheck(Strict):
 
     metric: str
     op: Literal[">=", ">", "<=", "<", "=="] | None = None
-    value: float | None = None
-    no_regression: float | None = Field(None, ge=0)
+    value: float | None = Field(None, ge=-MAX_METRIC, le=MAX_METRIC, allow_inf_nan=False)
+    no_regression: float | None = Field(None, ge=0, le=MAX_METRIC, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one_kind(self) -> GateCheck:
@@ -222,7 +270,7 @@ class GateCheck(Strict):
 
 
 class Approvals(Strict):
-    required: int = Field(1, ge=0)
+    required: int = Field(1, ge=0, le=MAX_APPROVALS)
     from_: list[Principal] = Field(default_factory=list, alias="from")
 
 
@@ -236,11 +284,11 @@ class Deployment(Strict):
     model: Name
     gates: list[Name] = Field(default_factory=list)
     mode: Literal["realtime", "batch"] = "realtime"
-    replicas: int = Field(1, ge=0)
+    replicas: int = Field(1, ge=0, le=MAX_REPLICAS)
     resources: Resources = Field(default_factory=Resources)
     route: str | None = Field(None, pattern=r"^/[A-Za-z0-9/_-]*$")
     input: Name | None = None
-    version: int | None = Field(None, ge=1)
+    version: int | None = Field(None, ge=1, le=MAX_VERSION)
 
     @model_validator(mode="after")
     def _batch_input(self) -> Deployment:
@@ -257,26 +305,26 @@ DriftMethod = Literal["psi", "ks", "js", "wasserstein", "chi2"]
 class DataDriftCheck(Strict):
     type: Literal["data_drift"]
     method: DriftMethod = "psi"
-    threshold: float | None = Field(None, ge=0)
+    threshold: float | None = Field(None, ge=0, le=MAX_METRIC, allow_inf_nan=False)
     columns: list[str] | None = None
 
 
 class PredictionDriftCheck(Strict):
     type: Literal["prediction_drift"]
     method: DriftMethod = "ks"
-    threshold: float | None = Field(None, ge=0)
+    threshold: float | None = Field(None, ge=0, le=MAX_METRIC, allow_inf_nan=False)
 
 
 class AccuracyCheck(Strict):
     type: Literal["accuracy"]
     metric: str
-    min: float
-    window: int = Field(1000, ge=1)
+    min: float = Field(ge=-MAX_METRIC, le=MAX_METRIC, allow_inf_nan=False)
+    window: int = Field(1000, ge=1, le=MAX_WINDOW)
 
 
 class LatencyCheck(Strict):
     type: Literal["latency"]
-    p95_ms: float = Field(gt=0)
+    p95_ms: float = Field(gt=0, le=MAX_LATENCY_MS)
 
 
 MonitorCheck = Annotated[
