@@ -53,6 +53,9 @@ def governed() -> dict[str, Any]:
         "features": {"from": ["customers", "tickets", "weather"], "transform": "pipeline:build_features"},
         "scores": {"from": ["features"], "transform": "pipeline:build_features"},
     }
+    spec["datasets"]["customers"]["description"] = "One row per customer"
+    spec["datasets"]["tickets"]["description"] = "One row per support ticket"
+    spec["models"]["churn"]["intended_use"] = "Ranking customers for retention offers"
     return spec
 
 
@@ -276,12 +279,16 @@ def test_derived_personal_data_that_declares_nothing_passes_gdpr(tmp_path: Path,
     spec = gdpr(governed())
     report = check_policies(load_project(make_project(tmp_path, spec, FILES)))
     failing = [(r.policy.id, r.address, r.message) for r in report.failures if r.address == "datasets.features"]
-    # only the description cannot be inherited (a warning); no GDPR-008 claiming a `pii: false` it never wrote
+    # only the description cannot be inherited; no GDPR-008 claiming a `pii: false` it never wrote
     assert failing == [("GDPR-002", "datasets.features", "datasets.features holds personal data but has no "
                                                          "description")]
     assert [r.status for r in results(report, "GDPR-008", "datasets.features")] == ["pass"]
     assert results(report, "GDPR-009", "datasets.features") == []  # its inherited `pii: true` is no declaration
-    assert report.ok
+    assert not report.ok
+    for name in ("features", "scores"):
+        spec["datasets"][name]["description"] = f"{name} per customer"
+    described = check_policies(load_project(make_project(tmp_path, spec, FILES)))
+    assert [r for r in described.failures if r.policy.id.startswith("GDPR")] == [] and described.ok
 
 
 @pytest.mark.parametrize(("declared", "shown"), [(False, "false"), ([], "[]")])
@@ -289,6 +296,7 @@ def test_declaring_derived_personal_data_anonymous_needs_a_waiver(
         tmp_path: Path, make_project: MakeProject, declared: Any, shown: str) -> None:
     spec = gdpr(governed())
     spec["datasets"]["features"]["pii"] = declared
+    spec["datasets"]["features"]["description"] = "Spend per customer, anonymised"  # the record of processing
     report = check_policies(load_project(make_project(tmp_path, spec, FILES)))
     [claim] = results(report, "GDPR-008", "datasets.features")
     assert claim.status == "fail" and claim.blocking
