@@ -390,9 +390,15 @@ class Policy(Strict):
     remediation: str
 
 
+class WaiverRules(Strict):
+    max_days: int = Field(ge=0, le=36500, description="A waiver in a project using this pack may expire at most "
+                                                      "this many days after today (the UTC date).")
+
+
 class PolicyPack(Strict):
     apiVersion: Literal["mlops/v1"]
     kind: Literal["PolicyPack"]
     name: Name
     description: str = ""
+    waivers: WaiverRules | None = Field(None, description="Rules for every waiver of a project that uses this pack.")
     policies: list[Policy]

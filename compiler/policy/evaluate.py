@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import string
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -145,13 +145,18 @@ def _validator(schema: dict[str, Any]) -> Any:
     return _compiled(json.dumps(schema, sort_keys=True))
 
 
+def utc_today() -> date:
+    """Today's date in UTC: when a waiver expires does not depend on the machine's time zone."""
+    return datetime.now(UTC).date()
+
+
 def evaluate(project: Project, packs: list[LoadedPack], today: date | None = None) -> PolicyReport:
     """Check every policy of ``packs`` against the project's views and apply its waivers.
 
     Matching is decided by jsonschema-rs (compiled once per schema, about 1 µs per view); a failure is
     then explained by python-jsonschema's ``best_match``, which names the offending field.
     """
-    today = today or date.today()
+    today = today or utc_today()
     report = PolicyReport(packs=[loaded.pack.name for loaded in packs])
     waivers = _active_waivers(project, packs, today, report)
     targets = _views_by_target(project)
@@ -274,6 +279,21 @@ def _active_waivers(project: Project, packs: list[LoadedPack], today: date,
                 f"waiver of {waiver.policy} for {waiver.resource} expired on {waiver.expires.isoformat()}",
                 project.document.position_of(("waivers", index, "expires")), where, "warning"))
             continue
+        cap = _waiver_cap(packs)
+        if cap is not None and waiver.expires > today + timedelta(days=cap[0]):
+            latest = (today + timedelta(days=cap[0])).isoformat()
+            report.waiver_problems.append(Diagnostic(
+                f"waiver of {waiver.policy} for {waiver.resource} expires on {waiver.expires.isoformat()}, more "
+                f"than {cap[0]} days ahead: pack {cap[1]} caps waivers at {cap[0]} days (at most {latest}, "
+                f"today being {today.isoformat()} UTC)",
+                project.document.position_of(("waivers", index, "expires")), where))
+            continue
         active[(waiver.policy, waiver.resource)] = f"{waiver.reason} (approved by {waiver.approved_by}, " \
                                                    f"expires {waiver.expires.isoformat()})"
     return active
+
+
+def _waiver_cap(packs: list[LoadedPack]) -> tuple[int, str] | None:
+    """The tightest ``waivers.max_days`` of the packs in use, with the pack that sets it."""
+    caps = [(loaded.pack.waivers.max_days, loaded.pack.name) for loaded in packs if loaded.pack.waivers is not None]
+    return min(caps) if caps else None

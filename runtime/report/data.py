@@ -13,6 +13,7 @@ from datetime import date
 from typing import Any, Literal
 
 from compiler import PolicyReport
+from compiler.policy.evaluate import utc_today
 from compiler.resolve import Project
 from compiler.spec import Dataset
 from runtime.gates import is_approvals_check, recorded_approval_rule
@@ -231,7 +232,7 @@ def gather(project: Project, report: PolicyReport, store: StateStore | None, tod
         project=spec.project, spec_file=project.spec_path.name, generated_at=time.time(),
         risk=spec.compliance.risk, frameworks=list(spec.compliance.frameworks), packs=list(report.packs),
         owners=list(spec.owners), state_recorded=store is not None, policies=rows, counts=report.counts(),
-        waivers=_waivers(project, report, today or date.today()),
+        waivers=_waivers(project, report, today or utc_today()),
         models=[_model_card(project, store, name) for name in spec.models],
         monitors=[_monitor(project, store, name) for name in spec.monitors],
         deployments=_deployments(project, store))
