@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.containment import contained
 from runtime.context import RunContext, TrainResult
 
 _HOST = socket.gethostname()
@@ -152,6 +153,10 @@ def _run_task(spec: TaskSpec, upstream: tuple[dict[str, Any], ...]) -> dict[str,
     return execute(spec)
 
 
+class ContainmentError(Exception):
+    """The user's code changed something outside ``ctx.output_dir`` that mlops can see."""
+
+
 def _report_start(key: str) -> None:
     """Tell the driver this task runs, once it has run for :data:`REPORT_AFTER_S` (a task that ends sooner
     reports by ending). A thread of the worker process writes the report, off the task's path."""
@@ -210,8 +215,17 @@ def execute(spec: TaskSpec, rank: int = 0, world_size: int = 1, device: str | No
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 ctx.seed_everything()
-                function = _import(spec.target, spec.code_hash, spec.repo_root)
-                returned = function(ctx)
+                with contained(spec.repo_root) as watch:
+                    function = _import(spec.target, spec.code_hash, spec.repo_root)
+                    returned = function(ctx)
+                if watch.killed:
+                    log.write(f"mlops: killed {len(watch.killed)} process(es) the task left running: "
+                              f"{', '.join(map(str, watch.killed))}\n")
+                if watch.repository_writes:
+                    shown = ", ".join(watch.repository_writes[:5]) + (" ..." if len(watch.repository_writes) > 5
+                                                                       else "")
+                    raise ContainmentError(f"wrote into the repository: {shown} (a task writes only into "
+                                           "ctx.output_dir)")
                 if rank == 0:
                     result.update(_store_outputs(spec, ctx, returned, store))
             result["status"] = "succeeded"

@@ -1,0 +1,125 @@
+"""What a task's user code may leave behind: nothing running, nothing written into the repository.
+
+Runs inside a Ray worker around the user's callable (:func:`contained`):
+
+- **processes**: the worker becomes a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``), so a daemon the
+  user's code forks, even one that double-forks and calls ``setsid``, stays a descendant of the worker;
+  when the task ends every process it started is killed and reaped;
+- **the repository**: when the spec's repository is a git work tree, its status before and after the call
+  is compared; a file the task created or changed there (other than ``__pycache__`` and ``.mlops``) is a
+  violation that fails the node (a task writes only into ``ctx.output_dir``);
+- **temporary files**: ``TMPDIR`` (and :mod:`tempfile`'s default) points into a private folder for the
+  call, removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PR_SET_CHILD_SUBREAPER = 36
+IGNORED_PARTS = ("__pycache__", ".mlops")
+_SUBREAPER = False
+
+
+@dataclass
+class Watch:
+    """What :func:`contained` found when the call ended."""
+
+    repository_writes: list[str] = field(default_factory=list)
+    """Repository-relative paths the call created or changed."""
+    killed: list[int] = field(default_factory=list)
+    """Processes the call started that were still running when it ended."""
+
+
+def _become_subreaper() -> None:
+    global _SUBREAPER
+    if _SUBREAPER or not os.path.isdir("/proc"):
+        return
+    with contextlib.suppress(Exception):  # not Linux, or not allowed: orphans go to init as before
+        libc = ctypes.CDLL(None, use_errno=True)
+        _SUBREAPER = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def _descendants(root: int) -> set[int]:
+    """Live processes below ``root`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _status(repo_root: str) -> dict[str, int] | None:
+    """Path -> git status flags of the work tree's changed and untracked (not ignored) files."""
+    try:
+        import pygit2
+
+        repo = pygit2.Repository(repo_root)
+        if repo.workdir is None:
+            return None
+        return {path: int(flags) for path, flags in repo.status(untracked_files="all").items()
+                if not any(part in IGNORED_PARTS for part in path.split("/"))
+                and flags != pygit2.enums.FileStatus.IGNORED}
+    except Exception:  # noqa: BLE001 - not a git work tree: nothing to compare
+        return None
+
+
+def _kill(pids: set[int]) -> list[int]:
+    killed = []
+    for pid in sorted(pids):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    for pid in killed:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, 0)
+    return killed
+
+
+@contextlib.contextmanager
+def contained(repo_root: str) -> Iterator[Watch]:
+    """Run the block as a task's user code; the :class:`Watch` is filled in when it ends."""
+    _become_subreaper()
+    me = os.getpid()
+    before_processes = _descendants(me) if os.path.isdir("/proc") else set()
+    before_tree = _status(repo_root)
+    private = tempfile.mkdtemp(prefix="mlops-tmp-")
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = private, private
+    watch = Watch()
+    try:
+        yield watch
+    finally:
+        if saved[0] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[0]
+        tempfile.tempdir = saved[1]
+        shutil.rmtree(private, ignore_errors=True)
+        if os.path.isdir("/proc"):
+            watch.killed = _kill(_descendants(me) - before_processes)
+        if before_tree is not None:
+            after_tree = _status(repo_root) or {}
+            watch.repository_writes = sorted(path for path, flags in after_tree.items()
+                                             if before_tree.get(path) != flags)
