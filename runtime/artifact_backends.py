@@ -166,8 +166,10 @@ class LocalBackend(Backend):
             except FileNotFoundError:  # the first object under this prefix
                 final.parent.mkdir(exist_ok=True)
                 os.replace(tmp, final)
-        except BaseException:
+        except BaseException as exc:
             tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.filename is None:  # a full disk: say which store refused it
+                exc.filename = str(self.objects)
             raise
         fsync_path(final.parent)
         return digest

@@ -34,8 +34,12 @@ class Application:
 
     def __post_init__(self) -> None:
         no_color = not self.color
-        self.out = Console(no_color=no_color, highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True)
+        # No markup, no emoji codes, no highlighting: what is printed is the text, whatever it holds
+        # (``mlops.yaml:100:5:`` would print as ``mlops.yaml💯5:`` with rich's emoji codes on, and a message
+        # holding ``[red]`` would lose it as markup). Styles come only from ``style=`` and Text objects.
+        self.out = Console(no_color=no_color, highlight=False, soft_wrap=True, markup=False, emoji=False)
+        self.err = Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True, markup=False,
+                           emoji=False)
 
     @property
     def spec_path(self) -> Path:

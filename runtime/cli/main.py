@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import gc
 import importlib
+import json
 import logging
 import os
+import sqlite3
 import sys
 
 import click
 
+from compiler import load_project
 from compiler.errors import MlopsError
 from runtime.cli.app import Application, Exit
 from runtime.cli.commands import COMMANDS
 from runtime.cli.options import global_options
+from runtime.faults import os_line, shown, sqlite_line
 
 
 class LazyGroup(click.Group):
@@ -59,7 +63,27 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if error.exit_code == 2 else error.exit_code
     except KeyboardInterrupt:
         return 130
+    except OSError as error:  # a fault of the machine no command translated: one line naming the file
+        app.err.print(f"error: {os_line(error)}", style="red")
+        return 1
+    except sqlite3.Error as error:
+        app.err.print(f"error: {sqlite_line(_state_path(app), error)}", style="red")
+        return 1
+    except json.JSONDecodeError as error:  # a corrupted state record read outside the store's own methods
+        app.err.print(f"error: {shown(_state_path(app))}: a record is not valid JSON ({error}); the state is"
+                      " corrupted: restore it from a backup", style="red")
+        return 1
     return 0
+
+
+def _state_path(app: Application) -> str:
+    """The state database of the spec ``-f`` names (the only SQLite file mlops opens), for an error line."""
+    try:
+        from runtime.workspace import Workspace
+
+        return str(Workspace.of(load_project(app.spec_path, app.spec_file)).state_path)
+    except Exception:  # noqa: BLE001 - the error line must come out whatever the spec holds
+        return str(app.spec_path.parent / ".mlops" / "state.db")
 
 
 def entry() -> None:

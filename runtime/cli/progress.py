@@ -6,6 +6,7 @@ from types import TracebackType
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 
 class NodeProgress:
@@ -21,7 +22,7 @@ class NodeProgress:
         self.done = 0
         self.failed = 0
         self._progress = Progress(TextColumn("[bold]apply"), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                                  TextColumn("{task.fields[status]}", markup=False), TimeElapsedColumn(),
                                   console=console, transient=True)
         self._task = self._progress.add_task("apply", total=None, status="")
 
@@ -41,7 +42,7 @@ class NodeProgress:
         elif event == "waiting":
             self.waiting[node_id] = detail
             if self.verbose:  # also without a terminal (CI logs): a wait is never silent
-                self.console.print(f"[yellow]waiting[/yellow] {node_id}: {detail}", markup=True, highlight=False)
+                self.console.print(Text.assemble(("waiting", "yellow"), f" {node_id}: {detail}"))
         elif event == "running":
             self.waiting.pop(node_id, None)
         elif event in ("succeeded", "failed", "skipped", "blocked"):
@@ -50,7 +51,7 @@ class NodeProgress:
             self.done += 1
             self.failed += event == "failed"
         if event in ("failed", "retry") and self.enabled:
-            self.console.print(f"[red]{event}[/red] {node_id}: {detail}", markup=True, highlight=False)
+            self.console.print(Text.assemble((event, "red"), f" {node_id}: {detail}"))
         starting = len(self.running & set(self.waiting))
         status = f"{len(self.running) - starting} running, {self.done} done, {self.failed} failed"
         if self.waiting:

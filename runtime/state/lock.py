@@ -119,9 +119,11 @@ def acquire(state_path: Path | str, operation: str, who: str | None = None, time
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(asdict(info)).encode(), 0)
-    except BaseException:
+    except BaseException as exc:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+        if isinstance(exc, OSError) and exc.filename is None:  # a full disk: say which file it refused
+            exc.filename = str(path)
         raise
     return StateLock(path, fd, info)
 

@@ -23,6 +23,7 @@ A store is safe to share between threads of one process (calls are serialised); 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -30,13 +31,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from compiler.content_hash import canonical_json
 from compiler.errors import MlopsError
+from runtime.faults import os_line, sqlite_line
 from runtime.state.migrations import SchemaTooNew, migrate, schema_version
 from runtime.state.records import (
     Approval,
@@ -100,8 +102,28 @@ def _dump(value: Any) -> str:
     return canonical_json(value)
 
 
+class CorruptRecord(ValueError):
+    """A column of a row does not hold what the store wrote there (its JSON does not parse)."""
+
+
 def _load(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError) as exc:
+        shown = repr(text if len(str(text)) <= 40 else str(text)[:40] + "...")
+        raise CorruptRecord(f"a record holds {shown}, which is not valid JSON ({exc})") from exc
+
+
+def _translated(path: Path, exc: BaseException) -> StateError | None:
+    """The one-line error naming the database for a fault SQLite or a damaged record raised, else ``None``."""
+    if isinstance(exc, CorruptRecord):
+        return StateError.of(f"{sqlite_line(path, sqlite3.DatabaseError(str(exc)))}; the state is corrupted:"
+                             " restore it from a backup")
+    if isinstance(exc, sqlite3.OperationalError) and not _is_busy(exc) or type(exc) is sqlite3.DatabaseError:
+        return StateError.of(sqlite_line(path, cast(sqlite3.Error, exc)))
+    return None
 
 
 class StateStore:
@@ -122,7 +144,10 @@ class StateStore:
         if "://" in str(path):
             raise StateError.of(f"state {path}: only a local SQLite file is supported as the state store")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError.of(os_line(exc)) from exc
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout)
         try:
             conn.row_factory = sqlite3.Row
@@ -138,7 +163,7 @@ class StateStore:
             raise StateError.of(f"{path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise StateError.of(f"{path}: not a usable state database: {exc}") from exc
+            raise StateError.of(sqlite_line(path, exc, "not a usable state database: {reason}")) from exc
         except BaseException:
             conn.close()
             raise
@@ -191,15 +216,25 @@ class StateStore:
                 yield from self._savepoint()
 
     def _outer(self) -> Iterator[StateStore]:
-        _retry(lambda: self._conn.execute("BEGIN IMMEDIATE"))
+        try:
+            _retry(lambda: self._conn.execute("BEGIN IMMEDIATE"))
+        except sqlite3.DatabaseError as exc:
+            translated = _translated(self.path, exc)
+            if translated is None:
+                raise
+            raise translated from exc
         self._depth = 1
         try:
             yield self
             _retry(lambda: self._conn.execute("COMMIT"))
-        except BaseException:
+        except BaseException as exc:
             self._after_commit.clear()
             if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
+                with suppress(sqlite3.Error):  # SQLite has rolled back itself (a full disk, an I/O error)
+                    self._conn.execute("ROLLBACK")
+            translated = _translated(self.path, exc)
+            if translated is not None:
+                raise translated from exc
             raise
         finally:
             self._depth = 0
@@ -243,7 +278,13 @@ class StateStore:
     def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             args = tuple(params)
-            return _retry(lambda: self._conn.execute(sql, args).fetchall())
+            try:
+                return _retry(lambda: self._conn.execute(sql, args).fetchall())
+            except sqlite3.DatabaseError as exc:
+                translated = _translated(self.path, exc)
+                if translated is None:
+                    raise
+                raise translated from exc
 
     def _row(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         rows = self._rows(sql, params)
@@ -575,6 +616,24 @@ class StateStore:
         with self.transaction():
             self._conn.executemany(
                 "INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, inode, sha256) VALUES (?,?,?,?,?)", rows)
+
+
+def _naming_the_database(method: Callable[..., T]) -> Callable[..., T]:
+    """``method``, with a corrupted record it reads said as a :class:`StateError` naming the database."""
+    @functools.wraps(method)
+    def wrapper(self: StateStore, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except CorruptRecord as exc:
+            translated = _translated(self.path, exc)
+            assert translated is not None
+            raise translated from exc
+    return wrapper
+
+
+for _name, _member in list(vars(StateStore).items()):
+    if callable(_member) and not _name.startswith("_") and _name != "transaction":
+        setattr(StateStore, _name, _naming_the_database(_member))
 
 
 # --- rows -> records -----------------------------------------------------------------------------

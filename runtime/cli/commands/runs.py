@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 import click
 from rich.console import RenderableType
-from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
@@ -141,7 +140,7 @@ def _history_table(detail: RunDetail) -> Table:
         for point in points:
             by_step.setdefault(point.step, {})[name] = point.value
     steps = sorted(by_step)
-    table = Table("STEP", *(escape(n.upper()) for n in names), box=None, header_style="bold")
+    table = Table("STEP", *(n.upper() for n in names), box=None, header_style="bold")
     shown = steps if len(steps) <= HISTORY_ROWS else steps[:HISTORY_ROWS // 2] + [-1] + steps[-HISTORY_ROWS // 2:]
     for step in shown:
         if step == -1:
@@ -169,7 +168,7 @@ def compare_command(app: Application, run_ids: tuple[str, ...]) -> None:
     if app.json_output:
         app.emit_json(comparison.to_json())
         app.exit(0)
-    table = Table("", "", *(escape(r.run_id) for r in comparison.runs), box=None, header_style="bold")
+    table = Table("", "", *(r.run_id for r in comparison.runs), box=None, header_style="bold")
     for label, values in (("node", [r.node_id for r in comparison.runs]),
                           ("status", [r.status for r in comparison.runs]),
                           ("duration", [inspect.took(inspect.duration(r)) for r in comparison.runs])):
