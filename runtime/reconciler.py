@@ -2,8 +2,11 @@
 
 One :meth:`Reconciler.tick` reads everything fresh and converges once:
 
-1. **sync**: with a repository, fetch its branch into a local clone (pygit2) and hard-reset a detached
-   work tree to ``origin/BRANCH``; without one, the spec as it is on disk;
+1. **sync**: with a repository, fetch it into a local clone (pygit2, in a child process killed at the
+   fetch timeout; branches the remote deleted are pruned, a repository over the size cap is refused) and
+   hard-reset a detached work tree to ``origin/BRANCH``; a branch deleted on the remote is the tick's
+   error, a force push (the tip does not descend from the commit checked out before) is followed,
+   reported and audited (``history_rewritten``); without a repository, the spec as it is on disk;
 2. **compile**: load, resolve and check the policies; an error is logged and recorded and the tick ends
    there: nothing is undeployed, what runs keeps running;
 3. **plan** against the recorded state and the live one (Ray Serve);
@@ -40,6 +43,8 @@ from typing import Any
 from compiler import check_policies, load_project
 from compiler.errors import Diagnostic, MlopsError
 from compiler.resolve import Project
+from runtime import gitsync
+from runtime.gitsync import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_REPO_BYTES
 from runtime.metrics import Metrics
 from runtime.operations import ApplyOutcome, apply_project, opened, plan_project
 from runtime.plan import Plan
@@ -50,6 +55,8 @@ from runtime.workspace import Workspace
 
 logger = logging.getLogger("mlops.reconcile")
 
+HISTORY_REWRITTEN = "history_rewritten"
+"""The audit action of a force push the reconciler followed: payload ``{repo, branch, from, to}``."""
 WORK_ACTIONS = ("create", "replace", "update", "delete")
 """Plan actions that make apply do something (``blocked`` and ``no-op`` do not)."""
 
@@ -66,6 +73,10 @@ class Source:
     branch: str = "main"
     checkout: Path | None = None
     """Where the repository is cloned; default ``.mlops/checkouts/NAME-BRANCH-HASH`` under the current directory."""
+    fetch_timeout: float = DEFAULT_FETCH_TIMEOUT
+    """Seconds a clone or fetch may take; then the tick fails (and the loop backs off)."""
+    max_repo_bytes: int = DEFAULT_MAX_REPO_BYTES
+    """A repository larger than this (its objects, or the files at the tip) is refused."""
 
     def checkout_dir(self) -> Path:
         if self.checkout is not None:
@@ -80,34 +91,63 @@ class Source:
         return self.checkout_dir() / self.spec if self.repo else self.spec
 
 
-def sync_checkout(url: str, branch: str, checkout: Path) -> str:
-    """Fetch ``branch`` of ``url`` into the clone at ``checkout`` (cloned the first time) and hard-reset its
-    detached work tree to ``origin/BRANCH``; returns the commit id. Untracked files (the state) are kept."""
+@dataclass(frozen=True)
+class Synced:
+    """The commit a sync checked out, and the one checked out before (``None`` the first time)."""
+
+    commit: str
+    previous: str | None = None
+    rewritten: bool = False
+    """History was rewritten: ``commit`` does not descend from ``previous`` (a force push)."""
+
+
+def sync_checkout(url: str, branch: str, checkout: Path, *, timeout: float = DEFAULT_FETCH_TIMEOUT,
+                  max_bytes: int = DEFAULT_MAX_REPO_BYTES) -> str:
+    """Fetch ``branch`` of ``url`` into the clone at ``checkout`` and hard-reset its work tree; the commit id."""
+    return sync_branch(url, branch, checkout, timeout=timeout, max_bytes=max_bytes).commit
+
+
+def sync_branch(url: str, branch: str, checkout: Path, *, timeout: float = DEFAULT_FETCH_TIMEOUT,
+                max_bytes: int = DEFAULT_MAX_REPO_BYTES) -> Synced:
+    """Fetch ``url`` into the clone at ``checkout`` (made the first time), pruning the branches it deleted, in
+    at most ``timeout`` seconds; refuse a repository over ``max_bytes``; then hard-reset the clone's detached
+    work tree to ``origin/BRANCH``. Untracked files (the state) are kept."""
     import pygit2
 
     repo = _open_clone(checkout)
-    if repo is None:
+    previous = None
+    if repo is not None and not repo.head_is_unborn:
+        previous = str(repo.head.target)
+    fresh = repo is None
+    if fresh:
         checkout.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            repo = pygit2.clone_repository(url, str(checkout), callbacks=_callbacks(url))
-        except (pygit2.GitError, ValueError) as error:
+    try:
+        gitsync.fetch(checkout, url, timeout=timeout, max_bytes=max_bytes)
+    except gitsync.FetchError as error:
+        if fresh:
             shutil.rmtree(checkout, ignore_errors=True)
-            raise MlopsError.one(f"cannot clone {url}: {error}") from None
-    else:
-        if repo.remotes["origin"].url != url:
-            repo.remotes.set_url("origin", url)
-        try:
-            repo.remotes["origin"].fetch(callbacks=_callbacks(url))
-        except (pygit2.GitError, ValueError) as error:
-            raise MlopsError.one(f"cannot fetch {url}: {error}") from None
+        raise MlopsError.one(f"cannot {'clone' if fresh else 'fetch'} {url}: {error}") from None
+    repo = pygit2.Repository(str(checkout))
     try:
         reference = repo.references[f"refs/remotes/origin/{branch}"]
     except KeyError:
-        raise MlopsError.one(f"--branch {branch}: {url} has no such branch") from None
+        if previous is None:
+            raise MlopsError.one(f"--branch {branch}: {url} has no such branch") from None
+        raise MlopsError.one(f"branch {branch} no longer exists on origin ({url}); nothing is undeployed, "
+                             f"the last synced commit {previous[:12]} stays") from None
     commit = repo[reference.target].peel(pygit2.Commit)
+    stored = gitsync.objects_size(checkout)
+    files = gitsync.tree_size(repo, commit.tree, max_bytes) if stored <= max_bytes else 0
+    if max(stored, files) > max_bytes:
+        what = f"its objects take {gitsync.human_size(stored)}" if stored > max_bytes else \
+            f"the files of {str(commit.id)[:12]} take over {gitsync.human_size(files)}"
+        raise MlopsError.one(f"{url}: the repository is over the {gitsync.human_size(max_bytes)} cap "
+                             f"(--max-repo-size): {what}")
+    rewritten = previous is not None and previous != str(commit.id) and \
+        not (pygit2.Oid(hex=previous) in repo and repo.descendant_of(commit.id, pygit2.Oid(hex=previous)))
     repo.set_head(commit.id)
     repo.reset(commit.id, pygit2.enums.ResetMode.HARD)
-    return str(commit.id)
+    return Synced(str(commit.id), previous, rewritten)
 
 
 def _open_clone(checkout: Path) -> Any:
@@ -126,15 +166,6 @@ def _open_clone(checkout: Path) -> Any:
         logger.warning("%s is not a usable clone; cloning again", checkout)
         shutil.rmtree(checkout, ignore_errors=True)
         return None
-
-
-def _callbacks(url: str) -> Any:
-    """Credentials for ssh remotes from the ssh agent; none for local paths and public https."""
-    import pygit2
-
-    if url.startswith(("ssh://", "git@")):
-        return pygit2.RemoteCallbacks(credentials=pygit2.KeypairFromAgent("git"))
-    return None
 
 
 # --- one tick -----------------------------------------------------------------------------------------
@@ -166,6 +197,10 @@ class TickResult:
     """The stop event ended the tick between two steps."""
     requeue: bool = False
     """A monitor asked for work (a retrain): the next tick should come at once."""
+    rewritten: tuple[str, str] | None = None
+    """The branch's history was rewritten (a force push): the commit it was at, and the one followed now."""
+    notes: list[str] = field(default_factory=list)
+    """What the tick reports besides an error (a rewritten history)."""
 
     @property
     def ok(self) -> bool:
@@ -180,7 +215,9 @@ class TickResult:
                        "outcomes": {nid: {"status": o.status, "message": o.message}
                                     for nid, o in self.applied.result.outcomes.items()}}
         return {"at": self.at, "commit": self.commit, "ok": self.ok, "error": self.error, "seconds": self.seconds,
-                "stopped": self.stopped, "requeue": self.requeue, "changes": changes, "applied": applied,
+                "stopped": self.stopped, "requeue": self.requeue, "notes": self.notes,
+                "history_rewritten": {"from": self.rewritten[0], "to": self.rewritten[1]} if self.rewritten else None,
+                "changes": changes, "applied": applied,
                 "monitors": [{"monitor": m.monitor, "version": m.version, "breached": m.breached,
                               "actions": m.actions} for m in self.monitors]}
 
@@ -259,7 +296,7 @@ class Reconciler:
         result = TickResult(self.clock())
         project: Project | None = None
         try:
-            result.commit = self._sync()
+            result.commit = self._sync(result)
             if not self._stopping(result, "compile"):
                 project = self._compile()
                 self.last_good = project
@@ -282,11 +319,21 @@ class Reconciler:
             result.stopped = True
         return result.stopped
 
-    def _sync(self) -> str | None:
-        """The commit to converge on (a work tree on disk: its HEAD, known once it compiled)."""
-        if self.source.repo:
-            return sync_checkout(self.source.repo, self.source.branch, self.source.checkout_dir())
-        return None
+    def _sync(self, result: TickResult) -> str | None:
+        """The commit to converge on (a work tree on disk: its HEAD, known once it compiled). A rewritten
+        history is followed (as Argo CD does: the branch is the desired state), and reported."""
+        source = self.source
+        if not source.repo:
+            return None
+        synced = sync_branch(source.repo, source.branch, source.checkout_dir(), timeout=source.fetch_timeout,
+                             max_bytes=source.max_repo_bytes)
+        if synced.rewritten and synced.previous is not None:
+            result.rewritten = (synced.previous, synced.commit)
+            note = (f"history of {source.branch} rewritten: {synced.commit[:12]} does not descend from "
+                    f"{synced.previous[:12]}; following it")
+            result.notes.append(note)
+            logger.warning("%s", note)
+        return synced.commit
 
     def _compile(self) -> Project:
         display = str(self.source.spec) if self.source.repo else None
@@ -423,6 +470,8 @@ class Reconciler:
             if store is None:
                 return
             try:
+                if result.rewritten is not None:
+                    self._audit_rewrite(store, result.rewritten)
                 previous = store.reconciler_status()
                 synced = result.error is None and not result.stopped
                 store.set_reconciler_status(ReconcilerStatus(
@@ -434,6 +483,14 @@ class Reconciler:
                 store.close()
         except Exception:  # noqa: BLE001 - a status that cannot be written must not end the loop
             logger.exception("could not record the reconciler status")
+
+    def _audit_rewrite(self, store: StateStore, rewritten: tuple[str, str]) -> None:
+        from runtime.provenance import actor
+        from runtime.state import audit
+
+        old, new = rewritten
+        audit.append(store, actor(self.source.checkout_dir()), HISTORY_REWRITTEN,
+                     {"repo": self.source.repo, "branch": self.source.branch, "from": old, "to": new}, new)
 
     def _status_store(self, project: Project | None) -> StateStore | None:
         """The state of the last project that compiled; before any did, the default state next to the

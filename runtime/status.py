@@ -58,6 +58,8 @@ class ProjectStatus:
     reconciler: ReconcilerStatus
     serve: Serve
     plan_error: str | None = None
+    history_rewritten: dict[str, Any] | None = None
+    """The last force push the reconciler followed: ``{at, branch, from, to}`` (from the audit trail)."""
 
     @property
     def synced(self) -> bool:
@@ -73,7 +75,8 @@ class ProjectStatus:
                 "serve": self.serve, "plan_error": self.plan_error,
                 "resources": [s.to_json() for s in self.resources],
                 "reconciler": {"commit": r.commit, "synced_at": r.synced_at, "tick_at": r.tick_at,
-                               "error": r.error, "errors": r.errors}}
+                               "error": r.error, "errors": r.errors,
+                               "history_rewritten": self.history_rewritten}}
 
 
 def project_status(project: Project, store: StateStore) -> ProjectStatus:
@@ -101,7 +104,19 @@ def project_status(project: Project, store: StateStore) -> ProjectStatus:
         if change is not None and change.action == "delete":
             detail = "not in the spec; apply deletes it"
         resources.append(ResourceStatus(address, sync, state, detail, reasons))
-    return ProjectStatus(project.spec.project, resources, store.reconciler_status(), serve, plan_error)
+    return ProjectStatus(project.spec.project, resources, store.reconciler_status(), serve, plan_error,
+                         _last_rewrite(store))
+
+
+def _last_rewrite(store: StateStore) -> dict[str, Any] | None:
+    from runtime.state import audit
+
+    records = audit.of_actions(store, ["history_rewritten"])
+    if not records:
+        return None
+    last = records[-1]
+    return {"at": last.at, "branch": last.payload.get("branch"), "from": last.payload.get("from"),
+            "to": last.payload.get("to")}
 
 
 def serve_state(project: Project) -> Serve:

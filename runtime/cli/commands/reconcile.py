@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 @click.option("--branch", default=None, help="The branch of --repo to follow [default: main].")
 @click.option("--checkout", type=click.Path(file_okay=False), default=None,
               help="Where --repo is cloned [default: .mlops/checkouts/...].")
+@click.option("--fetch-timeout", default="60s", show_default=True,
+              help="Fail a tick whose clone or fetch of --repo takes longer (it backs off like any failed tick).")
+@click.option("--max-repo-size", default="1GiB", show_default=True,
+              help="Refuse a --repo larger than this (its objects, or its files at the tip).")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics.")
 @click.option("--parallelism", default=4, show_default=True, type=click.IntRange(1), help="Nodes run at once.")
@@ -34,13 +38,15 @@ if TYPE_CHECKING:
 @global_options
 @pass_app
 def reconcile_command(app: Application, watch: bool, interval: str, repo: str | None, branch: str | None,
-                      checkout: str | None, metrics_port: int | None, parallelism: int, lock_timeout: str) -> None:
+                      checkout: str | None, fetch_timeout: str, max_repo_size: str, metrics_port: int | None,
+                      parallelism: int, lock_timeout: str) -> None:
     """Make the live state match the spec: fetch, compile, plan, apply, run due monitors, repeat.
 
     Exit code without --watch: 0 when the tick succeeded, 1 when it failed (as apply). With --watch the
     loop never ends on an error (it backs off and retries) and exits 0 on SIGTERM or SIGINT, after the
     step in progress (an apply finishes first).
     """
+    from runtime.gitsync import parse_size
     from runtime.metrics import Metrics
     from runtime.reconciler import Reconciler, Source
 
@@ -53,8 +59,17 @@ def reconcile_command(app: Application, watch: bool, interval: str, repo: str | 
         lock_seconds = float(duration_seconds(lock_timeout))
     except ValueError as error:
         app.fail(MlopsError.one(f"--interval/--lock-timeout: {error}"))
+    try:
+        fetch_seconds = float(duration_seconds(fetch_timeout))
+    except ValueError as error:
+        app.fail(MlopsError.one(f"--fetch-timeout: {error}"))
+    try:
+        max_repo_bytes = parse_size(max_repo_size)
+    except ValueError as error:
+        app.fail(MlopsError.one(f"--max-repo-size: {error}"))
     _log_to_stderr()
-    source = Source(Path(app.spec_file), repo, branch or "main", Path(checkout) if checkout else None)
+    source = Source(Path(app.spec_file), repo, branch or "main", Path(checkout) if checkout else None,
+                    fetch_timeout=fetch_seconds, max_repo_bytes=max_repo_bytes)
     metrics = Metrics()
     server = None
     if metrics_port is not None:
@@ -86,6 +101,8 @@ def reconcile_command(app: Application, watch: bool, interval: str, repo: str | 
 
 def _summary(result: TickResult) -> str:
     commit = f"commit {result.commit[:12]}" if result.commit else "work tree"
+    if result.notes:
+        commit += f" ({'; '.join(result.notes)})"
     if result.error:
         return f"{commit}: error: {result.error}"
     if result.stopped:

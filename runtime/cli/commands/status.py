@@ -55,4 +55,9 @@ def status_command(app: Application) -> None:
     if reconciler.error:
         line += f"; last error ({reconciler.errors} in a row): {reconciler.error}"
     app.out.print(Text(line))
+    rewrite = status.history_rewritten
+    if rewrite:
+        app.out.print(Text(f"reconciler: history of {rewrite['branch']} rewritten at {when(rewrite['at'])}: "
+                           f"followed {str(rewrite['to'])[:12]}, which does not descend from "
+                           f"{str(rewrite['from'])[:12]}", "yellow"))
     app.exit(0)
