@@ -33,6 +33,22 @@ class ArtifactError(MlopsError):
 class ArtifactCorrupt(ArtifactError):
     """An object's content does not match its hash."""
 
+    @classmethod
+    def of(cls, uri: str, path: str, actual: str) -> ArtifactCorrupt:
+        error = cls.one(f"artifact corrupt: {uri} ({path}) hashes to sha256:{actual}")
+        assert isinstance(error, ArtifactCorrupt)
+        return error
+
+
+class ArtifactMissing(ArtifactError):
+    """An artifact the state names is not in the store (or a file of its tree is gone)."""
+
+    @classmethod
+    def of(cls, uri: str, path: str | None = None) -> ArtifactMissing:
+        error = cls.one(f"artifact missing: {uri}" + (f" ({path})" if path else ""))
+        assert isinstance(error, ArtifactMissing)
+        return error
+
 
 @dataclass
 class TreeScan:
@@ -78,6 +94,25 @@ def _sizes_match(tree: Path, scan: TreeScan) -> bool:
         return all(os.stat(tree / relative).st_size == size for relative, _, size in scan.files)
     except OSError:
         return False
+
+
+def _contents_match(tree: Path, scan: TreeScan, digests: list[str]) -> bool:
+    """Whether the files of ``tree`` hash to ``digests`` (one that was tampered with does not)."""
+    try:
+        return all(hash_file(tree / relative) == digest for (relative, _, _), digest in zip(scan.files, digests,
+                                                                                          strict=True))
+    except OSError:
+        return False
+
+
+def discard_tree(tree: Path) -> None:
+    """Move a torn or corrupt tree out of the way (at once, by a rename) and remove it."""
+    torn = tree.with_name(f".torn-{uuid.uuid4().hex}")
+    try:
+        os.rename(tree, torn)
+    except OSError:  # gone already
+        return
+    remove_tree(torn)
 
 
 def check(expected: str, actual: str) -> None:
@@ -192,7 +227,8 @@ class LocalBackend(Backend):
         manifest = b"".join(relative.encode() + b"\0" + digest.encode() + b"\n"
                             for (relative, _, _), digest in zip(scan.files, digests, strict=True))
         manifest_digest = hashlib.sha256(manifest).hexdigest()
-        if not self.exists(manifest_digest, len(manifest)):
+        if not self.exists(manifest_digest, len(manifest)) or hash_file(self.object_file(manifest_digest)) != \
+                manifest_digest:
             pending = self._temp_file(manifest)
             try:
                 self._name(pending, manifest_digest, len(manifest), link=False)
@@ -202,10 +238,10 @@ class LocalBackend(Backend):
         for directory in reversed(scan.dirs):  # deepest first
             os.chmod(directory, 0o555)
         os.chmod(path, 0o555)
-        self._place_tree(path, manifest_digest, scan)
+        self._place_tree(path, manifest_digest, scan, digests)
         return manifest_digest
 
-    def _place_tree(self, path: Path, digest: str, scan: TreeScan) -> None:
+    def _place_tree(self, path: Path, digest: str, scan: TreeScan, digests: list[str]) -> None:
         """Rename ``path`` to ``trees/<digest>``; an intact tree already there stays and ``path`` goes."""
         tree = self.root / "trees" / digest
         try:
@@ -214,12 +250,10 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             tree.parent.mkdir(parents=True, exist_ok=True)
         except OSError:  # the tree exists already: the same content, made earlier, unless a power loss tore it
-            if _sizes_match(tree, scan):
+            if _sizes_match(tree, scan) and _contents_match(tree, scan, digests):
                 remove_tree(path)
                 return
-            torn = tree.with_name(f".torn-{uuid.uuid4().hex}")
-            os.rename(tree, torn)
-            remove_tree(torn)
+            discard_tree(tree)
         try:
             os.rename(path, tree)
         except OSError:  # another process placed the same tree meanwhile
@@ -248,8 +282,8 @@ class LocalBackend(Backend):
         except FileNotFoundError:  # the first object under this prefix
             os.makedirs(os.path.dirname(final), exist_ok=True)
             place(source, final)
-        except FileExistsError:  # stored before: the same content under the same name, unless torn
-            if os.stat(final).st_size != size:
+        except FileExistsError:  # stored before: the same content under the same name, unless torn or tampered with
+            if os.stat(final).st_size != size or hash_file(final) != digest:
                 spare = f"{os.path.dirname(final)}/.tmp-{uuid.uuid4().hex}"
                 os.link(source, spare)
                 os.replace(spare, final)

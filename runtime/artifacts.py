@@ -23,8 +23,10 @@ before its sync is never recorded, and is replaced when the same content is stor
 On object stores a single PUT is atomic by itself and the object is written to its final key
 directly. Every read that returns content (:meth:`~ArtifactStore.get_file`, :meth:`~ArtifactStore.read_bytes`,
 :meth:`~ArtifactStore.materialize_dir`, :meth:`~ArtifactStore.load_model`) checks the hash and
-raises :class:`ArtifactCorrupt` on a mismatch. :meth:`~ArtifactStore.local_path` is the zero-copy
-path for local readers and does not re-read the content; call :meth:`~ArtifactStore.verify` for that.
+raises :class:`ArtifactCorrupt` on a mismatch. :meth:`~ArtifactStore.verified_path` is the zero-copy
+path for local readers: checked against the hash before it is handed out, and remembered by each file's
+(inode, size, mtime_ns, ctime_ns) so an unchanged artifact costs a ``stat`` per file the next time.
+:meth:`~ArtifactStore.local_path` does not check (for writers and tools that verify otherwise).
 
 Models are saved with ``torch.save`` and loaded with ``torch.load(weights_only=True)``: an artifact
 that would unpickle code (any global outside torch's allow-list) is refused, and the code never runs.
@@ -32,32 +34,38 @@ that would unpickle code (any global outside torch's allow-list) is refused, and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import shutil
+import stat
 import tempfile
+import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from compiler.content_hash import hash_file
 from runtime import durability
 from runtime.artifact_backends import (
     ArtifactCorrupt,
     ArtifactError,
+    ArtifactMissing,
     Backend,
     FsspecBackend,
     LocalBackend,
     TreeScan,
     check,
     chunks,
+    discard_tree,
     remove_tree,
     scan_tree,
 )
 
-__all__ = ["ArtifactCorrupt", "ArtifactError", "ArtifactStore", "TreeScan", "dir_uri", "file_uri", "parse_uri",
-           "remove_tree", "scan_tree", "state_dict_problem"]
+__all__ = ["ArtifactCorrupt", "ArtifactError", "ArtifactMissing", "ArtifactStore", "TreeScan", "dir_uri", "file_uri",
+           "parse_uri", "remove_tree", "scan_tree", "state_dict_problem"]
 
 FILE_PREFIX = "sha256:"
 DIR_PREFIX = "dir:sha256:"
@@ -141,6 +149,62 @@ def _listing(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file())
 
 
+VERIFY_RACY_WINDOW_NS = 2_000_000_000
+"""A file changed this recently before it was verified is not remembered as verified (a same-size rewrite in
+the same timestamp tick would go unseen); it is read again next time."""
+
+Identity = tuple[str, int, int, int, int]
+"""(relative path in its tree, or "" for an object; inode, size, mtime_ns, ctime_ns)."""
+
+
+def _identities(files: list[tuple[str, str]]) -> list[Identity] | None:
+    """The identity of each (relative path, path); ``None`` when one of them is not a file."""
+    found = []
+    for relative, path in files:
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        found.append((relative, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
+    return found
+
+
+def _read_marker(marker: str) -> list[Identity] | None:
+    """The identities an earlier verification remembered (``None``: none, or unreadable)."""
+    try:
+        with open(marker, encoding="utf-8") as handle:
+            lines = handle.read().split("\n")[:-1]
+        found = []
+        for line in lines:
+            relative, _, numbers = line.rpartition("\0")
+            ino, size, mtime, ctime = (int(n) for n in numbers.split(" "))
+            found.append((relative, ino, size, mtime, ctime))
+        return found
+    except (OSError, ValueError):
+        return None
+
+
+def _write_marker(marker: str, identities: list[Identity]) -> None:
+    """Remember a verification (atomically; best effort: a store that cannot be written is checked every time)."""
+    text = "".join(f"{relative}\0{ino} {size} {mtime} {ctime}\n" for relative, ino, size, mtime, ctime in identities)
+    tmp = f"{marker}.tmp-{uuid.uuid4().hex}"
+    try:
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, marker)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _actual(exc: ArtifactCorrupt) -> str:
+    """The digest a :func:`runtime.artifact_backends.check` failure says the content hashes to."""
+    return str(exc).rsplit(" ", 1)[-1]
+
+
 class ArtifactStore:
     """Content-addressed storage under ``root`` (a local directory or an fsspec URL)."""
 
@@ -161,7 +225,7 @@ class ArtifactStore:
     def put_file(self, path: Path, sha256: str | None = None) -> str:
         """Store a file; returns ``sha256:<hex>``. With a known ``sha256`` an object already stored is not rewritten."""
         path = Path(path)
-        if sha256 is not None and self._backend.exists(sha256, os.stat(path).st_size):
+        if sha256 is not None and self._backend.exists(sha256, os.stat(path).st_size) and self._intact(sha256):
             return file_uri(sha256)
         digest = self._backend.write_file(path)
         if sha256 is not None and digest != sha256:
@@ -171,7 +235,7 @@ class ArtifactStore:
     def put_bytes(self, data: bytes) -> str:
         """Store bytes; returns ``sha256:<hex>``."""
         digest = hashlib.sha256(data).hexdigest()
-        if not self._backend.exists(digest, len(data)):
+        if not (self._backend.exists(digest, len(data)) and self._intact(digest)):
             self._backend.write_bytes(digest, data)
         return file_uri(digest)
 
@@ -328,6 +392,80 @@ class ArtifactStore:
             return None
         return self._backend.tree(digest, self._manifest(digest))
 
+    def verified_path(self, uri: str) -> Path | None:
+        """:meth:`local_path`, checked against the URI's content hash first; ``None`` on remote storage
+        (whose readers copy through :meth:`get_file` / :meth:`materialize_dir`, which check as they copy).
+
+        A file is its object; a directory is its tree, which must hold exactly the manifest's files, each
+        hashing to its entry. What was verified is remembered by each file's (inode, size, mtime_ns,
+        ctime_ns) under ``<root>/verified/``, so checking an unchanged artifact again costs a ``stat`` per
+        file: any write, rename over it, ``chmod`` or ``touch`` changes the ctime and makes it read again.
+        Raises a one-line :class:`ArtifactMissing` (``artifact missing: <uri>``) or :class:`ArtifactCorrupt`
+        (``artifact corrupt: <uri> (<path>) hashes to sha256:<hex>``).
+        """
+        is_dir, digest = parse_uri(uri)
+        backend = self._backend
+        if not isinstance(backend, LocalBackend):
+            return None
+        manifest_file = backend.object_file(digest)
+        marker = f"{self.root}/verified/{'dir-' if is_dir else ''}{digest}"
+        if not is_dir:
+            identities = _identities([("", manifest_file)])
+            if identities is None:
+                raise ArtifactMissing.of(uri)
+            if _read_marker(marker) != identities:
+                self._verify_files(uri, [("", manifest_file, digest)], identities, marker)
+            return Path(manifest_file)
+        tree = f"{backend.root}/trees/{digest}"
+        if not os.path.isdir(tree):  # laid out from the objects (checked below) the first time it is read
+            if not backend.exists(digest):
+                raise ArtifactMissing.of(uri)
+            try:
+                backend.tree(digest, self._manifest(digest))
+            except ArtifactCorrupt as exc:
+                raise ArtifactCorrupt.of(uri, manifest_file, _actual(exc)) from None
+            except ArtifactError:
+                raise ArtifactMissing.of(uri) from None
+        files = [(relative, absolute) for relative, absolute, _ in scan_tree(tree).files]
+        identities = _identities([("", manifest_file), *files])
+        if identities is None:
+            raise ArtifactMissing.of(uri)
+        if _read_marker(marker) == identities:
+            return Path(tree)
+        try:
+            entries = self._manifest(digest)
+        except ArtifactCorrupt as exc:
+            raise ArtifactCorrupt.of(uri, manifest_file, _actual(exc)) from None
+        expected = dict(entries)
+        try:
+            for relative, absolute in files:
+                if relative not in expected:
+                    raise ArtifactCorrupt.one(f"artifact corrupt: {uri} ({absolute}) is not one of its files")
+            for relative, _ in entries:
+                if relative not in dict(files):
+                    raise ArtifactMissing.of(uri, f"{tree}/{relative}")
+            self._verify_files(uri, [("", manifest_file, digest),
+                                     *((relative, absolute, expected[relative]) for relative, absolute in files)],
+                               identities, marker)
+        except ArtifactError:  # the next read lays the tree out again from its objects (repaired by a rebuild)
+            discard_tree(Path(tree))
+            raise
+        return Path(tree)
+
+    def _verify_files(self, uri: str, files: list[tuple[str, str, str]], identities: list[Identity],
+                      marker: str) -> None:
+        """Hash each (relative path, path, expected digest); remember ``identities`` when none changed meanwhile."""
+        started = time.time_ns()
+        for _, path, expected in files:
+            actual = hash_file(path)
+            if actual != expected:
+                raise ArtifactCorrupt.of(uri, path, actual)
+        if _identities([(relative, path) for relative, path, _ in files]) != identities:
+            return  # changed while it was read: checked this time, not remembered
+        if any(max(identity[3:]) >= started - VERIFY_RACY_WINDOW_NS for identity in identities):
+            return  # changed too recently to trust its timestamps (git's "racily clean"): read again next time
+        _write_marker(marker, identities)
+
     def verify(self, uri: str) -> None:
         """Re-read an artifact (every file of a directory) and raise :class:`ArtifactCorrupt` on a mismatch."""
         is_dir, digest = parse_uri(uri)
@@ -359,6 +497,14 @@ class ArtifactStore:
         return self._backend.cleanup_temp(older_than_s) if isinstance(self._backend, LocalBackend) else 0
 
     # --- internals -------------------------------------------------------------------------------
+
+    def _intact(self, digest: str) -> bool:
+        """Whether a stored object still holds its content (a tampered one is written again, not reused)."""
+        try:
+            self.verified_path(file_uri(digest))
+        except ArtifactError:
+            return False
+        return True
 
     def _manifest(self, digest: str) -> list[tuple[str, str]]:
         entries = []

@@ -53,8 +53,8 @@ def score(spec: BatchSpec) -> dict[str, Any]:
 
     store = ArtifactStore(spec.artifact_root)
     with tempfile.TemporaryDirectory(prefix="mlops-batch-") as scratch:
-        local_model = store.local_path(spec.model_uri) or store.get_file(spec.model_uri, Path(scratch) / "model.pt")
-        local_input = store.local_path(spec.input_uri)
+        local_model = store.verified_path(spec.model_uri) or store.get_file(spec.model_uri, Path(scratch) / "model.pt")
+        local_input = store.verified_path(spec.input_uri)
         if local_input is None:
             local_input = Path(scratch) / "input"
             if spec.input_uri.startswith("dir:"):

@@ -274,8 +274,8 @@ def load_predictor(project: Project, workspace: Workspace, store: StateStore, mo
 
 
 def _local(artifacts: ArtifactStore, uri: str, scratch: Path) -> Path:
-    """A local path holding an artifact: the store's own copy, or a download into ``scratch``."""
-    local = artifacts.local_path(uri)
+    """A local path holding an artifact: the store's own copy (checked), or a download into ``scratch``."""
+    local = artifacts.verified_path(uri)
     if local is not None:
         return local
     is_dir, _ = parse_uri(uri)

@@ -97,7 +97,7 @@ def _server_class() -> Any:
             import uuid
             from pathlib import Path
 
-            from runtime.artifacts import ArtifactStore
+            from runtime.artifacts import ArtifactError, ArtifactStore
             from runtime.inference_log import InferenceWriter, log_dir
             from runtime.worker import _import
 
@@ -105,7 +105,10 @@ def _server_class() -> Any:
             self._random = random.Random()
             self._uuid = uuid.uuid4
             store = ArtifactStore(spec.artifact_root)
-            local = store.local_path(spec.model_uri)
+            try:  # exactly what the state names, or a one-line refusal naming the object
+                local = store.verified_path(spec.model_uri)
+            except ArtifactError as error:
+                raise RuntimeError("; ".join(d.message for d in error.diagnostics)) from None
             if local is None:
                 local = store.get_file(spec.model_uri, Path(tempfile.mkdtemp()) / "model.pt")
             module_loader = _import(spec.target.split(":")[0] + ":load_predictor", spec.code_hash, spec.repo_root)

@@ -104,10 +104,11 @@ def _device(gpus: float) -> str:
 
 
 def _input_path(store: Any, name: str, uri: str, scratch: Callable[[], Path]) -> Path:
-    """A readable path for an input artifact: the store's own copy when local, else a fresh download."""
+    """A readable path for an input artifact: the store's own copy when local (checked against its hash), else
+    a fresh download (checked as it is copied)."""
     from runtime.artifacts import parse_uri
 
-    local = store.local_path(uri)
+    local = store.verified_path(uri)
     if local is not None:
         return Path(local)
     is_dir, _ = parse_uri(uri)
@@ -150,7 +151,13 @@ def _run_task(spec: TaskSpec, upstream: tuple[dict[str, Any], ...]) -> dict[str,
         from runtime.distributed import run_distributed
 
         return run_distributed(spec)
-    return execute(spec)
+    from runtime.artifacts import ArtifactError
+
+    try:
+        return execute(spec)
+    except ArtifactError as error:  # an input or the model is missing or corrupt: the node fails, naming it
+        return {"status": "failed", "error": "; ".join(d.message for d in error.diagnostics), "host": _HOST,
+                "pid": os.getpid()}
 
 
 class ContainmentError(Exception):
