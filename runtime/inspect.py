@@ -14,6 +14,7 @@ models, versions and addresses raise :class:`~compiler.errors.MlopsError` with a
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -506,7 +507,10 @@ def audit_log(store: StateStore, limit: int | None = None) -> list[AuditRecord]:
 def verify_audit(store: StateStore) -> AuditCheck:
     """Check the hash chain and its anchors; every problem found, one line each."""
     problems = audit.verify(store)
-    count = int(store.query("SELECT COUNT(*) FROM audit")[0][0])
+    try:
+        count = int(store.query("SELECT COUNT(*) FROM audit")[0][0])
+    except sqlite3.DatabaseError:  # a corrupt database: verify said so
+        count = 0
     return AuditCheck(count, problems)
 
 

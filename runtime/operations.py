@@ -30,10 +30,13 @@ from runtime.workspace import Workspace
 
 
 @contextmanager
-def opened(project: Project) -> Iterator[tuple[Workspace, StateStore]]:
-    """The project's workspace and its state store, closed afterwards."""
+def opened(project: Project, check: bool = True) -> Iterator[tuple[Workspace, StateStore]]:
+    """The project's workspace and its state store, closed afterwards.
+
+    ``check=False`` opens a state its audit head does not vouch for (see :meth:`StateStore.open`).
+    """
     workspace = Workspace.of(project)
-    store = StateStore.open(workspace.state_path)
+    store = StateStore.open(workspace.state_path, check=check)
     try:
         yield workspace, store
     finally:
@@ -76,10 +79,7 @@ def plan_project(project: Project, store: StateStore, targets: list[str] | None 
     graph = build_graph(project, data_hasher=CachedHasher(store))
     recorded = store.latest_results()
     drift = serving_drift(project, graph, store, recorded)
-    from runtime import integrity
-
-    broken = integrity.replacements(project, graph, store, recorded, Workspace.of(project).artifact_root)
-    forced = {**retrain_requests(project, graph, store), **drift.replace, **broken}
+    forced = {**retrain_requests(project, graph, store), **drift.replace}
     return graph, make_plan(graph, recorded, gate_views(project, graph, store), targets, forced, drift.update)
 
 
@@ -262,16 +262,14 @@ def approve(project: Project, gate_name: str, version: int, by: str | None = Non
         allowed = ", ".join(gate.approvals.from_) if gate.approvals else ""
         raise MlopsError.one(f"{approver} may not approve gates.{gate_name} (allowed: {allowed})",
                              project.position(f"gates.{gate_name}", "approvals", "from"), f"gates.{gate_name}")
-    with opened(project) as (_, store):
+    with opened(project) as (_, store), store.transaction():  # BEGIN IMMEDIATE: check and insert under one lock
         if store.get_model_version(gate.model, version) is None:
             raise MlopsError.one(f"models.{gate.model} has no version {version}", address=f"gates.{gate_name}")
         approval = Approval(gate_name, gate.model, version, approver, time.time())
-        with store.transaction():
-            if not store.add_approval(approval):  # approved before: the earlier record stands, audited once
-                earlier = next(a for a in store.approvals(gate_name, gate.model, version) if a.approver == approver)
-                return ApproveOutcome(earlier, new=False)
-            audit.append(store, approver, "approve", {"gate": f"gates.{gate_name}", "model": gate.model,
-                                                      "version": version}, origin.commit)
+        if not store.add_approval(approval, origin.commit):  # approved before: the earlier one stands, audited once
+            earlier = store.approval(gate_name, gate.model, version, approver)
+            assert earlier is not None
+            return ApproveOutcome(earlier, new=False)
     return ApproveOutcome(approval, new=True)
 
 

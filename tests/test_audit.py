@@ -48,7 +48,10 @@ def test_records_chain_and_read_back_in_order(store: StateStore) -> None:
 def test_the_head_is_anchored_in_the_table_and_the_sidecar_file(store: StateStore) -> None:
     last = audit.log(store)[-1]
     assert audit.head(store) == (4, last.hash)
-    assert json.loads(audit.head_path(store).read_text()) == {"count": 4, "hash": last.hash}
+    lineage, serial, count = store.identity()
+    assert json.loads(audit.head_path(store).read_text()) == {"count": 4, "hash": last.hash, "lineage": lineage,
+                                                              "serial": serial}
+    assert count == 4 and serial >= 4 and len(lineage) == 32
     assert audit.head_path(store).name == "state.db.audit-head"
 
 

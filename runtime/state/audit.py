@@ -34,15 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from compiler.content_hash import canonical_json
+from runtime.state import anchor
 from runtime.state.records import AuditRecord
-from runtime.state.store import StateStore
+from runtime.state.store import StateError, StateStore
 
 TRIGGERS = ("audit_no_update", "audit_no_delete")
 
 
 def head_path(store: StateStore) -> Path:
     """The sidecar file that anchors the head of the log: ``<state file>.audit-head``."""
-    return store.path.with_name(store.path.name + ".audit-head")
+    return anchor.sidecar_path(store.path)
 
 
 def record_hash(record: AuditRecord) -> str:
@@ -107,12 +108,32 @@ def log(store: StateStore, limit: int | None = None) -> list[AuditRecord]:
 
 def head(store: StateStore) -> tuple[int, str]:
     """The anchored head: (number of records, hash of the last one)."""
-    count, last = store.query("SELECT count, hash FROM audit_head WHERE id = 1")[0]
+    rows = store.query("SELECT count, hash FROM audit_head WHERE id = 1")
+    if not rows:
+        raise StateError.of(f"{store.path}: its audit_head row is missing")
+    count, last = rows[0]
     return int(count), str(last)
 
 
 def verify(store: StateStore) -> list[str]:
-    """Every problem found in the log (an empty list means it is intact as far as it can tell)."""
+    """Every problem found in the state and its log (an empty list means intact as far as it can tell).
+
+    First SQLite's ``PRAGMA quick_check``: a corrupt database is one problem, and nothing else is read.
+    """
+    try:
+        checked = [str(row[0]) for row in store.query("PRAGMA quick_check")]
+    except sqlite3.DatabaseError as exc:
+        checked = [str(exc)]
+    if checked != ["ok"]:
+        more = f" (and {len(checked) - 1} more)" if len(checked) > 1 else ""
+        return [f"{store.path.name} is corrupt: SQLite's quick_check says: {' '.join(checked[0].split())}{more}"]
+    try:
+        return _verify(store)
+    except (sqlite3.DatabaseError, StateError, KeyError, IndexError) as exc:
+        return [f"{store.path.name} is not a usable state database: {' '.join(str(exc).split())}"]
+
+
+def _verify(store: StateStore) -> list[str]:
     problems: list[str] = []
     hashes: dict[int, str] = {}
     expected_seq, prev_hash = 1, ""
@@ -140,54 +161,84 @@ def verify(store: StateStore) -> list[str]:
                         f"{last_seq}: the last records were deleted")
     elif (anchored_count, anchored_hash) != (last_seq, prev_hash):
         problems.append("the audit head in the database does not match the end of the log: the log was rewritten")
-    problems.extend(_check_sidecar(head_path(store), hashes))
+    lineage, serial, _ = store.identity()
+    problems.extend(_check_sidecar(head_path(store), hashes, lineage, serial))
     present = {row[0] for row in store.query(
         "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit'")}
     problems.extend(f"the append-only trigger {name} was dropped" for name in TRIGGERS if name not in present)
+    problems.extend(f"the approval of models.{a.model} version {a.version} at gates.{a.gate} by {a.approver} has no "
+                    "record in the audit chain: it was written behind mlops' back and does not count"
+                    for a in store.unchained_approvals())
     return problems
 
 
-def _check_sidecar(path: Path, hashes: dict[int, str]) -> list[str]:
-    sidecar = _read_sidecar(path)
+def _check_sidecar(path: Path, hashes: dict[int, str], lineage: str, serial: int) -> list[str]:
+    sidecar = anchor.read(path)
     if sidecar is None:
         return [f"{path.name} is missing: the log's head is not anchored"] if hashes else []
     if isinstance(sidecar, str):
         return [f"{path.name} is unreadable ({sidecar})"]
-    side_count, side_hash = sidecar
+    if sidecar.lineage is not None and sidecar.lineage != lineage:
+        return [f"{path.name} anchors another state (lineage {sidecar.lineage[:12]}, {sidecar.count} records) than "
+                f"this one (lineage {lineage[:12]}): the state file was replaced"]
     last_seq = max(hashes, default=0)
-    if side_count > last_seq:
-        return [f"{path.name} says the log has {side_count} records but it ends at record {last_seq}: "
+    if sidecar.count > last_seq:
+        return [f"{path.name} says the log has {sidecar.count} records but it ends at record {last_seq}: "
                 "the last records were deleted"]
-    if side_count and hashes.get(side_count) != side_hash:
-        return [f"{path.name} does not match record {side_count}: the log was rewritten"]
+    if sidecar.count and hashes.get(sidecar.count) != sidecar.hash:
+        return [f"{path.name} does not match record {sidecar.count}: the log was rewritten"]
+    if sidecar.serial is not None and sidecar.serial > serial:
+        return [f"{path.name} says the state was at serial {sidecar.serial} but it is at serial {serial}: "
+                "an older copy of the state"]
     return []
 
 
-def _read_sidecar(path: Path) -> tuple[int, str] | str | None:
-    """(count, hash); an error message when unreadable; ``None`` when missing."""
-    try:
-        data = json.loads(path.read_text())
-        return int(data["count"]), str(data["hash"])
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return str(exc)
-
-
 def _publish_head(store: StateStore) -> None:
-    """Make the log durable, then anchor its head in the sidecar file (unless the sidecar disagrees)."""
+    """Make the log durable, then anchor its head, lineage and serial in the sidecar (unless it disagrees).
+
+    What is anchored is read first, then synced: everything the sidecar names is durable before it does.
+    """
+    lineage, serial, count, last = store.query(
+        "SELECT m.lineage, m.serial, h.count, h.hash FROM state_meta m, audit_head h WHERE m.id = 1 AND h.id = 1")[0]
     store.sync()
-    count, last = head(store)
     path = head_path(store)
-    current = _read_sidecar(path)
-    if isinstance(current, tuple):
-        side_count, side_hash = current
-        rows = store.query("SELECT hash FROM audit WHERE seq = ?", (side_count,))
-        if side_count > count or (side_count and (not rows or rows[0][0] != side_hash)):
+    current = anchor.read(path)
+    if isinstance(current, anchor.Anchor):
+        if current.lineage is not None and current.lineage != lineage:
             return  # keep the evidence for verify
-        if side_count >= count:
+        rows = store.query("SELECT hash FROM audit WHERE seq = ?", (current.count,))
+        if current.count > count or (current.count and (not rows or rows[0][0] != current.hash)):
+            return  # keep the evidence for verify
+        if current.count >= count and (current.serial or 0) >= serial:
             return
-    _write_atomically(path, json.dumps({"count": count, "hash": last}) + "\n")
+    _write_atomically(path, json.dumps({"count": count, "hash": last, "lineage": lineage, "serial": serial}) + "\n")
+
+
+RESET = "state-reset"
+"""The action of the record :func:`reset` appends."""
+
+
+def reset(store: StateStore, actor: str, commit: str | None = None) -> AuditRecord:
+    """Accept the state as it is now as the one its sidecar anchors (``mlops state reset --i-understand``).
+
+    The old sidecar is kept as evidence (``<state file>.audit-head.replaced-<time>``); a ``state-reset``
+    record naming the history it anchored (count, hash, lineage, serial) is appended; the sidecar then
+    anchors this state. Open ``store`` with ``check=False`` and hold the state lock.
+    """
+    path = head_path(store)
+    previous = anchor.read(path)
+    before = None
+    if isinstance(previous, anchor.Anchor):
+        before = {"count": previous.count, "hash": previous.hash, "lineage": previous.lineage,
+                  "serial": previous.serial}
+    elif isinstance(previous, str):
+        before = {"unreadable": previous}
+    if path.exists():
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        os.replace(path, path.with_name(f"{path.name}.replaced-{stamp}"))
+    lineage, serial, count = store.identity()
+    return append(store, actor, RESET, {"previous": before, "state": {"lineage": lineage, "serial": serial,
+                                                                      "count": count}}, commit)
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -7,9 +7,9 @@ mid-migration leaves the previous version intact. Append new steps; never edit a
 >>> import sqlite3
 >>> conn = sqlite3.connect(":memory:", isolation_level=None)
 >>> migrate(conn)
-1
+3
 >>> migrate(conn)   # already current: nothing to do
-1
+3
 """
 
 from __future__ import annotations
@@ -195,7 +195,30 @@ V2: Step = (
     )""",
 )
 
-MIGRATIONS: tuple[Step, ...] = (V1, V2)
+V3: Step = (
+    # The state's identity (Terraform's lineage and serial): ``lineage`` is fixed when the state is created,
+    # ``serial`` grows with every write transaction; both are anchored in the audit-head sidecar.
+    """CREATE TABLE state_meta (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        lineage TEXT NOT NULL,
+        serial INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+    "INSERT INTO state_meta (id, lineage, serial, created_at) VALUES (1, lower(hex(randomblob(16))),"
+    " (SELECT count FROM audit_head WHERE id = 1), (julianday('now') - 2440587.5) * 86400.0)",
+    # An approval takes effect only with its record in the hash chain: the record's seq and hash.
+    "ALTER TABLE approvals ADD COLUMN audit_seq INTEGER",
+    "ALTER TABLE approvals ADD COLUMN audit_hash TEXT",
+    # Approvals recorded before this step: linked to their `approve` record when it exists (one written
+    # behind mlops' back has none and stays unlinked, so it counts for nothing).
+    """UPDATE approvals SET (audit_seq, audit_hash) = (
+        SELECT a.seq, a.hash FROM audit a WHERE a.action = 'approve' AND a.actor = approvals.approver
+        AND json_extract(a.payload, '$.gate') = 'gates.' || approvals.gate
+        AND json_extract(a.payload, '$.model') = approvals.model
+        AND json_extract(a.payload, '$.version') = approvals.version ORDER BY a.seq LIMIT 1)""",
+)
+
+MIGRATIONS: tuple[Step, ...] = (V1, V2, V3)
 """Every step in order; ``len(MIGRATIONS)`` is the current schema version."""
 
 

@@ -39,6 +39,7 @@ from typing import Any, TypeVar, cast
 from compiler.content_hash import canonical_json
 from compiler.errors import MlopsError
 from runtime.faults import os_line, sqlite_line
+from runtime.state import anchor
 from runtime.state.migrations import SchemaTooNew, migrate, schema_version
 from runtime.state.records import (
     Approval,
@@ -98,6 +99,14 @@ def _retry(operation: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
+def _identity(conn: sqlite3.Connection) -> tuple[str, int, int]:
+    row = conn.execute("SELECT m.lineage, m.serial, h.count FROM state_meta m, audit_head h"
+                       " WHERE m.id = 1 AND h.id = 1").fetchone()
+    if row is None:
+        raise sqlite3.DatabaseError("its state_meta or audit_head row is missing")
+    return str(row[0]), int(row[1]), int(row[2])
+
+
 def _dump(value: Any) -> str:
     return canonical_json(value)
 
@@ -139,11 +148,20 @@ class StateStore:
     # --- lifecycle -------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path | str, busy_timeout: float = BUSY_TIMEOUT_S) -> StateStore:
-        """Open (creating it and its parent directories if needed) and migrate the database at ``path``."""
+    def open(cls, path: Path | str, busy_timeout: float = BUSY_TIMEOUT_S, *, check: bool = True) -> StateStore:
+        """Open (creating it and its parent directories if needed) and migrate the database at ``path``.
+
+        With ``check`` (the default) a state that is not the one its audit-head sidecar anchors (emptied,
+        replaced by another lineage, older than the head: :mod:`runtime.state.anchor`) is refused with a
+        :class:`StateError` before anything is written to it. ``audit verify`` and ``state reset`` open
+        without the check, to report and to recover.
+        """
         if "://" in str(path):
             raise StateError.of(f"state {path}: only a local SQLite file is supported as the state store")
         path = Path(path)
+        side = anchor.read(anchor.sidecar_path(path))  # before the state: see anchor.refusal
+        if check and (why := anchor.refusal_before_open(path)) is not None:
+            raise StateError.of(why)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -158,6 +176,10 @@ class StateStore:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             _retry(lambda: migrate(conn))
+            if check:
+                lineage, serial, count = _identity(conn)
+                if (why := anchor.refusal(path, side, lineage, serial, count)) is not None:
+                    raise StateError.of(why)
         except SchemaTooNew as exc:
             conn.close()
             raise StateError.of(f"{path}: {exc}") from exc
@@ -183,6 +205,11 @@ class StateStore:
     def connection(self) -> sqlite3.Connection:
         """The raw connection (for the audit module and tests); prefer the typed methods."""
         return self._conn
+
+    def identity(self) -> tuple[str, int, int]:
+        """(lineage, serial, audit records) of this state, read in one statement."""
+        with self._lock:
+            return _retry(lambda: _identity(self._conn))
 
     def schema_version(self) -> int:
         with self._lock:
@@ -224,8 +251,11 @@ class StateStore:
                 raise
             raise translated from exc
         self._depth = 1
+        changes = self._conn.total_changes
         try:
             yield self
+            if self._conn.total_changes != changes:  # a write: the state's serial grows with it
+                self._conn.execute("UPDATE state_meta SET serial = serial + 1 WHERE id = 1")
             _retry(lambda: self._conn.execute("COMMIT"))
         except BaseException as exc:
             self._after_commit.clear()
@@ -493,23 +523,54 @@ class StateStore:
                             " ORDER BY id DESC LIMIT 1", (gate, model, version))
         return _gate_decision(row) if row else None
 
-    def add_approval(self, approval: Approval) -> bool:
-        """Record an approval; idempotent per (gate, model, version, approver). True when it is new."""
+    def add_approval(self, approval: Approval, commit: str | None = None) -> bool:
+        """Record an approval with its ``approve`` audit record, in one transaction; True when it is new.
+
+        Idempotent per (gate, model, version, approver): the check and the insert run under the write lock
+        (``BEGIN IMMEDIATE``), so concurrent approvals by one principal make one row and one record. The
+        row carries its record's seq and hash; :meth:`approvals` counts only rows whose record is in the
+        chain, so a row written behind mlops' back (with plain SQL) counts for nothing.
+        """
+        from runtime.state import audit
+
         try:
-            cursor = self._exec(
-                "INSERT OR IGNORE INTO approvals (gate, model, version, approver, approved_at) VALUES (?,?,?,?,?)",
-                (approval.gate, approval.model, approval.version, approval.approver,
-                 approval.approved_at or time.time()))
+            with self.transaction():
+                if self.approval(approval.gate, approval.model, approval.version, approval.approver) is not None:
+                    return False
+                at = approval.approved_at or time.time()
+                record = audit.append(self, approval.approver, "approve", {
+                    "gate": f"gates.{approval.gate}", "model": approval.model, "version": approval.version},
+                    commit, at=at)
+                self._conn.execute(
+                    "INSERT INTO approvals (gate, model, version, approver, approved_at, audit_seq, audit_hash)"
+                    " VALUES (?,?,?,?,?,?,?) ON CONFLICT (gate, model, version, approver) DO UPDATE SET"
+                    " approved_at = excluded.approved_at, audit_seq = excluded.audit_seq,"
+                    " audit_hash = excluded.audit_hash",
+                    (approval.gate, approval.model, approval.version, approval.approver, at, record.seq,
+                     record.hash))
         except sqlite3.IntegrityError as exc:
             raise StateError.of(f"model '{approval.model}' has no version {approval.version}") from exc
-        return cursor.rowcount == 1
+        return True
+
+    def approval(self, gate: str, model: str, version: int, approver: str) -> Approval | None:
+        """``approver``'s approval of that version behind ``gate``, when it is in the audit chain."""
+        return next((a for a in self.approvals(gate, model, version) if a.approver == approver), None)
 
     def approvals(self, gate: str, model: str, version: int) -> list[Approval]:
-        """The approvals of one version behind a gate, oldest first."""
-        rows = self._rows("SELECT * FROM approvals WHERE gate = ? AND model = ? AND version = ?"
-                          " ORDER BY approved_at, approver", (gate, model, version))
-        return [Approval(row["gate"], row["model"], row["version"], row["approver"], row["approved_at"])
-                for row in rows]
+        """The approvals of one version behind a gate that carry their record in the audit chain, oldest first.
+
+        A row counts only when the record it names (seq and hash) is in the anchored log, hashes to its
+        hash, and is the ``approve`` of that principal, gate, model and version (:meth:`unchained_approvals`
+        lists the others).
+        """
+        rows = self._rows(_APPROVALS_SQL + " WHERE p.gate = ? AND p.model = ? AND p.version = ?"
+                          " ORDER BY p.approved_at, p.approver", (gate, model, version))
+        return [_approval(row) for row in rows if _chained(row)]
+
+    def unchained_approvals(self) -> list[Approval]:
+        """Approval rows without their record in the audit chain: written behind mlops' back, never counted."""
+        rows = self._rows(_APPROVALS_SQL + " ORDER BY p.gate, p.model, p.version, p.approver")
+        return [_approval(row) for row in rows if not _chained(row)]
 
     # --- deployments -----------------------------------------------------------------------------
 
@@ -637,6 +698,33 @@ for _name, _member in list(vars(StateStore).items()):
 
 
 # --- rows -> records -----------------------------------------------------------------------------
+
+_APPROVALS_SQL = (
+    "SELECT p.gate, p.model, p.version, p.approver, p.approved_at, a.seq, a.at, a.actor, a.action, a.git_commit,"
+    " a.payload, a.prev_hash, a.hash, (SELECT count FROM audit_head WHERE id = 1) AS head"
+    " FROM approvals p LEFT JOIN audit a ON a.seq = p.audit_seq AND a.hash = p.audit_hash")
+
+
+def _approval(row: sqlite3.Row) -> Approval:
+    return Approval(row["gate"], row["model"], row["version"], row["approver"], row["approved_at"])
+
+
+def _chained(row: sqlite3.Row) -> bool:
+    """Whether an approval row's audit record is in the anchored chain and says what the row says."""
+    from runtime.state.audit import record_hash
+    from runtime.state.records import AuditRecord
+
+    if row["seq"] is None or row["seq"] > row["head"] or row["action"] != "approve":
+        return False
+    try:
+        record = AuditRecord(seq=row["seq"], at=row["at"], actor=row["actor"], action=row["action"],
+                             commit=row["git_commit"], payload=json.loads(row["payload"]),
+                             prev_hash=row["prev_hash"], hash=row["hash"])
+    except ValueError:
+        return False
+    return (record_hash(record) == record.hash and record.actor == row["approver"]
+            and record.payload == {"gate": f"gates.{row['gate']}", "model": row["model"], "version": row["version"]})
+
 
 def _node_result(row: sqlite3.Row) -> NodeResult:
     return NodeResult(

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "monitor": "runtime.cli.commands.monitor:monitor_group",
     "audit": "runtime.cli.commands.audit:audit_group",
     "force-unlock": "runtime.cli.commands.unlock:force_unlock_command",
+    "state": "runtime.cli.commands.state:state_group",
     "report": "runtime.cli.commands.report:report_command",
     "diff": "runtime.cli.commands.diff:diff_command",
     "schema": "runtime.cli.commands.schema:schema_command",

@@ -74,10 +74,14 @@ def verify_command(app: Application) -> None:
     """Check the hash chain; exit 1 with one line per problem when a record was edited or deleted."""
     from runtime import inspect
     from runtime.operations import opened
+    from runtime.state.anchor import refusal_before_open
+    from runtime.workspace import Workspace
 
     project = project_or_fail(app)
     try:
-        with opened(project) as (_, store):
+        if (emptied := refusal_before_open(Workspace.of(project).state_path)) is not None:
+            raise MlopsError.one(emptied)
+        with opened(project, check=False) as (_, store):  # report what is wrong with the state, never refuse it
             check = inspect.verify_audit(store)
     except MlopsError as error:
         app.fail(error)
