@@ -17,6 +17,8 @@ import re
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,10 @@ DEFAULT_MAX_REPO_BYTES = 1 << 30
 
 class FetchError(Exception):
     """A clone or fetch that failed, timed out or went over the size cap (one line)."""
+
+
+class FetchStopped(Exception):
+    """The fetch was abandoned because the loop is stopping (SIGTERM, Ctrl-C)."""
 
 
 def human_size(size: int) -> str:
@@ -57,20 +63,32 @@ def parse_size(text: str) -> int:
 
 
 def fetch(checkout: Path, url: str, *, timeout: float = DEFAULT_FETCH_TIMEOUT,
-          max_bytes: int = DEFAULT_MAX_REPO_BYTES) -> None:
+          max_bytes: int = DEFAULT_MAX_REPO_BYTES, stopping: Callable[[], bool] | None = None) -> None:
     """Fetch every branch of ``url`` into the clone at ``checkout`` (made, without a work tree, when missing),
-    pruning the branches ``url`` no longer has; in a child process killed after ``timeout`` seconds."""
+    pruning the branches ``url`` no longer has; in a child process killed after ``timeout`` seconds, or as
+    soon as ``stopping()`` says so (then :class:`FetchStopped`)."""
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
     child = subprocess.Popen([sys.executable, "-m", "runtime.gitsync", str(checkout), url, str(max_bytes)],
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=env, start_new_session=True)
+    deadline = time.monotonic() + timeout
     try:
-        out, err = child.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill(child)
-        _clean_after_kill(checkout)
-        raise FetchError(f"no answer within {timeout:g}s (--fetch-timeout)") from None
+        while True:
+            try:
+                out, err = child.communicate(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired:
+                if stopping is not None and stopping():
+                    _kill(child)
+                    _clean_after_kill(checkout)
+                    raise FetchStopped() from None
+                if time.monotonic() >= deadline:
+                    _kill(child)
+                    _clean_after_kill(checkout)
+                    raise FetchError(f"no answer within {timeout:g}s (--fetch-timeout)") from None
+    except (FetchError, FetchStopped):
+        raise
     except BaseException:  # a second Ctrl-C: leave no child behind
         _kill(child)
         raise

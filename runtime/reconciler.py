@@ -108,10 +108,11 @@ def sync_checkout(url: str, branch: str, checkout: Path, *, timeout: float = DEF
 
 
 def sync_branch(url: str, branch: str, checkout: Path, *, timeout: float = DEFAULT_FETCH_TIMEOUT,
-                max_bytes: int = DEFAULT_MAX_REPO_BYTES) -> Synced:
+                max_bytes: int = DEFAULT_MAX_REPO_BYTES, stopping: Callable[[], bool] | None = None) -> Synced:
     """Fetch ``url`` into the clone at ``checkout`` (made the first time), pruning the branches it deleted, in
     at most ``timeout`` seconds; refuse a repository over ``max_bytes``; then hard-reset the clone's detached
-    work tree to ``origin/BRANCH``. Untracked files (the state) are kept."""
+    work tree to ``origin/BRANCH``. Untracked files (the state) are kept. ``stopping()`` true abandons the
+    fetch (:class:`runtime.gitsync.FetchStopped`)."""
     import pygit2
 
     repo = _open_clone(checkout)
@@ -122,7 +123,11 @@ def sync_branch(url: str, branch: str, checkout: Path, *, timeout: float = DEFAU
     if fresh:
         checkout.parent.mkdir(parents=True, exist_ok=True)
     try:
-        gitsync.fetch(checkout, url, timeout=timeout, max_bytes=max_bytes)
+        gitsync.fetch(checkout, url, timeout=timeout, max_bytes=max_bytes, stopping=stopping)
+    except gitsync.FetchStopped:
+        if fresh:
+            shutil.rmtree(checkout, ignore_errors=True)
+        raise
     except gitsync.FetchError as error:
         if fresh:
             shutil.rmtree(checkout, ignore_errors=True)
@@ -302,6 +307,9 @@ class Reconciler:
                 self.last_good = project
                 if not self.source.repo:
                     result.commit = git_state(project.root)[0]
+        except gitsync.FetchStopped:
+            logger.info("stopping during the fetch")
+            result.stopped = True
         except MlopsError as error:
             result.error = error.render()
         except Exception as error:  # noqa: BLE001 - a failed tick is reported and retried, never fatal
@@ -326,7 +334,7 @@ class Reconciler:
         if not source.repo:
             return None
         synced = sync_branch(source.repo, source.branch, source.checkout_dir(), timeout=source.fetch_timeout,
-                             max_bytes=source.max_repo_bytes)
+                             max_bytes=source.max_repo_bytes, stopping=self.stop.is_set)
         if synced.rewritten and synced.previous is not None:
             result.rewritten = (synced.previous, synced.commit)
             note = (f"history of {source.branch} rewritten: {synced.commit[:12]} does not descend from "

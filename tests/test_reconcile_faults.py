@@ -187,3 +187,14 @@ def test_a_repository_over_the_size_cap_is_refused_in_one_line(
                  "--max-repo-size", "256KiB", cwd=tmp_path)
     assert done.returncode == 1 and "over the 256 KiB cap" in done.stdout and "Traceback" not in done.stderr
     assert reconciler(remote, checkout).tick().ok  # under the default 1 GiB cap it is taken
+
+
+def test_a_stop_during_a_fetch_from_a_silent_remote_ends_the_tick_at_once(tmp_path: Path, silent_server: int) -> None:
+    loop = reconciler(f"http://127.0.0.1:{silent_server}/repo.git", tmp_path / "checkout", fetch_timeout=60.0)
+    timer = threading.Timer(0.5, loop.stop.set)  # what SIGTERM does
+    timer.start()
+    result = loop.tick()
+    timer.join()
+    assert result.stopped and result.error is None
+    assert result.seconds < 5, result.seconds  # not the 60 s of the timeout
+    assert not (tmp_path / "checkout").exists()
