@@ -19,14 +19,12 @@ from runtime.status import project_status
 SLEEPY = '''
 import time
 
-import torch
-
 from runtime.context import TrainResult
 
 
 def train(ctx):
     time.sleep(float(ctx.params.get("sleep", 0)))
-    return TrainResult(model={"w": torch.tensor(1.0)}, metrics={"auc": 0.9})
+    return TrainResult(model={"w": 1.0}, metrics={"auc": 0.9})
 '''
 
 
@@ -144,10 +142,10 @@ def test_a_runs_timeout_counts_from_its_start_not_from_its_wait_for_resources(
         tmp_path: Path, make_project: Any, two_cpus: Any) -> None:
     import ray
 
-    project = load_project(make_project(tmp_path, _spec({"cpus": 1}, {"sleep": 1}, timeout="4s"),
+    project = load_project(make_project(tmp_path, _spec({"cpus": 1}, {"sleep": 1}, timeout="8s"),
                                         files={"data/raw.csv": "x\n1\n"}, pipeline=SLEEPY))
     hog = _hog(2)
-    threading.Timer(6.0, lambda: ray.kill(hog)).start()  # the CPUs come free after the run waited 6 s
+    threading.Timer(10.0, lambda: ray.kill(hog)).start()  # the CPUs come free after the run waited 10 s
     events: list[tuple[str, str]] = []
     outcome = apply_project(project, progress=lambda node_id, event, detail: events.append((node_id, event)))
     assert outcome.result.outcomes["models.m/train"].status == "succeeded", outcome.result.outcomes
@@ -155,7 +153,7 @@ def test_a_runs_timeout_counts_from_its_start_not_from_its_wait_for_resources(
     with opened(project) as (_, store):
         runs = store.list_runs("models.m", limit=10)
     assert [r.status for r in runs] == ["succeeded"]
-    assert runs[0].finished_at is not None and runs[0].finished_at - runs[0].started_at < 4
+    assert runs[0].finished_at is not None and runs[0].finished_at - runs[0].started_at < 8
 
 
 def test_the_progress_display_says_what_a_waiting_task_waits_for_even_without_a_terminal() -> None:
