@@ -33,6 +33,13 @@ from compiler.errors import MlopsError
 
 DEFAULT_SERVE_PORT = 8000
 READY_LINE = b"Ray runtime started"
+# The embedded cluster is this machine's alone: its node, its agents and its workers bind the loopback
+# address only. Ray replaces a loopback --node-ip-address with the machine's external address unless it runs
+# as it does on a laptop (ray._private.services.resolve_ip_for_localhost, get_node_ip_address); so told, its
+# GCS, raylet, agents, workers and Serve listen on 127.0.0.1 (tests/test_cluster_loopback.py).
+LOOPBACK = "127.0.0.1"
+LOOPBACK_OPTIONS = [f"--node-ip-address={LOOPBACK}", f"--dashboard-host={LOOPBACK}"]
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 """What ``ray start`` logs once the GCS, the raylet and the agents are up."""
 
 
@@ -173,13 +180,14 @@ def _start(state_path: Path, num_cpus: int | None, serve_port: int | None, timeo
     # Ray's own command line, run by this interpreter (a `ray` script need not be on the PATH or beside it).
     command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={port}",
                "--include-dashboard=false", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-               f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}"]
+               f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+               *LOOPBACK_OPTIONS]
     if num_cpus is not None:
         command.append(f"--num-cpus={num_cpus}")
     auth = "disabled" if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled" else "token"
     # One node: a drain on SIGTERM has nowhere to move Serve's replicas and would only wait out its 30 s.
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": auth,
-           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **LOOPBACK_ENV}
     if auth == "token":
         _ensure_token()
     log = state_path.parent / "cluster.log"

@@ -41,7 +41,13 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
                               "namespace": "mlops", "configure_logging": False}
     if address:
         ray.init(address=address, **kwargs)
-    else:
+    else:  # this machine's alone: every process of it binds the loopback address (see runtime.cluster)
+        from ray._private import ray_constants
+
+        from runtime.cluster import LOOPBACK_ENV
+
+        os.environ.update(LOOPBACK_ENV)  # for the processes it starts
+        ray_constants.ENABLE_RAY_CLUSTER = False  # read when this process picks the node's address
         ray.init(num_cpus=num_cpus, **kwargs)
 
 

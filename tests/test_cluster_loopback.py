@@ -1,0 +1,148 @@
+"""The embedded cluster is this machine's alone: no process of it listens beyond the loopback address.
+
+``mlops up`` starts the long-lived local Ray (``runtime/cluster.py``) and ``ray_backend.connect()`` the
+in-process one an apply starts; every TCP socket their processes listen on (read from ``/proc/net/tcp`` and
+``/proc/net/tcp6`` through each process's descriptors) must be on 127.0.0.1 (or ``::1``), never on the
+wildcard address or the machine's external one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.xdist_group("ray")
+ROOT = Path(__file__).resolve().parents[1]
+MLOPS = str(Path(sys.executable).with_name("mlops"))
+SPEC = "apiVersion: mlops/v1\nproject: loopback\nowners: [team:x]\n"
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+def _address(hex_address: str, six: bool) -> tuple[str, int]:
+    host, port = hex_address.split(":")
+    raw = bytes.fromhex(host)
+    if not six:
+        return ".".join(str(b) for b in raw[::-1]), int(port, 16)
+    words = [raw[i:i + 4][::-1] for i in range(0, 16, 4)]  # four little-endian 32-bit words
+    packed = b"".join(words)
+    import ipaddress
+
+    ip = ipaddress.IPv6Address(packed)
+    mapped = ip.ipv4_mapped
+    return (f"::ffff:{mapped}" if mapped else str(ip)), int(port, 16)
+
+
+def listening() -> dict[int, tuple[str, int]]:
+    """Socket inode -> (address, port) of every TCP socket listening on this machine."""
+    found: dict[int, tuple[str, int]] = {}
+    for name, six in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                found[int(fields[9])] = _address(fields[1], six)
+    return found
+
+
+def sockets_of(pids: list[int]) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of each listening socket the processes ``pids`` hold."""
+    table = listening()
+    out = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inode = int(target[8:-1])
+                if inode in table:
+                    out.append((pid, *table[inode]))
+    return out
+
+
+def session_members(sid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid:  # session id
+                members.append(int(entry))
+    return members
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Path]:
+    (tmp_path / "mlops.yaml").write_text(SPEC)
+    yield tmp_path
+    subprocess.run([MLOPS, "down"], cwd=tmp_path, capture_output=True, timeout=120)
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc/net/tcp")
+def test_the_local_cluster_of_mlops_up_listens_on_loopback_only(project: Path) -> None:
+    done = subprocess.run([MLOPS, "up"], cwd=project, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    info = json.loads((project / ".mlops" / "cluster.json").read_text())
+    members = session_members(info["pgid"])
+    assert len(members) >= 4, members  # the head's processes: ray start, GCS, raylet, agents
+    sockets = sockets_of(members)
+    assert len(sockets) >= 3, sockets
+    outside = [s for s in sockets if s[1] not in LOOPBACK]
+    assert not outside, f"listening beyond loopback: {outside}"
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc/net/tcp")
+def test_the_embedded_ray_of_an_apply_listens_on_loopback_only(tmp_path: Path) -> None:
+    script = f"""
+import json, os, sys
+sys.path.insert(0, {str(ROOT)!r})
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from runtime import ray_backend
+import ray
+ray_backend.connect(num_cpus=1)
+assert ray.get(ray.remote(lambda: os.getpid()).remote())  # a worker is up and listening too
+from test_cluster_loopback import descendants, sockets_of
+print(json.dumps(sockets_of(descendants(os.getpid()))))
+ray_backend.shutdown()
+"""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=180, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sockets = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(sockets) >= 3, sockets
+    outside = [s for s in sockets if s[1] not in LOOPBACK]
+    assert not outside, f"listening beyond loopback: {outside}"
