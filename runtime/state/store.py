@@ -185,7 +185,11 @@ class StateStore:
             raise StateError.of(f"{path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise StateError.of(sqlite_line(path, exc, "not a usable state database: {reason}")) from exc
+            line = sqlite_line(path, exc, "not a usable state database: {reason}")
+            if "not a usable state database" not in line:  # a damaged file: say so, and what it is not
+                line = line.replace(": the database is damaged", ": not a usable state database: the database is "
+                                    "damaged", 1)
+            raise StateError.of(line) from exc
         except BaseException:
             conn.close()
             raise
