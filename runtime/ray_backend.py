@@ -39,15 +39,18 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False,
                               "namespace": "mlops", "configure_logging": False}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:  # this machine's alone: every process of it binds the loopback address (see runtime.cluster)
+    if not address or address.partition(":")[0] in ("127.0.0.1", "localhost"):
+        # This machine's alone (the embedded Ray, or mlops up's): every process of it binds the loopback
+        # address, and a driver joining it must not turn 127.0.0.1 into the machine's address (runtime.cluster).
         from ray._private import ray_constants
 
         from runtime.cluster import LOOPBACK_ENV
 
         os.environ.update(LOOPBACK_ENV)  # for the processes it starts
         ray_constants.ENABLE_RAY_CLUSTER = False  # read when this process picks the node's address
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
         ray.init(num_cpus=num_cpus, **kwargs)
 
 
