@@ -319,7 +319,7 @@ def test_sync_follows_the_branch_including_a_rewritten_history(tmp_path: Path) -
 
 
 def test_sigterm_stops_the_loop_between_steps_after_the_apply_in_progress(tmp_path: Path) -> None:
-    marker = tmp_path / "training.started"
+    marker = tmp_path.parent / f"{tmp_path.name}.training.started"  # outside the repository: tasks may not write there
     body = spec("unused", monitors=False)
     del body["deployments"], body["gates"]
     body["models"]["m"]["params"] = {"w": 1.0, "sleep": 4, "marker": str(marker)}
