@@ -20,7 +20,18 @@ import pytest
 pytestmark = pytest.mark.xdist_group("ray")
 ROOT = Path(__file__).resolve().parents[1]
 MLOPS = str(Path(sys.executable).with_name("mlops"))
-SPEC = "apiVersion: mlops/v1\nproject: loopback\nowners: [team:x]\n"
+SPEC = """apiVersion: mlops/v1
+project: loopback
+owners: [team:x]
+datasets:
+  rows: {path: data/rows.csv, description: rows}
+  copied: {from: [rows], transform: "pipeline:copy", description: "the rows, copied on the cluster"}
+"""
+PIPELINE = """
+def copy(ctx):
+    for name, path in ctx.inputs.items():
+        (ctx.output_dir / f"{name}.csv").write_bytes(path.read_bytes())
+"""
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 
 
@@ -107,6 +118,13 @@ def descendants(root: int) -> list[int]:
 @pytest.fixture
 def project(tmp_path: Path) -> Iterator[Path]:
     (tmp_path / "mlops.yaml").write_text(SPEC)
+    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "rows.csv").write_text("a,b\n1,2\n")
+    (tmp_path / ".gitignore").write_text(".mlops/\n__pycache__/\n")
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "init"]):
+        subprocess.run(["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
     yield tmp_path
     subprocess.run([MLOPS, "down"], cwd=tmp_path, capture_output=True, timeout=120)
 
@@ -122,6 +140,13 @@ def test_the_local_cluster_of_mlops_up_listens_on_loopback_only(project: Path) -
     assert len(sockets) >= 3, sockets
     outside = [s for s in sockets if s[1] not in LOOPBACK]
     assert not outside, f"listening beyond loopback: {outside}"
+    # an apply joins it at 127.0.0.1 (a driver that turned it into the machine's address would hang) and its
+    # task runs on a worker of the cluster, which listens on loopback too
+    done = subprocess.run([MLOPS, "apply"], cwd=project, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    sockets = sockets_of(session_members(info["pgid"]))
+    outside = [s for s in sockets if s[1] not in LOOPBACK]
+    assert not outside, f"listening beyond loopback after an apply: {outside}"
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc/net/tcp")
