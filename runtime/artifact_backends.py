@@ -203,7 +203,7 @@ class LocalBackend(Backend):
                 os.replace(tmp, final)
         except BaseException as exc:
             tmp.unlink(missing_ok=True)
-            if isinstance(exc, OSError) and exc.filename is None:  # a full disk: say which store refused it
+            if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:  # name the store
                 exc.filename = str(self.objects)
             raise
         fsync_path(final.parent)

@@ -79,7 +79,10 @@ def plan_project(project: Project, store: StateStore, targets: list[str] | None 
     graph = build_graph(project, data_hasher=CachedHasher(store))
     recorded = store.latest_results()
     drift = serving_drift(project, graph, store, recorded)
-    forced = {**retrain_requests(project, graph, store), **drift.replace}
+    from runtime import integrity
+
+    broken = integrity.replacements(project, graph, store, recorded, Workspace.of(project).artifact_root)
+    forced = {**retrain_requests(project, graph, store), **drift.replace, **broken}
     return graph, make_plan(graph, recorded, gate_views(project, graph, store), targets, forced, drift.update)
 
 
