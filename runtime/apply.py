@@ -293,13 +293,7 @@ class Executor:
         """What a node asks for, what the cluster has free, and what holds the rest."""
         from runtime import feasibility
 
-        resources = node.resources or {}
-        asks = [f"{float(resources.get('cpus', 1)):g} CPU"]
-        if resources.get("gpus"):
-            asks.append(f"{float(resources['gpus']):g} GPU")
-        workers = int(resources.get("workers", 1) or 1)
-        ask = " + ".join(asks) + (f" on each of {workers} workers" if workers > 1 else "")
-        return f"asks {ask}; {feasibility.describe_free(self.project)}"
+        return f"asks {feasibility.asks(node.resources or {})}; {feasibility.describe_free(self.project)}"
 
     def _cluster_address(self) -> str | None:
         """The spec's ``cluster.address``, else the local cluster ``mlops up`` started, else none (embedded)."""
@@ -569,13 +563,7 @@ class Executor:
         name = node.address.split(".", 1)[1]
         deployment = self.project.spec.deployments[name]
         newest = int(self.outputs[self._model_final(deployment.model)]["version"])
-        previous = self.store.get_deployment(name)
-        pin: tuple[int | None, str] | None = None
-        version = deployment.version or newest
-        if deployment.version is None and previous is not None and previous.pinned_version is not None \
-                and newest <= (previous.desired_version or 0):
-            version = previous.pinned_version
-            pin = (previous.desired_version, previous.pin_reason or "rollback")
+        version, pin = serving_target(deployment, newest, self.store.get_deployment(name))
         return deploy_version(self.workspace, self.store, name, version, pin=pin, graph=self.graph)
 
     def _local_monitor(self, node: Node) -> dict[str, Any]:
@@ -625,6 +613,17 @@ class Executor:
             dict(outputs.get("metrics", {})), dict(outputs.get("params", {})), node.code_hash,
             self.provenance.commit, lineage, "candidate", "", time.time()))
         return version
+
+
+def serving_target(deployment: Any, newest: int, previous: DeploymentState | None
+                   ) -> tuple[int, tuple[int | None, str] | None]:
+    """The version a deployment serves once ``newest`` passed its gates, and the rollback pin it keeps:
+    the spec's pin, else a rollback's pin while no version newer than the one rolled back from passed,
+    else ``newest``."""
+    if deployment.version is None and previous is not None and previous.pinned_version is not None \
+            and newest <= (previous.desired_version or 0):
+        return previous.pinned_version, (previous.desired_version, previous.pin_reason or "rollback")
+    return deployment.version or newest, None
 
 
 def connect_for_serving(workspace: Workspace, project: Any) -> int:

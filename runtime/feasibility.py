@@ -17,6 +17,7 @@ import glob
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from compiler.errors import Diagnostic, MlopsError
 from compiler.resolve import Project
@@ -42,6 +43,18 @@ class Hold:
     replicas: int
     cpus: float
     gpus: float
+
+    def each(self, key: str) -> float:
+        """What one replica reserves of ``CPU`` or ``GPU``."""
+        return self.cpus if key == "CPU" else self.gpus
+
+
+def asks(resources: dict[str, Any]) -> str:
+    """What a node asks the cluster for, in words: ``2 CPU``, ``1 CPU and 1 GPU on each of 4 workers``."""
+    gpus = float(resources.get("gpus", 0) or 0)
+    workers = int(resources.get("workers", 1) or 1)
+    return (f"{float(resources.get('cpus', 1)):g} CPU" + (f" and {gpus:g} GPU" if gpus else "")
+            + (f" on each of {workers} workers" if workers > 1 else ""))
 
 
 def local_capacity() -> dict[str, float]:
@@ -139,10 +152,9 @@ def check(project: Project, available: Capacity | None) -> None:
 
 
 def _holders(held: list[Hold], key: str) -> str:
-    index = 0 if key == "CPU" else 1
-    parts = [f"{h.address} holds {h.replicas * (h.cpus, h.gpus)[index]:g} ({h.replicas} replicas × "
-             f"{(h.cpus, h.gpus)[index]:g})" for h in held if (h.cpus, h.gpus)[index]]
-    extra = max((h.cpus, h.gpus)[index] for h in held)
+    parts = [f"{h.address} holds {h.replicas * h.each(key):g} ({h.replicas} replicas × {h.each(key):g})"
+             for h in held if h.each(key)]
+    extra = max(h.each(key) for h in held)
     return ", ".join(parts) + f" while serving, and a rollout's extra replica needs {extra:g},"
 
 

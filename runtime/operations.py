@@ -17,7 +17,7 @@ from compiler.errors import MlopsError
 from compiler.graph import Graph
 from compiler.resolve import Project
 from runtime import feasibility, planfile
-from runtime.apply import RESOURCE_WAIT_S, ApplyResult, Executor, ProgressHook
+from runtime.apply import RESOURCE_WAIT_S, ApplyResult, Executor, ProgressHook, serving_target
 from runtime.gates import may_approve
 from runtime.hashing import CachedHasher
 from runtime.plan import GateView, Plan, make_plan
@@ -164,9 +164,9 @@ def expected_version(project: Project, graph: Graph, store: StateStore, recorded
     newest = result.outputs.get("version") if result is not None else None
     if newest is None:
         return None
-    state = store.get_deployment(name)
-    if state is not None and state.pinned_version is not None and int(newest) <= (state.desired_version or 0):
-        return state.pinned_version
+    target, pin = serving_target(deployment, int(newest), store.get_deployment(name))
+    if pin is not None:
+        return target
     decisions = [store.latest_gate_decision(gate, deployment.model, int(newest)) for gate in deployment.gates]
     if all(d is not None and d.status == "passed" for d in decisions):
         return int(newest)

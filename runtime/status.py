@@ -23,6 +23,7 @@ from compiler import build_graph
 from compiler.errors import MlopsError
 from compiler.graph import Graph
 from compiler.resolve import Project
+from runtime.feasibility import asks
 from runtime.gates import failed_reasons
 from runtime.hashing import CachedHasher
 from runtime.state.records import ReconcilerStatus
@@ -182,9 +183,7 @@ class _Health:
 
     def _asks(self, node_id: str) -> str:
         """What a node asks the cluster for."""
-        resources = self.graph.node(node_id).resources or {} if node_id in self.graph.dag else {}
-        gpus = float(resources.get("gpus", 0) or 0)
-        return f"{float(resources.get('cpus', 1)):g} CPU" + (f" and {gpus:g} GPU" if gpus else "")
+        return asks((self.graph.node(node_id).resources or {}) if node_id in self.graph.dag else {})
 
     def _gate(self, address: str) -> tuple[Health, str]:
         view = self.gates.get(address)

@@ -95,6 +95,32 @@ def write_project(
 MakeProject = Callable[..., Path]
 
 
+def with_version_one(project: Any) -> Any:
+    """``project`` with version 1 of its model ``churn`` in the state (no run made it), awaiting its gate."""
+    import time
+
+    from runtime.operations import opened
+    from runtime.state.records import ModelVersion
+
+    with opened(project) as (_, store):
+        store.add_model_version(ModelVersion("churn", 1, "fp", "sha256:" + "0" * 64, metrics={"auc": 0.9},
+                                             created_at=time.time()))
+    return project
+
+
+def ask_api(port: int, x: float) -> dict[str, Any]:
+    """POST one row ``{"x": x}`` to the deployment at ``/api`` on Serve's port; its JSON answer."""
+    import json
+    import urllib.request
+
+    body = json.dumps({"instances": [{"x": x}]}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+        return answer
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """The CLI in this process (so it shares the test's Ray connection): (exit code, stdout, stderr).
 

@@ -10,17 +10,16 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import with_version_one
 
 from compiler import load_project
 from compiler.resolve import Project
 from runtime.operations import opened
 from runtime.state import audit
-from runtime.state.records import ModelVersion
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = {
@@ -35,11 +34,7 @@ SPEC = {
 @pytest.fixture
 def project(tmp_path: Path, make_project: Callable[..., Path]) -> Project:
     """The project with version 1 of its model in the state, awaiting approval."""
-    loaded = load_project(make_project(tmp_path, SPEC, files={"data/raw.csv": "a\n1\n"}))
-    with opened(loaded) as (_, store):
-        store.add_model_version(ModelVersion("churn", 1, "fp", "sha256:" + "0" * 64, metrics={"auc": 0.9},
-                                             created_at=time.time()))
-    return loaded
+    return with_version_one(load_project(make_project(tmp_path, SPEC, files={"data/raw.csv": "a\n1\n"})))
 
 
 def approve(project: Project, *args: str, actor: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -4,13 +4,12 @@ sees a tampered or lost artifact (real Ray, Serve, SQLite and artifact store).""
 from __future__ import annotations
 
 import io
-import json
 import os
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ask_api as ask
 
 from compiler import load_project
 from runtime import serving
@@ -167,15 +166,6 @@ def serving_spec(w: float) -> dict[str, Any]:
     return {"apiVersion": "mlops/v1", "project": "integrity", "datasets": {"raw": {"path": "data/raw.csv"}},
             "models": {"m": {"train": "pipeline:train", "data": {"train": "raw"}, "params": {"w": w}}},
             "deployments": {"api": {"model": "m", "replicas": 1, "route": "/api"}}}
-
-
-def ask(port: int, x: float) -> dict[str, Any]:
-    body = json.dumps({"instances": [{"x": x}]}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/api", data=body,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        answer: dict[str, Any] = json.loads(response.read())
-        return answer
 
 
 def test_a_tampered_model_is_planned_as_replace_refused_by_a_replica_and_rebuilt_by_apply(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ask_api as ask
 
 from compiler import load_project
 from runtime import serving
@@ -47,15 +46,6 @@ def ray_cluster() -> Any:
     ray_backend.connect(None, num_cpus=2)
     yield
     ray_backend.shutdown()
-
-
-def ask(port: int, x: float) -> dict[str, Any]:
-    body = json.dumps({"instances": [{"x": x}]}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/api", data=body,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        answer: dict[str, Any] = json.loads(response.read())
-        return answer
 
 
 def write(root: Path, make_project: Any, params: dict[str, Any]) -> Path:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import with_version_one
 
 from compiler import build_graph, load_project
 from compiler.resolve import Project
@@ -44,11 +45,7 @@ SPEC = {
 @pytest.fixture
 def project(tmp_path: Path, make_project: Callable[..., Path]) -> Project:
     """The project with version 1 of its model in the state, awaiting its 2-of-2 approval."""
-    loaded = load_project(make_project(tmp_path, SPEC, files={"data/raw.csv": "a\n1\n"}))
-    with opened(loaded) as (_, store):
-        store.add_model_version(ModelVersion("churn", 1, "fp", "sha256:" + "0" * 64, metrics={"auc": 0.9},
-                                             created_at=time.time()))
-    return loaded
+    return with_version_one(load_project(make_project(tmp_path, SPEC, files={"data/raw.csv": "a\n1\n"})))
 
 
 def mlops(project: Project, *args: str, actor: str = "ops@example.com") -> subprocess.CompletedProcess[str]:
