@@ -245,8 +245,7 @@ def show_model(project: Project, store: StateStore, text: str, version: int | No
     deployments = [d for d in store.deployments() if d.model == name]
     details = []
     for v in versions:
-        decisions = [_gate_decision(row) for row in store.query(
-            "SELECT * FROM gate_decisions WHERE model = ? AND version = ? ORDER BY id", (name, v.version))]
+        decisions = store.gate_decisions(name, v.version)
         gates = sorted({str(r[0]) for r in store.query(
             "SELECT DISTINCT gate FROM approvals WHERE model = ? AND version = ?", (name, v.version))})
         approvals = [a for gate in gates for a in store.approvals(gate, name, v.version)]
@@ -260,11 +259,6 @@ def no_version(name: str, version: int, store: StateStore) -> str:
     numbers = [str(v.version) for v in store.model_versions(name)]
     have = f"versions: {', '.join(numbers)}" if numbers else "it has no versions yet"
     return f"models.{name} has no version {version} ({have})"
-
-
-def _gate_decision(row: Any) -> GateDecision:
-    return GateDecision(row["gate"], row["model"], row["version"], row["status"], json.loads(row["checks"]),
-                        row["decided_at"])
 
 
 # --- lineage -------------------------------------------------------------------------------------

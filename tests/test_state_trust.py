@@ -5,7 +5,9 @@ Real SQLite files, and real ``mlops`` subprocesses where a user would run them:
 * an emptied, a replaced and an older state are refused, in one line naming the state file and the
   recovery command, before anything is written; ``mlops state reset --i-understand`` recovers;
 * a corrupt database is one line from ``mlops audit verify`` (exit 1, no traceback);
-* an approval row written with plain SQL does not pass a gate and ``audit verify`` reports it;
+* an approval row written with plain SQL does not pass a gate and ``audit verify`` reports it; so for a gate
+  decision inserted or edited with plain SQL: it is never served, and decisions of an older schema are adopted
+  into the chain once, at the migration;
 * ten concurrent ``mlops approve`` of one version by one principal make one row and one audit record.
 """
 
@@ -26,7 +28,7 @@ from conftest import with_version_one
 from compiler import build_graph, load_project
 from compiler.resolve import Project
 from runtime.gates import decide
-from runtime.operations import gate_views, opened
+from runtime.operations import expected_version, gate_views, opened
 from runtime.state import audit
 from runtime.state.records import ModelVersion, NodeResult
 from runtime.state.store import StateError, StateStore
@@ -223,6 +225,78 @@ def test_an_approval_row_pointing_at_another_record_does_not_count(project: Proj
     with opened(project) as (_, store):
         assert [a.approver for a in store.approvals("quality", "churn", 1)] == ["dpo@example.com"]
         assert [a.approver for a in store.unchained_approvals()] == ["team:risk"]
+
+
+def _forge_decision(project: Project, status: str) -> None:
+    """What user code did: a gate decision inserted with plain SQL, behind mlops' back."""
+    with sqlite3.connect(state_path(project), isolation_level=None) as conn:
+        conn.execute("INSERT INTO gate_decisions (gate, model, version, status, checks, decided_at)"
+                     " VALUES ('quality', 'churn', 1, ?, '[]', ?)", (status, time.time()))
+
+
+def _recorded_final_node(project: Project, store: StateStore) -> None:
+    graph = build_graph(project)
+    final = next(n for n in graph.by_address("models.churn") if n.kind == "trial")
+    store.record_result(NodeResult(final.id, final.address, final.kind, final.fingerprint, {},
+                                   outputs={"version": 1}))
+
+
+def test_a_gate_decision_written_behind_mlops_back_takes_no_effect_and_audit_verify_reports_it(
+        project: Project) -> None:
+    spec = {**SPEC, "deployments": {"api": {"model": "churn", "gates": ["quality"]}}}
+    project.spec = type(project.spec).model_validate(spec)
+    _forge_decision(project, "passed")
+    with opened(project) as (_, store):
+        _recorded_final_node(project, store)
+        graph = build_graph(project)
+        assert store.latest_gate_decision("quality", "churn", 1) is None
+        assert store.latest_gate_decision("quality", "churn") is None
+        assert gate_views(project, graph, store)["gates.quality"].decision is None  # plan and status
+        assert expected_version(project, graph, store, store.latest_results(), "api") is None  # never served
+        assert [d.status for d in store.unchained_gate_decisions()] == ["passed"]
+        assert store.gate_decisions("churn", 1) == []  # models show
+    verify = mlops(project, "audit", "verify")
+    assert verify.returncode == 1 and "Traceback" not in verify.stderr
+    [line] = verify.stderr.splitlines()
+    assert ("the passed decision of gates.quality on models.churn version 1 has no record in the audit chain: it "
+            "was written behind mlops' back and does not count") in line
+
+
+def test_a_recorded_gate_decision_edited_with_sql_takes_no_effect(project: Project) -> None:
+    gate = project.spec.gates["quality"]
+    with opened(project) as (_, store):
+        store.record_gate_decision(decide("quality", gate, 1, {"auc": 0.5}, None, []), actor="ci@example.com")
+        decided = store.latest_gate_decision("quality", "churn", 1)
+        assert decided is not None and decided.status == "failed"
+        [record] = audit.log(store)
+        assert (record.action, record.actor, record.payload["status"]) == ("decide", "ci@example.com", "failed")
+    with sqlite3.connect(state_path(project), isolation_level=None) as conn:  # fail -> pass, behind mlops' back
+        conn.execute("UPDATE gate_decisions SET status = 'passed'")
+    with opened(project) as (_, store):
+        assert store.latest_gate_decision("quality", "churn", 1) is None
+        assert [d.status for d in store.unchained_gate_decisions()] == ["passed"]
+    with sqlite3.connect(state_path(project), isolation_level=None) as conn:  # or its checks rewritten
+        conn.execute("UPDATE gate_decisions SET status = 'failed', checks = '[]'")
+    with opened(project) as (_, store):
+        assert store.latest_gate_decision("quality", "churn", 1) is None
+
+
+def test_decisions_recorded_before_they_were_chained_are_adopted_once_at_migration(project: Project) -> None:
+    with sqlite3.connect(state_path(project), isolation_level=None) as conn:  # a state of schema 3
+        conn.execute("INSERT INTO gate_decisions (gate, model, version, status, checks, decided_at)"
+                     " VALUES ('quality', 'churn', 1, 'passed', '[]', 1700000000.0)")
+        conn.execute("ALTER TABLE gate_decisions DROP COLUMN audit_seq")
+        conn.execute("ALTER TABLE gate_decisions DROP COLUMN audit_hash")
+        conn.execute("PRAGMA user_version = 3")
+    with opened(project) as (_, store):
+        decided = store.latest_gate_decision("quality", "churn", 1)
+        assert decided is not None and decided.status == "passed"
+        [record] = audit.log(store)
+        assert record.action == "decide" and record.payload["adopted"] == "schema migration 4"
+    _forge_decision(project, "passed")  # later rows are not adopted
+    with opened(project) as (_, store):
+        assert len(store.gate_decisions("churn", 1)) == 1 and len(store.unchained_gate_decisions()) == 1
+    assert "has no record in the audit chain" in mlops(project, "audit", "verify").stderr
 
 
 def test_ten_concurrent_approvals_by_one_principal_make_one_row_and_one_record(project: Project) -> None:

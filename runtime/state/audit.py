@@ -169,6 +169,9 @@ def _verify(store: StateStore) -> list[str]:
     problems.extend(f"the approval of models.{a.model} version {a.version} at gates.{a.gate} by {a.approver} has no "
                     "record in the audit chain: it was written behind mlops' back and does not count"
                     for a in store.unchained_approvals())
+    problems.extend(f"the {d.status} decision of gates.{d.gate} on models.{d.model} version {d.version} has no record "
+                    "in the audit chain: it was written behind mlops' back and does not count"
+                    for d in store.unchained_gate_decisions())
     return problems
 
 

@@ -218,7 +218,14 @@ V3: Step = (
         AND json_extract(a.payload, '$.version') = approvals.version ORDER BY a.seq LIMIT 1)""",
 )
 
-MIGRATIONS: tuple[Step, ...] = (V1, V2, V3)
+V4: Step = (
+    # A gate decision takes effect only with its ``decide`` record in the hash chain: the record's seq and hash.
+    # Decisions made before this step are adopted into the chain by :func:`adopt_decisions` when it runs.
+    "ALTER TABLE gate_decisions ADD COLUMN audit_seq INTEGER",
+    "ALTER TABLE gate_decisions ADD COLUMN audit_hash TEXT",
+)
+
+MIGRATIONS: tuple[Step, ...] = (V1, V2, V3, V4)
 """Every step in order; ``len(MIGRATIONS)`` is the current schema version."""
 
 

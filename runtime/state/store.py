@@ -24,6 +24,7 @@ A store is safe to share between threads of one process (calls are serialised); 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import random
@@ -64,6 +65,12 @@ BUSY_TIMEOUT_S = 5.0
 RETRY_ATTEMPTS = 8
 RETRY_FIRST_DELAY_S = 0.05
 RETRY_MAX_DELAY_S = 2.0
+
+
+DECIDE = "decide"
+"""The action of the audit record that makes a gate decision take effect (:meth:`StateStore.record_gate_decision`)."""
+DECISIONS_CHAINED_SINCE = 4
+"""The schema version from which every gate decision carries its ``decide`` record."""
 
 
 class StateError(MlopsError):
@@ -175,6 +182,7 @@ class StateStore:
                 raise StateError.of(f"{path}: cannot use WAL journaling (got {mode!r}); is it on a network drive?")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
+            before = _retry(lambda: schema_version(conn))
             _retry(lambda: migrate(conn))
             if check:
                 lineage, serial, count = _identity(conn)
@@ -193,7 +201,10 @@ class StateStore:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, path)
+        store = cls(conn, path)
+        if 0 < before < DECISIONS_CHAINED_SINCE:
+            store._adopt_decisions()
+        return store
 
     def close(self) -> None:
         with self._lock:
@@ -507,25 +518,65 @@ class StateStore:
 
     # --- gates -----------------------------------------------------------------------------------
 
-    def record_gate_decision(self, decision: GateDecision) -> None:
-        """Store a gate's decision on a version (the version must exist)."""
+    def record_gate_decision(self, decision: GateDecision, actor: str = "mlops", commit: str | None = None) -> None:
+        """Store a gate's decision on a version (the version must exist) with its ``decide`` audit record.
+
+        The row and its record are written in one transaction and the row carries the record's seq and hash:
+        :meth:`latest_gate_decision` counts only decisions whose record is in the chain and says what the row
+        says, so a decision written behind mlops' back (with plain SQL) takes no effect.
+        """
+        from runtime.state import audit
+
+        at = decision.decided_at or time.time()
         try:
-            self._exec(
-                "INSERT INTO gate_decisions (gate, model, version, status, checks, decided_at) VALUES (?,?,?,?,?,?)",
-                (decision.gate, decision.model, decision.version, decision.status, _dump(decision.checks),
-                 decision.decided_at or time.time()))
+            with self.transaction():
+                record = audit.append(self, actor, DECIDE, _decision_payload(
+                    decision.gate, decision.model, decision.version, decision.status, decision.checks), commit, at=at)
+                self._conn.execute(
+                    "INSERT INTO gate_decisions (gate, model, version, status, checks, decided_at, audit_seq,"
+                    " audit_hash) VALUES (?,?,?,?,?,?,?,?)",
+                    (decision.gate, decision.model, decision.version, decision.status, _dump(decision.checks), at,
+                     record.seq, record.hash))
         except sqlite3.IntegrityError as exc:
             raise StateError.of(f"model '{decision.model}' has no version {decision.version}") from exc
 
     def latest_gate_decision(self, gate: str, model: str, version: int | None = None) -> GateDecision | None:
-        """The newest decision of ``gate`` on that version (on any version of ``model`` when ``None``)."""
-        if version is None:
-            row = self._row("SELECT * FROM gate_decisions WHERE gate = ? AND model = ? ORDER BY id DESC LIMIT 1",
-                            (gate, model))
-        else:
-            row = self._row("SELECT * FROM gate_decisions WHERE gate = ? AND model = ? AND version = ?"
-                            " ORDER BY id DESC LIMIT 1", (gate, model, version))
-        return _gate_decision(row) if row else None
+        """The newest decision of ``gate`` on that version (on any version of ``model`` when ``None``) that
+        carries its record in the audit chain (:meth:`unchained_gate_decisions` lists the others)."""
+        where = "WHERE d.gate = ? AND d.model = ?"
+        params: list[Any] = [gate, model]
+        if version is not None:
+            where += " AND d.version = ?"
+            params.append(version)
+        for row in self._rows(_DECISIONS_SQL + f" {where} ORDER BY d.id DESC", params):
+            if _decision_chained(row):
+                return _gate_decision(row)
+        return None
+
+    def gate_decisions(self, model: str, version: int) -> list[GateDecision]:
+        """Every decision on one version of ``model`` that carries its record in the audit chain, oldest first."""
+        rows = self._rows(_DECISIONS_SQL + " WHERE d.model = ? AND d.version = ? ORDER BY d.id", (model, version))
+        return [_gate_decision(row) for row in rows if _decision_chained(row)]
+
+    def unchained_gate_decisions(self) -> list[GateDecision]:
+        """Gate decision rows without their record in the audit chain: written behind mlops' back, never counted."""
+        return [_gate_decision(row) for row in self._rows(_DECISIONS_SQL + " ORDER BY d.id")
+                if not _decision_chained(row)]
+
+    def _adopt_decisions(self) -> None:
+        """Chain the decisions recorded before decisions were chained (schema 3 and older), once, at migration.
+
+        Each gets a ``decide`` record marked ``adopted``, so the trail says it was not chained when it was made.
+        """
+        from runtime.state import audit
+
+        with self.transaction():
+            for row in self._conn.execute("SELECT * FROM gate_decisions WHERE audit_seq IS NULL ORDER BY id"):
+                payload = {**_decision_payload(row["gate"], row["model"], row["version"], row["status"],
+                                               _load(row["checks"])), "adopted": "schema migration 4"}
+                record = audit.append(self, "mlops", DECIDE, payload, at=row["decided_at"])
+                self._conn.execute("UPDATE gate_decisions SET audit_seq = ?, audit_hash = ? WHERE id = ?",
+                                   (record.seq, record.hash, row["id"]))
 
     def add_approval(self, approval: Approval, commit: str | None = None) -> bool:
         """Record an approval with its ``approve`` audit record, in one transaction; True when it is new.
@@ -709,25 +760,57 @@ _APPROVALS_SQL = (
     " FROM approvals p LEFT JOIN audit a ON a.seq = p.audit_seq AND a.hash = p.audit_hash")
 
 
+_DECISIONS_SQL = (
+    "SELECT d.id, d.gate, d.model, d.version, d.status, d.checks, d.decided_at, a.seq, a.at, a.actor, a.action,"
+    " a.git_commit, a.payload, a.prev_hash, a.hash, (SELECT count FROM audit_head WHERE id = 1) AS head"
+    " FROM gate_decisions d LEFT JOIN audit a ON a.seq = d.audit_seq AND a.hash = d.audit_hash")
+
+
+def _decision_payload(gate: str, model: str, version: int, status: str, checks: Any) -> dict[str, Any]:
+    """What a ``decide`` record says: the gate, the version, the status and the hash of the checks."""
+    return {"gate": f"gates.{gate}", "model": model, "version": version, "status": status,
+            "checks_sha256": hashlib.sha256(canonical_json(checks).encode()).hexdigest()}
+
+
+def _audited(row: sqlite3.Row, action: str) -> dict[str, Any] | None:
+    """The payload of the audit record a row names (seq and hash), when that record is in the anchored chain,
+    hashes to its hash and is of ``action``; else ``None``."""
+    from runtime.state.audit import record_hash
+    from runtime.state.records import AuditRecord
+
+    if row["seq"] is None or row["seq"] > row["head"] or row["action"] != action:
+        return None
+    try:
+        record = AuditRecord(seq=row["seq"], at=row["at"], actor=row["actor"], action=row["action"],
+                             commit=row["git_commit"], payload=json.loads(row["payload"]),
+                             prev_hash=row["prev_hash"], hash=row["hash"])
+    except ValueError:
+        return None
+    return record.payload if record_hash(record) == record.hash and isinstance(record.payload, dict) else None
+
+
+def _decision_chained(row: sqlite3.Row) -> bool:
+    """Whether a gate decision row's ``decide`` record is in the anchored chain and says what the row says."""
+    payload = _audited(row, DECIDE)
+    if payload is None:
+        return False
+    try:
+        checks = json.loads(row["checks"])
+    except ValueError:
+        return False
+    payload.pop("adopted", None)
+    return payload == _decision_payload(row["gate"], row["model"], row["version"], row["status"], checks)
+
+
 def _approval(row: sqlite3.Row) -> Approval:
     return Approval(row["gate"], row["model"], row["version"], row["approver"], row["approved_at"])
 
 
 def _chained(row: sqlite3.Row) -> bool:
     """Whether an approval row's audit record is in the anchored chain and says what the row says."""
-    from runtime.state.audit import record_hash
-    from runtime.state.records import AuditRecord
-
-    if row["seq"] is None or row["seq"] > row["head"] or row["action"] != "approve":
-        return False
-    try:
-        record = AuditRecord(seq=row["seq"], at=row["at"], actor=row["actor"], action=row["action"],
-                             commit=row["git_commit"], payload=json.loads(row["payload"]),
-                             prev_hash=row["prev_hash"], hash=row["hash"])
-    except ValueError:
-        return False
-    return (record_hash(record) == record.hash and record.actor == row["approver"]
-            and record.payload == {"gate": f"gates.{row['gate']}", "model": row["model"], "version": row["version"]})
+    payload = _audited(row, "approve")
+    return (payload is not None and row["actor"] == row["approver"]
+            and payload == {"gate": f"gates.{row['gate']}", "model": row["model"], "version": row["version"]})
 
 
 def _node_result(row: sqlite3.Row) -> NodeResult:
