@@ -85,6 +85,29 @@ class RolloutFailed(Exception):
     """The new version did not start; the old one keeps serving."""
 
 
+def bind_replica_grpc_to_node_address() -> None:
+    """Make this replica's inter-deployment gRPC server listen on its node's address, not on every interface.
+
+    Ray Serve 2.60 binds it to ``[::]:0`` with no option (``ray/serve/_private/replica.py``); peers reach a
+    replica at its node's address, which is 127.0.0.1 on the embedded cluster. Called in the replica's
+    constructor, which Serve runs before it starts that server; a Serve without this hook is left as it is.
+    """
+    import ray
+    from ray.serve._private import replica
+
+    bind = getattr(replica, "add_port_to_grpc_server", None)
+    if bind is None or getattr(bind, "mlops_node_address", False):
+        return
+    node = ray.util.get_node_ip_address()
+    host = f"[{node}]" if ":" in node else node
+
+    def add_port_on_node_address(server: Any, address: str) -> Any:
+        return bind(server, address.replace("[::]", host, 1) if address.startswith("[::]:") else address)
+
+    add_port_on_node_address.mlops_node_address = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = add_port_on_node_address
+
+
 def _server_class() -> Any:
     from ray import serve
     from starlette.requests import Request
@@ -101,6 +124,7 @@ def _server_class() -> Any:
             from runtime.inference_log import InferenceWriter, log_dir
             from runtime.worker import _import
 
+            bind_replica_grpc_to_node_address()
             self.spec = spec
             self._random = random.Random()
             self._uuid = uuid.uuid4

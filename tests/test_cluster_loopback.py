@@ -26,8 +26,26 @@ owners: [team:x]
 datasets:
   rows: {path: data/rows.csv, description: rows}
   copied: {from: [rows], transform: "pipeline:copy", description: "the rows, copied on the cluster"}
+models:
+  m: {train: "pipeline:train", data: {train: rows}}
+deployments:
+  api: {model: m, replicas: 1, route: /api}
 """
 PIPELINE = """
+import torch
+
+from runtime.context import TrainResult
+
+
+def train(ctx):
+    return TrainResult(model={"w": torch.tensor(2.0)}, metrics={"auc": 0.9})
+
+
+def load_predictor(model_path, params):
+    w = float(torch.load(model_path, weights_only=True)["w"])
+    return lambda rows: [w * float(row["a"]) for row in rows]
+
+
 def copy(ctx):
     for name, path in ctx.inputs.items():
         (ctx.output_dir / f"{name}.csv").write_bytes(path.read_bytes())
@@ -140,12 +158,15 @@ def test_the_local_cluster_of_mlops_up_listens_on_loopback_only(project: Path) -
     assert len(sockets) >= 3, sockets
     outside = [s for s in sockets if s[1] not in LOOPBACK]
     assert not outside, f"listening beyond loopback: {outside}"
-    # an apply joins it at 127.0.0.1 (a driver that turned it into the machine's address would hang) and its
-    # task runs on a worker of the cluster, which listens on loopback too
-    done = subprocess.run([MLOPS, "apply"], cwd=project, capture_output=True, text=True, timeout=180)
+    # an apply joins it at 127.0.0.1 (a driver that turned it into the machine's address would hang); its tasks
+    # run on workers of the cluster, and Serve's controller, proxy and the replica (with its inter-deployment
+    # gRPC server) start there: all listen on loopback too
+    done = subprocess.run([MLOPS, "apply"], cwd=project, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    sockets = sockets_of(session_members(info["pgid"]))
-    outside = [s for s in sockets if s[1] not in LOOPBACK]
+    assert "serving deployments.api/deploy: version 1" in done.stdout, done.stdout
+    after = sockets_of(session_members(info["pgid"]))
+    assert len(after) > len(sockets), after  # the replica's and the proxy's servers are among them
+    outside = [s for s in after if s[1] not in LOOPBACK]
     assert not outside, f"listening beyond loopback after an apply: {outside}"
 
 
