@@ -8,6 +8,11 @@ Runs inside a Ray worker around the user's callable (:func:`contained`):
 - **the repository**: when the spec's repository is a git work tree, its status before and after the call
   is compared; a file the task created or changed there (other than ``__pycache__`` and ``.mlops``) is a
   violation that fails the node (a task writes only into ``ctx.output_dir``);
+- **mlops' own files**: what a task must never touch on a local store is watched too: every object and
+  verification record already in the artifact store (``objects/``, ``verified/``: immutable once written)
+  and the files at the top of the repository's ``.mlops/`` folder other than the state database and its
+  companions, which mlops writes while tasks run (they are guarded by the audit chain and the state's
+  anchor instead). A change, a removal or a new file there is a violation that fails the node;
 - **temporary files**: ``TMPDIR`` (and :mod:`tempfile`'s default) points into a private folder for the
   call, removed afterwards.
 """
@@ -26,7 +31,14 @@ from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36
 IGNORED_PARTS = ("__pycache__", ".mlops")
+WORKSPACE = ".mlops"
+WRITTEN_WHILE_TASKS_RUN = ("state.db", "state.db-wal", "state.db-shm", "state.db-journal", "state.db.audit-head",
+                           "state.db.lock", "cluster.lock")
+"""Files at the top of ``.mlops/`` that mlops itself writes while tasks run (not a task's violation)."""
+IMMUTABLE_STORE_FOLDERS = ("objects", "verified")
 _SUBREAPER = False
+Stamp = tuple[int, int, int]
+"""(inode, size, mtime_ns) of a file."""
 
 
 @dataclass
@@ -37,6 +49,9 @@ class Watch:
     """Repository-relative paths the call created or changed."""
     killed: list[int] = field(default_factory=list)
     """Processes the call started that were still running when it ended."""
+    mlops_writes: list[str] = field(default_factory=list)
+    """mlops' own files (artifact objects, verification records, ``.mlops/`` files) the call changed, removed
+    or created, each as ``changed PATH``, ``removed PATH`` or ``created PATH``."""
 
 
 def _become_subreaper() -> None:
@@ -85,6 +100,57 @@ def _status(repo_root: str) -> dict[str, int] | None:
         return None
 
 
+def _stamps(folder: Path, recursive: bool) -> dict[str, Stamp]:
+    """Path -> (inode, size, mtime_ns) of the files in ``folder`` (below it too when ``recursive``)."""
+    found: dict[str, Stamp] = {}
+    todo = [str(folder)]
+    while todo:
+        try:
+            entries = list(os.scandir(todo.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive:
+                        todo.append(entry.path)
+                    continue
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            found[entry.path] = (info.st_ino, info.st_size, info.st_mtime_ns)
+    return found
+
+
+def guarded_files(repo_root: str, artifact_root: str | None) -> dict[str, Stamp]:
+    """What a task must leave as it is: the local store's immutable folders and the top of ``.mlops/``."""
+    files: dict[str, Stamp] = {}
+    if artifact_root is not None and "://" not in artifact_root:
+        for name in IMMUTABLE_STORE_FOLDERS:
+            files.update(_stamps(Path(artifact_root) / name, recursive=True))
+    workspace = Path(repo_root) / WORKSPACE
+    files.update((path, stamp) for path, stamp in _stamps(workspace, recursive=False).items()
+                 if os.path.basename(path) not in WRITTEN_WHILE_TASKS_RUN)
+    return files
+
+
+def _guarded_changes(before: dict[str, Stamp], after: dict[str, Stamp], repo_root: str,
+                     artifact_root: str | None) -> list[str]:
+    """``changed``/``removed`` for each guarded file that is not as it was; ``created`` for a new file at the top
+    of ``.mlops/`` (new objects and verification records are what other tasks write meanwhile)."""
+    workspace = os.path.join(repo_root, WORKSPACE)
+
+    def shown(path: str) -> str:
+        return os.path.relpath(path, repo_root) if path.startswith(workspace + os.sep) or artifact_root is None \
+            else path
+
+    changes = [f"{'removed' if path not in after else 'changed'} {shown(path)}"
+               for path, stamp in sorted(before.items()) if after.get(path) != stamp]
+    changes += [f"created {shown(path)}" for path in sorted(after)
+                if path not in before and os.path.dirname(path) == workspace]
+    return changes
+
+
 def _kill(pids: set[int]) -> list[int]:
     killed = []
     for pid in sorted(pids):
@@ -98,12 +164,16 @@ def _kill(pids: set[int]) -> list[int]:
 
 
 @contextlib.contextmanager
-def contained(repo_root: str) -> Iterator[Watch]:
-    """Run the block as a task's user code; the :class:`Watch` is filled in when it ends."""
+def contained(repo_root: str, artifact_root: str | None = None) -> Iterator[Watch]:
+    """Run the block as a task's user code; the :class:`Watch` is filled in when it ends.
+
+    ``artifact_root`` is the artifact store's root (its local folder's objects are guarded; a URL is not).
+    """
     _become_subreaper()
     me = os.getpid()
     before_processes = _descendants(me) if os.path.isdir("/proc") else set()
     before_tree = _status(repo_root)
+    before_guarded = guarded_files(repo_root, artifact_root)
     private = tempfile.mkdtemp(prefix="mlops-tmp-")
     saved = os.environ.get("TMPDIR"), tempfile.tempdir
     os.environ["TMPDIR"], tempfile.tempdir = private, private
@@ -123,3 +193,5 @@ def contained(repo_root: str) -> Iterator[Watch]:
             after_tree = _status(repo_root) or {}
             watch.repository_writes = sorted(path for path, flags in after_tree.items()
                                              if before_tree.get(path) != flags)
+        watch.mlops_writes = _guarded_changes(before_guarded, guarded_files(repo_root, artifact_root), repo_root,
+                                              artifact_root)

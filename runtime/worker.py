@@ -222,7 +222,7 @@ def execute(spec: TaskSpec, rank: int = 0, world_size: int = 1, device: str | No
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 ctx.seed_everything()
-                with contained(spec.repo_root) as watch:
+                with contained(spec.repo_root, spec.artifact_root) as watch:
                     function = _import(spec.target, spec.code_hash, spec.repo_root)
                     returned = function(ctx)
                 if watch.killed:
@@ -232,6 +232,10 @@ def execute(spec: TaskSpec, rank: int = 0, world_size: int = 1, device: str | No
                     shown = ", ".join(watch.repository_writes[:5]) + (" ..." if len(watch.repository_writes) > 5
                                                                        else "")
                     raise ContainmentError(f"wrote into the repository: {shown} (a task writes only into "
+                                           "ctx.output_dir)")
+                if watch.mlops_writes:
+                    shown = ", ".join(watch.mlops_writes[:5]) + (" ..." if len(watch.mlops_writes) > 5 else "")
+                    raise ContainmentError(f"touched mlops' own files: {shown} (a task writes only into "
                                            "ctx.output_dir)")
                 if rank == 0:
                     result.update(_store_outputs(spec, ctx, returned, store))

@@ -1,4 +1,5 @@
-"""User code is contained: nothing it starts outlives its task, nothing it writes into the repository passes."""
+"""User code is contained: nothing it starts outlives its task, nothing it writes into the repository or into
+mlops' own files (the artifact store's objects, ``.mlops/``) passes."""
 
 from __future__ import annotations
 
@@ -39,6 +40,19 @@ def spawn_daemon(ctx):
 
 def write_into_repo(ctx):
     Path(ctx.params["repo"], "leak.txt").write_text("not an output")
+    (ctx.output_dir / "out.txt").write_text("ok")
+
+
+def tamper_input(ctx):
+    """Rewrite the snapshot it reads, in place in the artifact store."""
+    for path in ctx.inputs.values():
+        os.chmod(path, 0o644)
+        Path(path).write_text("tampered")
+    (ctx.output_dir / "out.txt").write_text("ok")
+
+
+def write_into_mlops(ctx):
+    Path(ctx.params["repo"], ".mlops", "cluster.json").write_text('{"address": "203.0.113.9:6379"}')
     (ctx.output_dir / "out.txt").write_text("ok")
 
 
@@ -97,6 +111,29 @@ def test_a_task_that_writes_into_the_repository_fails_naming_the_file(tmp_path: 
                              "ctx.output_dir)"
     with opened(project) as (_, store):
         assert store.latest_result("datasets.made/transform") is None  # nothing recorded as its output
+
+
+def test_a_task_that_rewrites_an_object_of_the_artifact_store_fails_naming_it(
+        tmp_path: Path, make_project: Any) -> None:
+    repo = tmp_path / "repo"
+    project = load_project(_repo(repo, make_project, "tamper_input", {}))
+    outcome = apply_project(project)
+    failed = outcome.result.outcomes["datasets.made/transform"]
+    assert failed.status == "failed", outcome.result.outcomes
+    assert failed.message.startswith("ContainmentError: touched mlops' own files: changed .mlops/artifacts/objects/")
+    assert failed.message.endswith("(a task writes only into ctx.output_dir)")
+    with opened(project) as (_, store):
+        assert store.latest_result("datasets.made/transform") is None
+
+
+def test_a_task_that_writes_into_the_mlops_folder_fails_naming_the_file(tmp_path: Path, make_project: Any) -> None:
+    repo = tmp_path / "repo"
+    project = load_project(_repo(repo, make_project, "write_into_mlops", {"repo": str(repo)}))
+    outcome = apply_project(project)
+    failed = outcome.result.outcomes["datasets.made/transform"]
+    assert failed.status == "failed", outcome.result.outcomes
+    assert failed.message == "ContainmentError: touched mlops' own files: created .mlops/cluster.json (a task " \
+                             "writes only into ctx.output_dir)"
 
 
 def test_a_tasks_temporary_files_go_to_a_private_folder_removed_afterwards(
