@@ -8,11 +8,12 @@ Runs inside a Ray worker around the user's callable (:func:`contained`):
 - **the repository**: when the spec's repository is a git work tree, its status before and after the call
   is compared; a file the task created or changed there (other than ``__pycache__`` and ``.mlops``) is a
   violation that fails the node (a task writes only into ``ctx.output_dir``);
-- **mlops' own files**: what a task must never touch on a local store is watched too: every object and
-  verification record already in the artifact store (``objects/``, ``verified/``: immutable once written)
-  and the files at the top of the repository's ``.mlops/`` folder other than the state database and its
-  companions, which mlops writes while tasks run (they are guarded by the audit chain and the state's
-  anchor instead). A change, a removal or a new file there is a violation that fails the node;
+- **mlops' own files**: the artifacts the task reads in place from a local store (its inputs: objects and
+  trees, immutable once written) and the files at the top of the repository's ``.mlops/`` folder other than
+  the state database and its companions, which mlops writes while tasks run (they are guarded by the audit
+  chain and the state's anchor instead). A change, a removal or a new file there is a violation that fails
+  the node. The rest of the store is not scanned (its cost grows with the store); an object changed there is
+  refused when it is next read, as its content no longer matches its hash (:mod:`runtime.artifacts`);
 - **temporary files**: ``TMPDIR`` (and :mod:`tempfile`'s default) points into a private folder for the
   call, removed afterwards.
 """
@@ -25,7 +26,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,6 @@ WORKSPACE = ".mlops"
 WRITTEN_WHILE_TASKS_RUN = ("state.db", "state.db-wal", "state.db-shm", "state.db-journal", "state.db.audit-head",
                            "state.db.lock", "cluster.lock")
 """Files at the top of ``.mlops/`` that mlops itself writes while tasks run (not a task's violation)."""
-IMMUTABLE_STORE_FOLDERS = ("objects", "verified")
 _SUBREAPER = False
 Stamp = tuple[int, int, int]
 """(inode, size, mtime_ns) of a file."""
@@ -122,27 +122,29 @@ def _stamps(folder: Path, recursive: bool) -> dict[str, Stamp]:
     return found
 
 
-def guarded_files(repo_root: str, artifact_root: str | None) -> dict[str, Stamp]:
-    """What a task must leave as it is: the local store's immutable folders and the top of ``.mlops/``."""
+def guarded_files(repo_root: str, inputs: Iterable[Path]) -> dict[str, Stamp]:
+    """What a task must leave as it is: the artifacts it reads in place and the top of ``.mlops/``."""
     files: dict[str, Stamp] = {}
-    if artifact_root is not None and "://" not in artifact_root:
-        for name in IMMUTABLE_STORE_FOLDERS:
-            files.update(_stamps(Path(artifact_root) / name, recursive=True))
+    for path in inputs:
+        if path.is_dir():
+            files.update(_stamps(path, recursive=True))
+        else:
+            with contextlib.suppress(OSError):
+                info = path.stat()
+                files[str(path)] = (info.st_ino, info.st_size, info.st_mtime_ns)
     workspace = Path(repo_root) / WORKSPACE
     files.update((path, stamp) for path, stamp in _stamps(workspace, recursive=False).items()
                  if os.path.basename(path) not in WRITTEN_WHILE_TASKS_RUN)
     return files
 
 
-def _guarded_changes(before: dict[str, Stamp], after: dict[str, Stamp], repo_root: str,
-                     artifact_root: str | None) -> list[str]:
+def _guarded_changes(before: dict[str, Stamp], after: dict[str, Stamp], repo_root: str) -> list[str]:
     """``changed``/``removed`` for each guarded file that is not as it was; ``created`` for a new file at the top
-    of ``.mlops/`` (new objects and verification records are what other tasks write meanwhile)."""
+    of ``.mlops/``."""
     workspace = os.path.join(repo_root, WORKSPACE)
 
     def shown(path: str) -> str:
-        return os.path.relpath(path, repo_root) if path.startswith(workspace + os.sep) or artifact_root is None \
-            else path
+        return os.path.relpath(path, repo_root) if path.startswith(workspace + os.sep) else path
 
     changes = [f"{'removed' if path not in after else 'changed'} {shown(path)}"
                for path, stamp in sorted(before.items()) if after.get(path) != stamp]
@@ -164,16 +166,17 @@ def _kill(pids: set[int]) -> list[int]:
 
 
 @contextlib.contextmanager
-def contained(repo_root: str, artifact_root: str | None = None) -> Iterator[Watch]:
+def contained(repo_root: str, inputs: Iterable[Path] = ()) -> Iterator[Watch]:
     """Run the block as a task's user code; the :class:`Watch` is filled in when it ends.
 
-    ``artifact_root`` is the artifact store's root (its local folder's objects are guarded; a URL is not).
+    ``inputs`` are the artifacts the task reads in place (files or trees of a local store); they are guarded.
     """
+    inputs = list(inputs)
     _become_subreaper()
     me = os.getpid()
     before_processes = _descendants(me) if os.path.isdir("/proc") else set()
     before_tree = _status(repo_root)
-    before_guarded = guarded_files(repo_root, artifact_root)
+    before_guarded = guarded_files(repo_root, inputs)
     private = tempfile.mkdtemp(prefix="mlops-tmp-")
     saved = os.environ.get("TMPDIR"), tempfile.tempdir
     os.environ["TMPDIR"], tempfile.tempdir = private, private
@@ -193,5 +196,4 @@ def contained(repo_root: str, artifact_root: str | None = None) -> Iterator[Watc
             after_tree = _status(repo_root) or {}
             watch.repository_writes = sorted(path for path, flags in after_tree.items()
                                              if before_tree.get(path) != flags)
-        watch.mlops_writes = _guarded_changes(before_guarded, guarded_files(repo_root, artifact_root), repo_root,
-                                              artifact_root)
+        watch.mlops_writes = _guarded_changes(before_guarded, guarded_files(repo_root, inputs), repo_root)

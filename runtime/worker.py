@@ -117,6 +117,12 @@ def _input_path(store: Any, name: str, uri: str, scratch: Callable[[], Path]) ->
     return Path(store.materialize_dir(uri, target) if is_dir else store.get_file(uri, target))
 
 
+def in_store(store: Any, inputs: dict[str, Path]) -> list[Path]:
+    """The inputs a task reads in place from the local artifact store (not copies made for it)."""
+    root = str(store.root) + os.sep
+    return [path for path in inputs.values() if str(path).startswith(root)]
+
+
 def run_task(fields: dict[str, Any], *upstream: dict[str, Any]) -> dict[str, Any]:
     """Run one transform, trial or evaluation; store its outputs; return what the driver records.
 
@@ -222,7 +228,7 @@ def execute(spec: TaskSpec, rank: int = 0, world_size: int = 1, device: str | No
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 ctx.seed_everything()
-                with contained(spec.repo_root, spec.artifact_root) as watch:
+                with contained(spec.repo_root, in_store(store, inputs)) as watch:
                     function = _import(spec.target, spec.code_hash, spec.repo_root)
                     returned = function(ctx)
                 if watch.killed:
