@@ -1,9 +1,10 @@
 """Check every reference in a :class:`Spec` and build the :class:`Project` the later passes use.
 
-Resolution checks references between sections (with did-you-mean), dataset paths (they must stay
-inside the repository), callables (their module must be a file of the repository) and the
-dataset derivation graph (a cycle is reported with its path). It then computes the policy views
-of SPEC §2: each resource with defaults applied, plus ``name``, ``address`` and ``refs``.
+Resolution checks references between sections (with did-you-mean), dataset paths and gates'
+``signers`` files (they must stay inside the repository), callables (their module must be a file of
+the repository) and the dataset derivation graph (a cycle is reported with its path). It then
+computes the policy views of SPEC §2: each resource with defaults applied, plus ``name``, ``address``
+and ``refs``.
 """
 
 from __future__ import annotations
@@ -153,6 +154,20 @@ def _check_paths(project: Project) -> list[Diagnostic]:
             out.append(_problem(project, address, ("path",), f"path '{raw}' does not exist"))
         elif dataset.format == "dir" and not target.is_dir():
             out.append(_problem(project, address, ("path",), f"path '{raw}' is a file but format is 'dir'"))
+    for name, gate in project.spec.gates.items():
+        signers = gate.approvals.signers if gate.approvals is not None else None
+        if signers is None:
+            continue
+        address, where = f"gates.{name}", ("approvals", "signers")
+        target = project.spec_path.parent / signers
+        if PurePosixPath(signers).is_absolute() or Path(signers).is_absolute():
+            out.append(_problem(project, address, where,
+                                f"signers file '{signers}' is absolute; use a path inside the repository"))
+        elif not inside(target, project.root):
+            out.append(_problem(project, address, where, f"signers file '{signers}' leaves the repository"))
+        elif not target.is_file():
+            out.append(_problem(project, address, where, f"signers file '{signers}' does not exist"
+                                + (" (it is a directory)" if target.is_dir() else "")))
     return out
 
 

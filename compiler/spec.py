@@ -272,6 +272,9 @@ class GateCheck(Strict):
 class Approvals(Strict):
     required: int = Field(1, ge=0, le=MAX_APPROVALS)
     from_: list[Principal] = Field(default_factory=list, alias="from")
+    signers: str | None = Field(None, description=(
+        "OpenSSH allowed_signers file, relative to the spec (git's gpg.ssh.allowedSignersFile format). When set, "
+        "approvals count only as tags approve/<gate>/v<version>/<name> signed by a key of this file."))
 
 
 class Gate(Strict):

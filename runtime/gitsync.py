@@ -64,9 +64,9 @@ def parse_size(text: str) -> int:
 
 def fetch(checkout: Path, url: str, *, timeout: float = DEFAULT_FETCH_TIMEOUT,
           max_bytes: int = DEFAULT_MAX_REPO_BYTES, stopping: Callable[[], bool] | None = None) -> None:
-    """Fetch every branch of ``url`` into the clone at ``checkout`` (made, without a work tree, when missing),
-    pruning the branches ``url`` no longer has; in a child process killed after ``timeout`` seconds, or as
-    soon as ``stopping()`` says so (then :class:`FetchStopped`)."""
+    """Fetch every branch and approval tag of ``url`` into the clone at ``checkout`` (made, without a work tree,
+    when missing), pruning the branches and approval tags ``url`` no longer has; in a child process killed after
+    ``timeout`` seconds, or as soon as ``stopping()`` says so (then :class:`FetchStopped`)."""
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
     child = subprocess.Popen([sys.executable, "-m", "runtime.gitsync", str(checkout), url, str(max_bytes)],
@@ -142,6 +142,11 @@ def tree_size(repo: Any, tree: Any, limit: int) -> int:
     return total
 
 
+REFSPECS = ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/approve/*:refs/tags/approve/*"]
+"""Every branch, and the approval tags signed-approval gates count (:mod:`runtime.signed_approvals`): a tag
+pushed for a commit the clone already has arrives too, and a deleted one is pruned."""
+
+
 def _child(checkout: Path, url: str, max_bytes: int) -> dict[str, Any]:
     import pygit2
 
@@ -161,7 +166,7 @@ def _child(checkout: Path, url: str, max_bytes: int) -> dict[str, Any]:
     elif repo.remotes["origin"].url != url:
         repo.remotes.set_url("origin", url)
     try:
-        repo.remotes["origin"].fetch(callbacks=Callbacks(credentials=credentials),
+        repo.remotes["origin"].fetch(REFSPECS, callbacks=Callbacks(credentials=credentials),
                                      prune=pygit2.enums.FetchPrune.PRUNE)
     except FetchError as error:
         return {"ok": False, "error": str(error)}

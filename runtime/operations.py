@@ -22,6 +22,7 @@ from runtime.gates import may_approve
 from runtime.hashing import CachedHasher
 from runtime.plan import GateView, Plan, make_plan
 from runtime.provenance import provenance
+from runtime.signed_approvals import how_to_approve, signed_approvers
 from runtime.state import audit
 from runtime.state.lock import acquire
 from runtime.state.records import Approval, NodeResult
@@ -64,7 +65,10 @@ def gate_views(project: Project, graph: Graph, store: StateStore) -> dict[str, G
             views[f"gates.{name}"] = GateView(None, 0, 0)
             continue
         decision = store.latest_gate_decision(name, gate.model, int(version))
-        approvals = len({a.approver for a in store.approvals(name, gate.model, int(version))})
+        if gate.approvals is not None and gate.approvals.signers is not None:  # what the gate would count now
+            approvals = len(signed_approvers(project, store, name, int(version)))
+        else:
+            approvals = len({a.approver for a in store.approvals(name, gate.model, int(version))})
         required = gate.approvals.required if gate.approvals else 0
         views[f"gates.{name}"] = GateView(decision, approvals, required)
     return views
@@ -250,7 +254,8 @@ class ApproveOutcome:
 
 
 def approve(project: Project, gate_name: str, version: int, by: str | None = None) -> ApproveOutcome:
-    """Record a human approval of ``version`` at ``gate_name``; refuse a principal outside the gate's ``from``.
+    """Record a human approval of ``version`` at ``gate_name``; refuse a principal outside the gate's ``from``
+    and a gate with ``approvals.signers`` (it counts signed tags only: :mod:`runtime.signed_approvals`).
 
     Idempotent per (gate, model, version, principal): approving again writes no approval and no audit record.
     """
@@ -259,6 +264,9 @@ def approve(project: Project, gate_name: str, version: int, by: str | None = Non
         from compiler.suggest import did_you_mean
 
         raise MlopsError.one(f"unknown gate '{gate_name}'{did_you_mean(gate_name, project.spec.gates)}")
+    if gate.approvals is not None and gate.approvals.signers is not None:
+        raise MlopsError.one(f"gates.{gate_name} requires signed approvals: {how_to_approve(gate_name, version)}",
+                             project.position(f"gates.{gate_name}", "approvals", "signers"))
     origin = provenance(project.root)
     approver = by or origin.actor
     if not may_approve(gate, approver):
