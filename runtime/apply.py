@@ -530,7 +530,7 @@ class Executor:
         else:
             approvers = [a.approver for a in self.store.approvals(gate_name, gate.model, version)]
         decision = decide(gate_name, gate, version, version_output.get("metrics", {}), baseline, approvers)
-        self.store.record_gate_decision(decision)
+        self.store.record_gate_decision(decision, self.provenance.actor, self.provenance.commit)
         if decision.status == "failed":
             reasons = "; ".join(failed_reasons(decision.checks))
             self.store.set_model_version_status(gate.model, version, "rejected", f"gates.{gate_name}: {reasons}")

@@ -343,40 +343,44 @@ def test_lineage_refuses_unknown_addresses_and_versions(applied: Applied) -> Non
 
 def test_audit_log_lists_applies_and_the_approval_and_verify_says_intact(applied: Applied) -> None:
     records = ok_json(applied, "audit", "log")["records"]
-    assert [(r["seq"], r["action"]) for r in records] == [(1, "apply"), (2, "approve"), (3, "apply")]
-    assert records[1]["actor"] == "team:risk" and records[0]["actor"] == applied.actor
-    assert records[0]["commit"] == applied.commit
-    assert records[2]["payload"]["outcomes"]["deployments.api/deploy"] == "succeeded"
-    assert [r["seq"] for r in ok_json(applied, "audit", "log", "--limit", "1")["records"]] == [3]
+    assert [(r["seq"], r["action"]) for r in records] == [(1, "decide"), (2, "apply"), (3, "approve"), (4, "decide"),
+                                                          (5, "apply")]
+    assert records[2]["actor"] == "team:risk" and records[1]["actor"] == applied.actor
+    assert records[1]["commit"] == applied.commit
+    assert [records[0]["payload"]["status"], records[3]["payload"]["status"]] == ["awaiting_approval", "passed"]
+    assert records[0]["actor"] == applied.actor and records[0]["commit"] == applied.commit
+    assert records[4]["payload"]["outcomes"]["deployments.api/deploy"] == "succeeded"
+    assert [r["seq"] for r in ok_json(applied, "audit", "log", "--limit", "1")["records"]] == [5]
     human = mlops(applied, "audit", "log")
     assert "gates.quality models.churn@1" in human.stdout and "failed: models.weak/train" in human.stdout
+    assert "gates.quality models.churn@1 passed" in human.stdout
 
     verified = mlops(applied, "audit", "verify")
     assert verified.returncode == 0, verified.stderr
-    assert verified.stdout.strip() == "audit trail intact: 3 records"
+    assert verified.stdout.strip() == "audit trail intact: 5 records"
 
 
 def test_audit_verify_names_an_edited_record_and_a_deleted_one(applied: Applied, tmp_path: Path) -> None:
     root = copy_of(applied, tmp_path)
     with sqlite3.connect(root / ".mlops" / "state.db") as db:
         db.execute("DROP TRIGGER audit_no_update")
-        db.execute("UPDATE audit SET payload = replace(payload, '\"version\":1', '\"version\":2') WHERE seq = 2")
+        db.execute("UPDATE audit SET payload = replace(payload, '\"version\":1', '\"version\":2') WHERE seq = 3")
     result = mlops(applied, "audit", "verify", cwd=root)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert "error: audit: record 2: edited (its content does not match its hash)" in lines
+    assert "error: audit: record 3: edited (its content does not match its hash)" in lines
     assert "error: audit: the append-only trigger audit_no_update was dropped" in lines
     assert "intact" not in result.stdout
     report = json.loads(mlops(applied, "--json", "audit", "verify", cwd=root).stdout)
-    assert report["ok"] is False and report["records"] == 3 and len(report["problems"]) == len(lines)
+    assert report["ok"] is False and report["records"] == 5 and len(report["problems"]) == len(lines)
 
     root = copy_of(applied, tmp_path / "second")
     with sqlite3.connect(root / ".mlops" / "state.db") as db:
         db.execute("DROP TRIGGER audit_no_delete")
-        db.execute("DELETE FROM audit WHERE seq = 3")
+        db.execute("DELETE FROM audit WHERE seq = 5")
     result = mlops(applied, "audit", "verify", cwd=root)
     assert result.returncode == 1
-    assert any("log ends at record 2: the last records were deleted" in line for line in result.stderr.splitlines())
+    assert any("log ends at record 4: the last records were deleted" in line for line in result.stderr.splitlines())
 
 
 # --- force-unlock --------------------------------------------------------------------------------
@@ -410,7 +414,7 @@ def test_force_unlock_refuses_a_wrong_id_and_a_live_holder_then_clears_a_dead_on
         [record] = audit.log(store, limit=1)
     assert record.action == "force-unlock" and record.payload["lock"]["id"] == lock_id
     assert "not locked" in one_line_error(mlops(applied, "force-unlock", lock_id, cwd=root))
-    assert mlops(applied, "audit", "verify", cwd=root).stdout.strip() == "audit trail intact: 4 records"
+    assert mlops(applied, "audit", "verify", cwd=root).stdout.strip() == "audit trail intact: 6 records"
 
 
 def test_runs_list_and_show_give_a_run_of_milliseconds_in_ms_not_zero_seconds(

@@ -61,6 +61,10 @@ def _summary(action: str, payload: dict[str, Any]) -> str:
         return text + (f"; failed: {', '.join(sorted(failed))}" if failed else "")
     if action == "approve":
         return f"{payload.get('gate')} models.{payload.get('model')}@{payload.get('version')}"
+    if action == "decide":
+        adopted = " (adopted)" if payload.get("adopted") else ""
+        return f"{payload.get('gate')} models.{payload.get('model')}@{payload.get('version')} " \
+               f"{payload.get('status')}{adopted}"
     if action == "force-unlock":
         lock = payload.get("lock") or {}
         return f"lock {lock.get('id')} ({lock.get('operation')} by {lock.get('who')}, pid {lock.get('pid')})"
