@@ -66,7 +66,8 @@ def resolve(spec: Spec, document: Document, spec_path: Path) -> Project:
     """Check references, paths, callables and cycles; build the views. Raises :class:`ResolveError`."""
     project = Project(spec, document, spec_path.resolve(), find_root(spec_path))
     problems: list[Diagnostic] = []
-    for check in (_check_references, _check_paths, _check_callables, _check_cycles, _check_feasibility):
+    for check in (_check_references, _check_paths, _check_callables, _check_cycles, _check_feasibility,
+                  _check_exposure):
         problems.extend(check(project))
     if problems:
         raise ResolveError(problems)
@@ -244,6 +245,33 @@ def _check_feasibility(project: Project) -> list[Diagnostic]:
                                     f"infeasible: asks for {gpus:g} GPU(s) but no worker group of the cluster has "
                                     f"more than {most}"))
     return out
+
+
+def served_beyond_loopback(spec: Spec) -> str | None:
+    """Why the spec's realtime deployments are reachable beyond this machine's loopback (``None``: they are not)."""
+    from compiler.spec import LOOPBACK_HOSTS
+
+    if spec.cluster.provider == "kuberay":
+        return "the cluster is provider: kuberay"
+    if spec.cluster.serve_host not in LOOPBACK_HOSTS:
+        return f"cluster.serve_host is {spec.cluster.serve_host}"
+    address = spec.cluster.address
+    if address and address != "auto":
+        host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+        if host not in LOOPBACK_HOSTS:
+            return f"cluster.address is {address}"
+    return None
+
+
+def _check_exposure(project: Project) -> list[Diagnostic]:
+    """A realtime deployment that answers beyond loopback must check a bearer token (``auth``)."""
+    why = served_beyond_loopback(project.spec)
+    if why is None:
+        return []
+    return [_problem(project, f"deployments.{name}", (), f"served beyond loopback ({why}) without `auth`: add "
+                     "auth: {token_env: NAME} or auth: {token_file: PATH}, or serve on 127.0.0.1")
+            for name, deployment in project.spec.deployments.items()
+            if deployment.mode == "realtime" and deployment.auth is None]
 
 
 def _upstream_datasets(spec: Spec) -> dict[str, list[str]]:

@@ -48,6 +48,12 @@ MAX_WINDOW = 10_000_000
 MAX_LATENCY_MS = 3_600_000
 MAX_METRIC = 1e12
 """Metric thresholds and tolerances are finite numbers within +-1e12."""
+MAX_BODY_BYTES = 1 << 30
+"""A realtime request body (1 GiB; the default limit is 1 MiB)."""
+MAX_INSTANCES = 1_000_000
+"""Rows in one realtime request (the default limit is 1,000)."""
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _MEMORY_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
@@ -131,6 +137,9 @@ class WorkerGroup(Strict):
 class Cluster(Strict):
     provider: Literal["local", "kuberay"] = "local"
     address: str | None = Field(None, description='An existing Ray cluster ("ray://host:10001" or "auto").')
+    serve_host: str = Field("127.0.0.1", max_length=253, pattern=r"^[A-Za-z0-9.:_-]+$", description=(
+        "The address Serve's HTTP proxy listens on (embedded cluster). Beyond loopback, every realtime "
+        "deployment needs `auth`."))
     namespace: str | None = None
     head: NodeShape = Field(default_factory=NodeShape)
     workers: dict[Name, WorkerGroup] = Field(default_factory=dict)
@@ -283,6 +292,30 @@ class Gate(Strict):
     approvals: Approvals | None = None
 
 
+class Limits(Strict):
+    """What one realtime request may carry; more is refused with 413."""
+
+    max_body_bytes: int = Field(1 << 20, ge=1, le=MAX_BODY_BYTES, description="Request body size (default 1 MiB).")
+    max_instances: int = Field(1000, ge=1, le=MAX_INSTANCES, description="Rows in one request (default 1000).")
+    max_logged_row_bytes: int = Field(4096, ge=64, le=1 << 20, description=(
+        "A logged row's size in the inference log; a bigger row is logged without its inputs."))
+
+
+class Auth(Strict):
+    """A bearer-token check: the tokens come from an environment variable or a file, never the spec."""
+
+    token_env: str | None = Field(None, pattern=ENV_NAME_PATTERN, description=(
+        "Environment variable of the apply holding the token (several, comma-separated, while rotating)."))
+    token_file: str | None = Field(None, max_length=4096, description=(
+        "File (relative to the spec, or absolute) holding the tokens, one a line; keep it out of git."))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Auth:
+        if (self.token_env is None) == (self.token_file is None):
+            raise ValueError("auth takes exactly one of `token_env` or `token_file`")
+        return self
+
+
 class Deployment(Strict):
     model: Name
     gates: list[Name] = Field(default_factory=list)
@@ -292,6 +325,10 @@ class Deployment(Strict):
     route: str | None = Field(None, pattern=r"^/[A-Za-z0-9/_-]*$")
     input: Name | None = None
     version: int | None = Field(None, ge=1, le=MAX_VERSION)
+    columns: dict[str, ColumnType] | None = Field(None, description=(
+        "The input columns a request's rows must have (name: type); default: the model version's signature."))
+    limits: Limits = Field(default_factory=Limits)
+    auth: Auth | None = None
 
     @model_validator(mode="after")
     def _batch_input(self) -> Deployment:

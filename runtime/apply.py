@@ -406,9 +406,11 @@ class Executor:
         model = spec.models[node.address.split(".", 1)[1]]
         inputs = {role: self._dataset_uri(name) for role, name in model.data.items()}
         if node.kind == "trial":
+            train_data = spec.datasets.get(model.data.get("train", ""))
             return TaskSpec(node.id, "trial", model.train, node.code_hash, root, self.workspace.artifact_root,
                             inputs, dict(node.config["params"]), model.seed, model.resources.gpus, run_id=run_id,
-                            workers=model.resources.workers)
+                            workers=model.resources.workers,
+                            train_schema=dict(train_data.schema_) if train_data and train_data.schema_ else {})
         chosen = self._model_output(node)
         return TaskSpec(node.id, "evaluate", model.evaluate or "", node.code_hash, root,
                         self.workspace.artifact_root, inputs, dict(chosen.get("params", {})), model.seed,
@@ -474,10 +476,12 @@ class Executor:
         elif node.kind == "trial":
             outputs["artifact"] = outcome["artifact"]
             outputs["params"] = node.config["params"]
+            outputs["signature"] = outcome.get("signature")
         else:  # evaluate: the model's metrics are the trainer's, overridden by the evaluator's
             chosen = self._model_output(node)
             outputs.update(artifact=chosen["artifact"], params=chosen.get("params", {}),
-                           train_run_id=chosen.get("run_id"), metrics={**chosen.get("metrics", {}), **metrics})
+                           train_run_id=chosen.get("run_id"), metrics={**chosen.get("metrics", {}), **metrics},
+                           signature=chosen.get("signature"))
         self._record(node, outputs)
         return None
 
@@ -615,7 +619,7 @@ class Executor:
         self.store.add_model_version(ModelVersion(
             name, version, node.fingerprint, outputs["artifact"], outputs.get("train_run_id") or outputs.get("run_id"),
             dict(outputs.get("metrics", {})), dict(outputs.get("params", {})), node.code_hash,
-            self.provenance.commit, lineage, "candidate", "", time.time()))
+            self.provenance.commit, lineage, "candidate", "", time.time(), outputs.get("signature")))
         return version
 
 
@@ -685,7 +689,8 @@ def deploy_version(workspace: Workspace, store: StateStore, name: str, version: 
                                              memory_bytes(memory) if memory else None)
         port = connect_for_serving(workspace, project)
         try:
-            serving.deploy(spec, route, deployment.replicas, resources, port, previous=before)
+            serving.deploy(spec, route, deployment.replicas, resources, port, previous=before,
+                           http_host=project.spec.cluster.serve_host)
         except serving.RolloutFailed as failed:
             really = None
             with contextlib.suppress(Exception):  # Serve did not answer: nothing is known to serve
@@ -722,7 +727,7 @@ def deploy_version(workspace: Workspace, store: StateStore, name: str, version: 
 
 def serve_spec(workspace: Workspace, name: str, model_version: ModelVersion, graph: Graph | None = None) -> Any:
     """What a replica of deployment ``name`` needs to serve ``model_version``."""
-    from runtime import serving
+    from runtime import endpoint, serving
 
     project = workspace.project
     deployment = project.spec.deployments[name]
@@ -731,7 +736,8 @@ def serve_spec(workspace: Workspace, name: str, model_version: ModelVersion, gra
     if graph is not None:  # the trainer module's code now (serving code lives beside the trainer)
         code = next((n.code_hash for n in graph.by_address(f"models.{deployment.model}") if n.kind == "trial"), code)
     return serving.ServeSpec(name, model_version.version, model.train, code, str(project.root),
-                             workspace.artifact_root, model_version.artifact_uri, dict(model_version.params))
+                             workspace.artifact_root, model_version.artifact_uri, dict(model_version.params),
+                             endpoint.api_config(project, name, model_version))
 
 
 def dataset_uri(project: Any, store: StateStore, name: str) -> str:

@@ -37,6 +37,10 @@ class TrainResult:
 
     model: Any
     metrics: dict[str, float] = field(default_factory=dict)
+    signature: list[str] | dict[str, str] | None = None
+    """The input columns the model takes: their names (typed from the training data) or name -> type
+    (``int``, ``float``, ``string``, ``bool``, ``category``, ``datetime``). Default: the training dataset's
+    declared ``schema``, else the columns of its CSV (:mod:`runtime.signature`)."""
 
 
 @dataclass

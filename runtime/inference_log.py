@@ -5,7 +5,15 @@ Each serving replica appends JSON lines to its own file under
 A record::
 
     {"id": "3f2a...", "at": 1764150000.1, "version": 3, "inputs": {"amount": 12.5, ...},
-     "prediction": 0.83, "latency_ms": 4.2}
+     "prediction": 0.83, "latency_ms": 4.2, "request_id": "9c1e...", "rows": 1}
+
+``inputs`` holds only the input signature's columns, less the PII columns the training data declares, and
+is left empty for a row over the deployment's ``limits.max_logged_row_bytes``; ``latency_ms`` is the whole
+request's, and ``request_id`` and ``rows`` say which request a row came in and how many rows it had, so
+monitors count requests, not rows.
+
+A replica's failures (the model's code raising) go to ``<deployment>/errors/<replica>.jsonl``, one JSON line
+each with the request id and the traceback (``mlops logs deployments.NAME``).
 
 Labels arrive later through ``mlops monitor feedback FILE`` (rows of ``id,label``) and are kept in
 the state store; monitors join them to records by ``id``.
@@ -30,11 +38,55 @@ class InferenceRecord:
     inputs: dict[str, Any]
     prediction: Any
     latency_ms: float
+    request_id: str = ""
+    rows: int = 1
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """A request the model's own code failed on."""
+
+    request_id: str
+    at: float
+    version: int
+    error: str
+    traceback: str
 
 
 def log_dir(artifact_root: str, deployment: str) -> Path:
     """Where a deployment's replicas write (local artifact roots only)."""
     return Path(artifact_root) / "inference" / deployment
+
+
+def error_dir(artifact_root: str, deployment: str) -> Path:
+    """Where a deployment's replicas write the failures of the model's code."""
+    return log_dir(artifact_root, deployment) / "errors"
+
+
+def write_error(directory: Path, replica: str, record: ErrorRecord) -> None:
+    """Append one failure (flushed and synced at once: there are few, and each is looked for)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / f"{replica}.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record.__dict__, separators=(",", ":")) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_errors(directory: Path, request_id: str | None = None) -> list[ErrorRecord]:
+    """The failures of every replica, oldest first; only ``request_id``'s when given."""
+    found = []
+    for path in sorted(directory.glob("*.jsonl")) if directory.is_dir() else []:
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    raw = json.loads(line)
+                    record = ErrorRecord(str(raw["request_id"]), float(raw["at"]), int(raw["version"]),
+                                         str(raw["error"]), str(raw["traceback"]))
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if request_id is None or record.request_id == request_id:
+                    found.append(record)
+    return sorted(found, key=lambda r: r.at)
 
 
 class InferenceWriter:
@@ -103,4 +155,5 @@ def _records(directory: Path, since: float) -> Iterator[InferenceRecord]:
                     continue
                 if raw.get("at", 0) > since:
                     yield InferenceRecord(raw["id"], raw["at"], raw["version"], raw["inputs"], raw["prediction"],
-                                          raw.get("latency_ms", 0.0))
+                                          raw.get("latency_ms", 0.0), raw.get("request_id") or raw["id"],
+                                          raw.get("rows", 1))

@@ -2,9 +2,9 @@
 
 A model's serving code is the ``load_predictor(model_path, params)`` function of its trainer's
 module: it returns a callable from a list of input rows (dicts) to a list of predictions. A replica
-loads the model version's artifact once, answers ``POST {"instances": [{...}, ...]}`` (or one object)
-with ``{"predictions": [...], "ids": [...], "version": N}``, and appends a sample of requests to the
-inference log for the monitors.
+loads the model version's artifact once, answers ``POST {"instances": [{...}, ...]}`` with
+``{"predictions": [...], "ids": [...], "version": N}`` and everything else with the errors of
+:mod:`runtime.serving_api`, and appends a sample of requests to the inference log for the monitors.
 
 Rollout is blue/green: the new version first starts as a staging application of one replica on a
 private route and must become healthy (constructed, the model loaded, health checks passing); only
@@ -23,10 +23,14 @@ replicas could not be scheduled).
 from __future__ import annotations
 
 import contextlib
+import json
+import numbers
 import re
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from runtime.serving_api import ApiConfig, Problem
 
 Health = Literal["Healthy", "Progressing", "Degraded", "Missing"]
 STAGING_PREFIX = "/_mlops/staging"
@@ -54,6 +58,8 @@ class ServeSpec:
     artifact_root: str
     model_uri: str
     params: dict[str, Any]
+    api: ApiConfig
+    """The HTTP contract: input signature, limits, accepted tokens (:mod:`runtime.serving_api`)."""
     sample_rate: float = 1.0
 
 
@@ -108,6 +114,46 @@ def bind_replica_grpc_to_node_address() -> None:
     replica.add_port_to_grpc_server = add_port_on_node_address
 
 
+def json_value(prediction: Any) -> Any:
+    """A prediction as a JSON value: numbers (numpy's too) as floats, arrays and tensors as lists."""
+    if isinstance(prediction, bool | str) or prediction is None:
+        return prediction
+    if isinstance(prediction, numbers.Real):
+        return float(prediction)
+    if hasattr(prediction, "tolist"):
+        return prediction.tolist()
+    if isinstance(prediction, list | tuple):
+        return [json_value(p) for p in prediction]
+    if isinstance(prediction, dict):
+        return {str(k): json_value(v) for k, v in prediction.items()}
+    raise TypeError(f"a prediction of type {type(prediction).__name__} is not a JSON value")
+
+
+def serve_request_id() -> str:
+    """The id Serve's proxy gave this request (the client's ``X-Request-Id`` when it sent one): the one Serve
+    answers in ``X-Request-Id`` too. Empty outside a Serve request."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        return str(_get_serve_request_context().request_id or "")
+    except Exception:  # noqa: BLE001 - a Serve without it: the replica makes its own
+        return ""
+
+
+def problem_response(problem: Problem, request_id: str) -> Any:
+    """The RFC 9457 answer to a refused request."""
+    from starlette.responses import Response
+
+    headers = {"X-Request-Id": request_id}
+    body = problem.body(request_id)
+    if "allow" in body:
+        headers["Allow"] = str(body.pop("allow"))
+    if problem.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="mlops"'
+    return Response(json.dumps(body, separators=(",", ":")).encode(), status_code=problem.status,
+                    media_type="application/problem+json", headers=headers)
+
+
 def _server_class() -> Any:
     from ray import serve
     from starlette.requests import Request
@@ -121,7 +167,8 @@ def _server_class() -> Any:
             from pathlib import Path
 
             from runtime.artifacts import ArtifactError, ArtifactStore
-            from runtime.inference_log import InferenceWriter, log_dir
+            from runtime.inference_log import InferenceWriter, error_dir, log_dir
+            from runtime.serving_api import openapi_document
             from runtime.worker import _import
 
             bind_replica_grpc_to_node_address()
@@ -137,29 +184,79 @@ def _server_class() -> Any:
                 local = store.get_file(spec.model_uri, Path(tempfile.mkdtemp()) / "model.pt")
             module_loader = _import(spec.target.split(":")[0] + ":load_predictor", spec.code_hash, spec.repo_root)
             self.predictor = module_loader(Path(local), dict(spec.params))
-            replica = f"v{spec.version}-{uuid.uuid4().hex[:8]}"
-            self.writer = InferenceWriter(log_dir(spec.artifact_root, spec.deployment), replica)
+            self.replica = f"v{spec.version}-{uuid.uuid4().hex[:8]}"
+            self.writer = InferenceWriter(log_dir(spec.artifact_root, spec.deployment), self.replica)
+            self.errors = error_dir(spec.artifact_root, spec.deployment)
+            self.api = spec.api
+            self.document = json.dumps(openapi_document(spec.api), separators=(",", ":")).encode()
 
         def reconfigure(self, config: dict[str, Any]) -> None:
             """The ``user_config`` only labels the replica with its version (read back by :func:`live`)."""
             self.labels = dict(config)
 
-        async def __call__(self, request: Request) -> dict[str, Any]:
-            from runtime.inference_log import InferenceRecord
+        async def __call__(self, request: Request) -> Any:
+            from starlette.responses import Response
 
-            body = await request.json()
-            rows = body["instances"] if isinstance(body, dict) and "instances" in body else \
-                body if isinstance(body, list) else [body]
+            from runtime import serving_api as api
+
+            request_id = serve_request_id() or self._uuid().hex
             started = time.perf_counter()
-            predictions = [float(p) if isinstance(p, int | float) else p for p in self.predictor(rows)]
-            latency = (time.perf_counter() - started) * 1000
-            ids = [self._uuid().hex for _ in rows]
+            try:
+                kind = api.check_route(request.method, api.sub_path(request.url.path,
+                                                                    str(request.scope.get("root_path", ""))))
+                api.check_token(self.api, request.headers.get("authorization"))
+                if kind == "document":
+                    return Response(self.document, media_type="application/json",
+                                    headers={"X-Request-Id": request_id})
+                api.check_content_type(request.headers.get("content-type"))
+                api.check_declared_length(self.api, request.headers.get("content-length"))
+                body = bytearray()
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > self.api.max_body_bytes:
+                        raise api.too_large(self.api)
+                rows = api.rows_of(self.api, api.strict_json(bytes(body)))
+                predictions = self._predict(rows, request_id)
+                if predictions is None:
+                    raise api.Problem(500, "model-failed", "The model failed",
+                                      "the model's code failed on this request; find its traceback with `mlops logs "
+                                      f"deployments.{self.spec.deployment} --request {request_id}`")
+                ids = [self._uuid().hex for _ in rows]
+                content = api.answer(predictions, ids, self.spec.version)
+            except api.Problem as problem:
+                return problem_response(problem, request_id)
+            self._log(rows, predictions, ids, request_id, (time.perf_counter() - started) * 1000)
+            return Response(content, media_type="application/json", headers={"X-Request-Id": request_id})
+
+        def _predict(self, rows: list[dict[str, Any]], request_id: str) -> list[Any] | None:
+            """The model's predictions for ``rows`` as JSON values; ``None`` when its code failed (logged)."""
+            import traceback
+
+            from runtime.inference_log import ErrorRecord, write_error
+
+            try:
+                predictions = [json_value(p) for p in self.predictor(rows)]
+                if len(predictions) != len(rows):
+                    raise ValueError(f"load_predictor's callable returned {len(predictions)} predictions for "
+                                     f"{len(rows)} rows")
+                return predictions
+            except Exception as exc:  # noqa: BLE001 - the model's own code: a 500 the request id finds
+                write_error(self.errors, self.replica, ErrorRecord(
+                    request_id, time.time(), self.spec.version, f"{type(exc).__name__}: {exc}",
+                    traceback.format_exc()))
+                return None
+
+        def _log(self, rows: list[dict[str, Any]], predictions: list[Any], ids: list[str], request_id: str,
+                 latency_ms: float) -> None:
+            from runtime.inference_log import InferenceRecord
+            from runtime.serving_api import logged_inputs
+
             now = time.time()
             for record_id, row, prediction in zip(ids, rows, predictions, strict=True):
                 if self._random.random() < self.spec.sample_rate:
-                    self.writer.write(InferenceRecord(record_id, now, self.spec.version, row, prediction,
-                                                      latency / max(1, len(rows))))
-            return {"predictions": predictions, "ids": ids, "version": self.spec.version}
+                    inputs = logged_inputs(self.api, row)
+                    self.writer.write(InferenceRecord(record_id, now, self.spec.version, inputs or {}, prediction,
+                                                      latency_ms, request_id, len(rows)))
 
         def check_health(self) -> None:
             if self.predictor is None:  # pragma: no cover - construction would have failed
@@ -168,15 +265,16 @@ def _server_class() -> Any:
     return ModelServer
 
 
-def start(http_port: int) -> None:
-    """Start Serve's controller and HTTP proxy on the connected cluster (idempotent)."""
+def start(http_port: int, http_host: str = "127.0.0.1") -> None:
+    """Start Serve's controller and HTTP proxy on the connected cluster (idempotent; a running Serve keeps the
+    address it listens on)."""
     import logging
 
     from ray import serve
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO lines are not the CLI's output
 
-    serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+    serve.start(http_options={"host": http_host, "port": http_port})
 
 
 def staging_name(deployment: str) -> str:
@@ -200,7 +298,8 @@ def _run(application: Any, name: str, route: str) -> None:
 
 
 def deploy(spec: ServeSpec, route: str, replicas: int, resources: ReplicaResources, http_port: int,
-           previous: ServeSpec | None = None, timeout: float | None = None) -> LiveDeployment:
+           previous: ServeSpec | None = None, timeout: float | None = None,
+           http_host: str = "127.0.0.1") -> LiveDeployment:
     """Blue/green: prove the new version on a staging route, then roll the live route over to it.
 
     ``previous`` is the version serving now (what the live application is put back to when the new
@@ -208,7 +307,7 @@ def deploy(spec: ServeSpec, route: str, replicas: int, resources: ReplicaResourc
     the two steps. Raises :class:`RolloutFailed`; the old version then serves.
     """
     timeout = ROLLOUT_TIMEOUT_S if timeout is None else timeout
-    start(http_port)
+    start(http_port, http_host)
     remove_staging(spec.deployment)  # left behind by an interrupted rollout
     name = spec.deployment
     if live(name) is None:  # nothing serving yet: nothing to protect, start it in place

@@ -27,6 +27,7 @@ from typing import Any
 
 from runtime.containment import contained
 from runtime.context import RunContext, TrainResult
+from runtime.signature import of_training
 
 _HOST = socket.gethostname()
 START_NAMESPACE = "mlops"
@@ -69,6 +70,8 @@ class TaskSpec:
     started_key: str = ""
     """Where the task reports that it started (Ray's key-value store), so the driver can tell a run from a
     task still waiting for resources."""
+    train_schema: dict[str, str] = field(default_factory=dict)
+    """A trial's training dataset's declared ``schema`` (column -> type), for its input signature."""
 
 
 def _import(target: str, code_hash: str | None, repo_root: str) -> Any:
@@ -279,8 +282,9 @@ def _store_outputs(spec: TaskSpec, ctx: RunContext, returned: Any, store: Any) -
             raise RuntimeError(f"transform {spec.target} wrote nothing into ctx.output_dir")
         return {"artifact": store.adopt_dir(ctx.output_dir, scan), "metrics": last}
     if spec.kind == "trial":
+        declared = None
         if isinstance(returned, TrainResult):
-            model, metrics = returned.model, dict(returned.metrics)
+            model, metrics, declared = returned.model, dict(returned.metrics), returned.signature
         elif isinstance(returned, tuple) and len(returned) == 2:
             model, metrics = returned
         else:
@@ -291,7 +295,9 @@ def _store_outputs(spec: TaskSpec, ctx: RunContext, returned: Any, store: Any) -
         else:
             _check_state_dict(spec, model)
             uri = store.save_model(model)
-        return {"artifact": uri, "metrics": {**last, **{k: float(v) for k, v in metrics.items()}}}
+        signature = of_training(declared, ctx.inputs.get("train"), spec.train_schema or None)
+        return {"artifact": uri, "metrics": {**last, **{k: float(v) for k, v in metrics.items()}},
+                "signature": signature.as_record() if signature is not None else None}
     if spec.kind == "evaluate":
         if not isinstance(returned, dict):
             raise TypeError(f"{spec.target} must return a dict of metrics, got {type(returned).__name__}")

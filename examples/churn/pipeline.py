@@ -186,7 +186,8 @@ def train(ctx: RunContext) -> TrainResult:
                    "train_auc": auc(y_train, predict(model, x_train, ctx.device)),
                    "loss": loss}
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    return TrainResult(model=state, metrics=metrics)
+    # the input signature: the scaled feature columns (the endpoint refuses other rows with a 422)
+    return TrainResult(model=state, metrics=metrics, signature={name: "float" for name in FEATURE_NAMES})
 
 
 def _load_state(path: Path) -> dict[str, Any]:

@@ -225,7 +225,12 @@ V4: Step = (
     "ALTER TABLE gate_decisions ADD COLUMN audit_hash TEXT",
 )
 
-MIGRATIONS: tuple[Step, ...] = (V1, V2, V3, V4)
+V5: Step = (
+    # A model version's input signature (runtime/signature.py): {"columns": {name: type}, "source": ...}.
+    "ALTER TABLE model_versions ADD COLUMN signature TEXT",
+)
+
+MIGRATIONS: tuple[Step, ...] = (V1, V2, V3, V4, V5)
 """Every step in order; ``len(MIGRATIONS)`` is the current schema version."""
 
 

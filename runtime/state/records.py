@@ -98,6 +98,9 @@ class ModelVersion:
     status: VersionStatus = "candidate"
     reason: str = ""
     created_at: float = 0.0
+    signature: dict[str, Any] | None = None
+    """The input signature it was trained with: ``{"columns": [[name, type], ...], "source": ...}``
+    (:mod:`runtime.signature`)."""
 
 
 @dataclass

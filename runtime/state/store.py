@@ -486,10 +486,12 @@ class StateStore:
             with self.transaction():
                 self._conn.execute(
                     "INSERT INTO model_versions (model, version, fingerprint, artifact_uri, run_id, metrics, params,"
-                    " code_hash, git_commit, data, status, reason, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " code_hash, git_commit, data, status, reason, created_at, signature)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (version.model, version.version, version.fingerprint, version.artifact_uri, version.run_id,
                      _dump(version.metrics), _dump(version.params), version.code_hash, version.git_commit,
-                     _dump(version.data), version.status, version.reason, version.created_at or time.time()))
+                     _dump(version.data), version.status, version.reason, version.created_at or time.time(),
+                     None if version.signature is None else _dump(version.signature)))
                 self._conn.execute(
                     "INSERT INTO model_counters (model, last_version) VALUES (?, ?) ON CONFLICT (model)"
                     " DO UPDATE SET last_version = MAX(last_version, excluded.last_version)",
@@ -840,7 +842,8 @@ def _model_version(row: sqlite3.Row) -> ModelVersion:
         model=row["model"], version=row["version"], fingerprint=row["fingerprint"], artifact_uri=row["artifact_uri"],
         run_id=row["run_id"], metrics=_load(row["metrics"]), params=_load(row["params"]),
         code_hash=row["code_hash"], git_commit=row["git_commit"], data=_load(row["data"]),
-        status=cast(VersionStatus, row["status"]), reason=row["reason"], created_at=row["created_at"])
+        status=cast(VersionStatus, row["status"]), reason=row["reason"], created_at=row["created_at"],
+        signature=_load(row["signature"]))
 
 
 def _gate_decision(row: sqlite3.Row) -> GateDecision:

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "runs": "runtime.cli.commands.runs:runs_group",
     "models": "runtime.cli.commands.models:models_group",
     "lineage": "runtime.cli.commands.lineage:lineage_command",
+    "logs": "runtime.cli.commands.logs:logs_command",
     "monitor": "runtime.cli.commands.monitor:monitor_group",
     "audit": "runtime.cli.commands.audit:audit_group",
     "force-unlock": "runtime.cli.commands.unlock:force_unlock_command",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -99,6 +99,17 @@ def show_command(app: Application, name: str, version: int | None) -> None:
     app.exit(0)
 
 
+def signature_line(record: dict[str, Any] | None) -> str:
+    """``input signature (from the trainer): amount float, plan category, ...`` or that none was recorded."""
+    from runtime.signature import Signature
+
+    signature = Signature.from_record(record)
+    if signature is None:
+        return "input signature: not recorded (rows are checked as objects of scalars only)"
+    columns = ", ".join(f"{name} {kind}" for name, kind in signature.columns.items())
+    return f"input signature (from the {signature.source}): {columns}"
+
+
 def _render_version(out: Console, item: VersionDetail) -> None:
     from runtime import inspect
 
@@ -108,6 +119,7 @@ def _render_version(out: Console, item: VersionDetail) -> None:
                             f": {v.reason}" if v.reason else ""))
     out.print(Text(f"  artifact {v.artifact_uri}  code {inspect.short(v.code_hash)}  "
                    f"commit {inspect.short(v.git_commit, 7)}"))
+    out.print(Text(f"  {signature_line(v.signature)}"))
     for decision in item.decisions:
         out.print(Text.assemble(f"  gates.{decision.gate}: ",
                                 (decision.status, STATUS_STYLE.get(decision.status, "")),
