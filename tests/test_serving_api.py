@@ -61,7 +61,8 @@ def test_a_body_that_is_not_strict_json_is_a_400_saying_why(body: bytes, detail:
 
 def test_rows_must_be_an_object_of_instances_matching_the_signature() -> None:
     assert refused(serving_api.rows_of, CONFIG, [1]).status == 400
-    assert refused(serving_api.rows_of, CONFIG, {"rows": []}).detail == "the body must have `instances`, an array of rows"
+    no_instances = refused(serving_api.rows_of, CONFIG, {"rows": []})
+    assert no_instances.detail == "the body must have `instances`, an array of rows"
     assert refused(serving_api.rows_of, CONFIG, {"instances": []}).status == 422
     too_many = refused(serving_api.rows_of, CONFIG, {"instances": [{}] * 51})
     assert (too_many.status, too_many.extra["limit_instances"]) == (413, 50)
