@@ -342,17 +342,23 @@ class Deployment(Strict):
 DriftMethod = Literal["psi", "ks", "js", "wasserstein", "chi2"]
 
 
+MIN_REQUESTS_DESCRIPTION = ("Requests a drift window must hold before it is judged (each request counts as at most "
+                            "the median request's rows), so that no single request decides a drift.")
+
+
 class DataDriftCheck(Strict):
     type: Literal["data_drift"]
     method: DriftMethod = "psi"
     threshold: float | None = Field(None, ge=0, le=MAX_METRIC, allow_inf_nan=False)
     columns: list[str] | None = None
+    min_requests: int = Field(20, ge=1, le=MAX_WINDOW, description=MIN_REQUESTS_DESCRIPTION)
 
 
 class PredictionDriftCheck(Strict):
     type: Literal["prediction_drift"]
     method: DriftMethod = "ks"
     threshold: float | None = Field(None, ge=0, le=MAX_METRIC, allow_inf_nan=False)
+    min_requests: int = Field(20, ge=1, le=MAX_WINDOW, description=MIN_REQUESTS_DESCRIPTION)
 
 
 class AccuracyCheck(Strict):

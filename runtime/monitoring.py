@@ -5,11 +5,14 @@ dataset (the newest snapshot, or the newest output of a derived dataset):
 
 - **current sample**: the deployment's newest :data:`MAX_RECORDS` logged records (more when an accuracy
   ``window`` asks for more) *served by the version now live* — a retrain or a rollback starts afresh;
+- **drift windows count requests**: data and prediction drift are judged only once the sample holds the check's
+  ``min_requests`` requests, and each request counts as at most the median request's rows (evenly spaced
+  rows of a bigger one), so one request, however many rows it sends, cannot by itself make a drift;
 - **data drift**: the check's ``columns``, or every column both the reference and the live inputs have;
 - **prediction drift**: the live version's predictions on (up to :data:`MAX_REFERENCE_PREDICTIONS`)
   reference rows, through the trainer module's ``load_predictor``, against the logged predictions;
 - **accuracy**: logged predictions joined by id with the labels fed back (``mlops monitor feedback``);
-- **latency**: p95 of the logged ``latency_ms``.
+- **latency**: p95 of the requests' latencies (each request once, however many rows it had).
 
 A check without enough data (no traffic yet, no reference snapshot, no labels) is ``skipped`` with the
 reason; one that cannot be evaluated (a column missing, a model that does not load) is ``error``. Neither
@@ -126,9 +129,9 @@ def evaluate(check: AnyCheck, samples: Samples) -> dict[str, Any]:
     """One check as a result dict: :meth:`CheckResult.to_json` plus ``status`` (ok, breached, skipped, error)."""
     try:
         if isinstance(check, DataDriftCheck):
-            outcome = evaluate_check(check, samples.reference(), samples.current())
+            outcome = evaluate_check(check, samples.reference(), samples.current(check.min_requests))
         elif isinstance(check, PredictionDriftCheck):
-            outcome = evaluate_check(check, None, None, samples.predictions(),
+            outcome = evaluate_check(check, None, None, samples.predictions(check.min_requests),
                                      reference_predictions=samples.reference_predictions())
         elif isinstance(check, AccuracyCheck):
             predictions, labels = samples.labelled()
@@ -193,19 +196,40 @@ class Samples:
             raise InsufficientDataError(f"no inference records of deployments.{self.monitor.deployment}{served} yet")
         return self._records
 
-    def current(self) -> Columns:
-        columns = columns_of([r.inputs for r in self.records()])
+    def drift_records(self, min_requests: int) -> list[InferenceRecord]:
+        """The records a drift check reads: each request's rows, at most the median request's count of them;
+        :class:`InsufficientDataError` while fewer than ``min_requests`` requests were logged."""
+        by_request: dict[str, list[InferenceRecord]] = {}
+        for record in self.records():
+            by_request.setdefault(record.request_id or record.id, []).append(record)
+        if len(by_request) < min_requests:
+            raise InsufficientDataError(
+                f"{len(by_request)} request(s) logged for the live version; a drift check judges a window of at "
+                f"least {min_requests} (min_requests), so that no single request decides it")
+        each = max(1, int(np.median([len(rows) for rows in by_request.values()])))
+        kept: list[InferenceRecord] = []
+        for rows in by_request.values():
+            picks = np.linspace(0, len(rows) - 1, each).astype(int) if len(rows) > each else range(len(rows))
+            kept.extend(rows[i] for i in dict.fromkeys(int(p) for p in picks))
+        return kept
+
+    def current(self, min_requests: int = 1) -> Columns:
+        columns = columns_of([r.inputs for r in self.drift_records(min_requests)])
         reference, _ = self._reference_table()
         return {name: _like(values, reference.get(name)) for name, values in columns.items()}
 
     def reference(self) -> Columns:
         return self._reference_table()[0]
 
-    def predictions(self) -> npt.NDArray[Any]:
-        return values_array([r.prediction for r in self.records()])
+    def predictions(self, min_requests: int | None = None) -> npt.NDArray[Any]:
+        """The logged predictions: every one, or a drift window's (``min_requests``: :meth:`drift_records`)."""
+        records = self.records() if min_requests is None else self.drift_records(min_requests)
+        return values_array([r.prediction for r in records])
 
     def latencies(self) -> npt.NDArray[np.float64]:
-        return np.asarray([r.latency_ms for r in self.records()], dtype=float)
+        """One latency per request (a request's rows all carry its latency)."""
+        by_request = {r.request_id or r.id: r.latency_ms for r in self.records()}
+        return np.asarray(list(by_request.values()), dtype=float)
 
     def labelled(self) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64]]:
         """Logged predictions and their fed-back labels (NaN where none came back yet), aligned."""

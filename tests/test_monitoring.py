@@ -48,8 +48,9 @@ def build_features(ctx):
         (ctx.output_dir / "features.csv").write_bytes(path.read_bytes())
 
 
-def train(ctx):
-    return TrainResult(model={"w": float(ctx.params["w"])}, metrics={"auc": 0.9})
+def train(ctx):  # the features carry the label too: the signature says what a request holds
+    return TrainResult(model={"w": float(ctx.params["w"])}, metrics={"auc": 0.9},
+                       signature={"x": "float", "color": "string"})
 
 
 def load_predictor(model_path, params):
@@ -195,14 +196,17 @@ def score(row: dict[str, Any], w: float = 2.0) -> float:
 
 
 def write_records(project: Project, deployment: str, version: int, inputs: list[dict[str, Any]],
-                  latencies: list[float], predictions: list[float] | None = None) -> list[str]:
-    """Log records the way a serving replica does (predictions: the model's, by default); returns their ids."""
+                  latencies: list[float], predictions: list[float] | None = None,
+                  request: str | None = None) -> list[str]:
+    """Log records the way a serving replica does (predictions: the model's, by default); returns their ids.
+    Each row is a request of its own, or all came in the one ``request``."""
     predictions = predictions if predictions is not None else [score(row) for row in inputs]
     writer = InferenceWriter(log_dir(Workspace.of(project).artifact_root, deployment), "test-replica")
     now = time.time()
-    ids = [f"req-{version}-{i}" for i in range(len(inputs))]
+    ids = [f"req-{version}-{request or ''}{i}" for i in range(len(inputs))]
     for i, (row, prediction, latency) in enumerate(zip(inputs, predictions, latencies, strict=True)):
-        writer.write(InferenceRecord(ids[i], now + i * 1e-3, version, row, prediction, latency))
+        writer.write(InferenceRecord(ids[i], now + i * 1e-3, version, row, prediction, latency,
+                                     request or ids[i], len(inputs) if request else 1))
     writer.close()
     return ids
 
@@ -220,7 +224,7 @@ def by_type(result: Any) -> dict[str, dict[str, Any]]:
 def test_same_distribution_traffic_is_ok_then_shifted_traffic_drifts_on_x_and_alerts(
         applied: Path, serve_port: int, hook: Hook, caplog: pytest.LogCaptureFixture) -> None:
     project = load_project(applied / "mlops.yaml")
-    send(serve_port, "/steady", sample(400, seed=11))
+    send(serve_port, "/steady", sample(400, seed=11), batch=10)  # 40 requests: a drift window needs 20
     with opened(project) as (_, store):
         [steady] = run_monitors(project, store, ["steady-watch"])
     checks = by_type(steady)
@@ -230,7 +234,7 @@ def test_same_distribution_traffic_is_ok_then_shifted_traffic_drifts_on_x_and_al
     assert drift["detail"]["drifted_columns"] == [] and set(drift["detail"]["columns"]) == {"x", "color"}
     assert checks["prediction_drift"]["score"] >= 0.05
     assert checks["prediction_drift"]["detail"]["n_reference"] == 600
-    assert checks["latency"]["detail"]["n"] == 400 and checks["latency"]["score"] < 10000
+    assert checks["latency"]["detail"]["n"] == 40 and checks["latency"]["score"] < 10000  # one per request
 
     send(serve_port, "/steady", sample(1200, seed=12, shift=1.5))  # the world moves: x grows, colours stay
     with caplog.at_level(logging.WARNING, logger="mlops.monitor"), opened(project) as (_, store):
@@ -420,6 +424,26 @@ def test_webhook_failures_are_logged_not_raised(caplog: pytest.LogCaptureFixture
 # --- rollback on a breach, on Ray Serve ---------------------------------------------------------------
 
 
+def test_one_request_however_big_cannot_by_itself_make_a_drift(copy: Project) -> None:
+    shifted = sample(1000, seed=71, shift=3.0)
+    write_records(copy, "steady", 1, shifted, [5.0] * 1000, request="flood")  # one request, 1,000 odd rows
+    with opened(copy) as (_, store):
+        [alone] = run_monitors(copy, store, ["steady-watch"])
+    checks = by_type(alone)
+    assert not alone.breached and alone.actions == []
+    assert checks["data_drift"]["status"] == checks["prediction_drift"]["status"] == "skipped"
+    assert checks["data_drift"]["reason"].startswith("1 request(s) logged for the live version; a drift check judges "
+                                                     "a window of at least 20 (min_requests)")
+    assert checks["latency"]["detail"]["n"] == 1  # its latency counts once, not 1,000 times
+    for k in range(30):  # then 30 ordinary requests of 20 rows
+        write_records(copy, "steady", 1, sample(20, seed=100 + k), [5.0] * 20, request=f"ordinary{k}-")
+    with opened(copy) as (_, store):
+        [mixed] = run_monitors(copy, store, ["steady-watch"])
+    checks = by_type(mixed)
+    assert checks["data_drift"]["status"] == "ok", checks["data_drift"]  # the flood counts as 20 rows of 620
+    assert not mixed.breached and checks["latency"]["detail"]["n"] == 31
+
+
 def test_breach_rolls_back_to_the_newest_earlier_version_that_passed(copy: Project, serve_port: int) -> None:
     body = yaml.safe_load(copy.spec_path.read_text())
     body["models"]["m2"]["params"]["w"] = 3.0
@@ -427,7 +451,7 @@ def test_breach_rolls_back_to_the_newest_earlier_version_that_passed(copy: Proje
     project = load_project(copy.spec_path)
     outcome = apply_project(project)
     assert outcome.result.ok, outcome.result.outcomes
-    assert post(serve_port, "/canary", [{"x": 1.0}])["version"] == 2
+    assert post(serve_port, "/canary", [{"x": 1.0, "color": "red"}])["version"] == 2
     write_records(project, "canary", 2, sample(50, seed=61), [500.0] * 50)
     with opened(project) as (_, store):
         [result] = run_monitors(project, store, ["canary-guard"])
@@ -437,7 +461,7 @@ def test_breach_rolls_back_to_the_newest_earlier_version_that_passed(copy: Proje
     assert result.actions == ["rollback: deployments.canary 2 -> 1"]
     assert state is not None and state.live_version == 1 and state.pinned_version == 1
     assert state.pin_reason == "monitor breach: monitors.canary-guard"
-    answer = post(serve_port, "/canary", [{"x": 1.0}])
+    answer = post(serve_port, "/canary", [{"x": 1.0, "color": "red"}])
     assert answer["version"] == 1 and answer["predictions"] == [pytest.approx(score({"x": 1.0}, w=1.0))]
     assert trail[-1].action == "rollback" and trail[-1].payload["reason"] == "monitor breach: monitors.canary-guard"
     with opened(project) as (_, store):
