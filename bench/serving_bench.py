@@ -1,10 +1,16 @@
-"""Serving latency: an mlops realtime deployment vs a bare Ray Serve deployment of the same model.
+"""Serving latency: an mlops realtime deployment vs a bare Ray Serve deployment of the same model, and the
+latency while the live route switches versions.
 
-    python bench/serving_bench.py [--repeat 5] [--requests 300]
+    python bench/serving_bench.py [--repeat 5] [--requests 300] [--switches 6]
 
 Both answer the same JSON request with the same torch MLP (the churn example's architecture) on
 one local Ray; requests alternate between the two so both see the same machine load. Reported:
 the p50 of each (median over ``--repeat`` rounds) and their ratio.
+
+Switches: a deployment of two replicas (the churn example's shape) serves version 2 of a model while one
+client posts back to back; ``--switches`` times the live route is moved (a rollback to version 1, then to
+version 2, ...: each a full blue/green rollout). Reported: p99 and the longest request during the switches
+against p99 of the same client in steady state, and how many requests were not answered 200.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ def make_model():
 
 
 def train(ctx):
-    return TrainResult(model=make_model().state_dict(), metrics={"auc": 0.9})
+    return TrainResult(model=make_model().state_dict(), metrics={"auc": 0.9}, signature=FEATURES)
 
 
 def load_predictor(model_path, params):
@@ -141,6 +147,102 @@ def run(repeat: int, requests: int = 300) -> dict[str, Any]:
             "target_ratio": 1.2}
 
 
+def _poll(url: str, body: bytes, stop: Any, log: list[tuple[float, float, int]]) -> None:
+    """Post back to back until ``stop`` is set; log (start, latency ms, status) of each request."""
+    import urllib.error
+
+    while not stop.is_set():
+        start = time.perf_counter()
+        try:
+            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                response.read()
+                status = response.status
+        except urllib.error.HTTPError as error:
+            status = error.code
+        except OSError:
+            status = 0
+        log.append((start, (time.perf_counter() - start) * 1000, status))
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+
+
+def switch(switches: int, steady_s: float = 10.0) -> dict[str, Any]:
+    """Move the live route between two versions ``switches`` times under a back-to-back client."""
+    import os
+    import socket
+    import threading
+
+    from compiler import load_project
+    from runtime import ray_backend
+    from runtime.operations import apply_project, rollback
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ["MLOPS_SERVE_PORT"] = str(port)
+    ray_backend.connect(None, num_cpus=4)
+    with tempfile.TemporaryDirectory(prefix="mlops-switch-bench-") as name:
+        root = Path(name)
+        (root / "data").mkdir()
+        (root / "data" / "x.csv").write_text("a\n1\n")
+        (root / "pipeline.py").write_text(PIPELINE)
+        (root / ".git").mkdir()
+        for seed in (1, 2):  # two versions
+            spec = {"apiVersion": "mlops/v1", "project": "switch", "datasets": {"x": {"path": "data/x.csv"}},
+                    "models": {"m": {"train": "pipeline:train", "data": {"train": "x"}, "seed": seed}},
+                    "deployments": {"api": {"model": "m", "replicas": 2, "route": "/api",
+                                            "resources": {"cpus": 0.5}}}}
+            (root / "mlops.yaml").write_text(yaml.safe_dump(spec))
+            outcome = apply_project(load_project(root / "mlops.yaml"))
+            assert outcome.result.ok, outcome.result.outcomes
+        project = load_project(root / "mlops.yaml")
+        body = json.dumps({"instances": [{f"f{i}": i / 16 for i in range(16)}]}).encode()
+        url = f"http://127.0.0.1:{port}/api"
+        for _ in range(50):
+            _post(url, body)
+        log: list[tuple[float, float, int]] = []
+        stop = threading.Event()
+        client = threading.Thread(target=_poll, args=(url, body, stop, log), daemon=True)
+        client.start()
+        time.sleep(steady_s)
+        steady_end = time.perf_counter()
+        windows, took = [], []
+        for index in range(switches):
+            started = time.perf_counter()
+            rollback(project, "api", to=1 if index % 2 == 0 else 2, reason="benchmark switch")
+            windows.append((started, time.perf_counter()))
+            took.append(windows[-1][1] - started)
+            time.sleep(1.0)
+        stop.set()
+        client.join(60)
+    ray_backend.shutdown()
+    steady = [latency for start, latency, _ in log if start < steady_end]
+    during = [latency for start, latency, _ in log if any(a <= start <= b for a, b in windows)]
+    failed = sum(1 for start, _, status in log if status != 200 and start >= steady_end)
+    return {"switches": switches, "steady_requests": len(steady), "switch_requests": len(during),
+            "steady_p99_ms": _p99(steady), "switch_p99_ms": _p99(during), "switch_max_ms": max(during),
+            "steady_max_ms": max(steady), "failed": failed, "switch_seconds": statistics.median(took),
+            "ratio": _p99(during) / _p99(steady), "target_ratio": 2.0}
+
+
+def switch_markdown(results: dict[str, Any]) -> str:
+    ok = "yes" if results["ratio"] <= results["target_ratio"] and results["failed"] == 0 else "NO"
+    return "\n".join([
+        "| measurement | steady | during switches | ratio | target | met |", "|---|---|---|---|---|---|",
+        f"| p99 latency of a back-to-back client, {results['switches']} switches of 2 replicas "
+        f"({results['steady_requests']:,} steady / {results['switch_requests']:,} switching requests) | "
+        f"{results['steady_p99_ms']:.1f} ms | {results['switch_p99_ms']:.1f} ms | {results['ratio']:.2f}× | ≤ 2× | "
+        f"{ok} |",
+        f"| longest request | {results['steady_max_ms']:.1f} ms | {results['switch_max_ms']:.1f} ms | | | |",
+        f"| requests not answered 200 | | {results['failed']} | | 0 | {'yes' if results['failed'] == 0 else 'NO'} |",
+        f"| one switch (a rollback: staging, then the live route) | | {results['switch_seconds']:.1f} s | | | |",
+    ]) + "\n"
+
+
 def markdown(results: dict[str, Any]) -> str:
     ok = "yes" if results["ratio"] <= results["target_ratio"] else "NO"
     return "\n".join([
@@ -154,5 +256,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--switches", type=int, default=6, help="0: skip the switch measurement")
     args = parser.parse_args()
     print(markdown(run(args.repeat, args.requests)))
+    if args.switches:
+        print(switch_markdown(switch(args.switches)))
