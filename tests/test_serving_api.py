@@ -11,7 +11,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -297,8 +296,6 @@ def test_each_deployment_serves_its_openapi_document_and_models_show_prints_the_
     assert "input signature (from the training data): x float, y float, note string, email string" in shown.stdout
 
 
-@pytest.mark.skipif(shutil.which("schemathesis", path=str(Path(sys.executable).parent)) is None,
-                    reason="schemathesis is a dev dependency")
 def test_schemathesis_finds_no_server_error(served: Path, serve_port: int, tmp_path: Path) -> None:
     cli = str(Path(sys.executable).with_name("schemathesis"))
     done = subprocess.run(
@@ -334,3 +331,63 @@ def test_the_inference_log_keeps_the_signature_s_columns_less_pii_and_the_reques
     assert big.inputs == {}  # over max_logged_row_bytes: logged without its inputs
     assert first.request_id == big.request_id == third.request_id and first.rows == 3
     assert first.latency_ms == big.latency_ms == third.latency_ms > 0  # the request's, not divided by rows
+
+
+def test_tokens_come_from_the_environment_or_a_file_and_a_missing_one_is_one_line(
+        tmp_path: Path, make_project: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime.endpoint import api_config, tokens
+    from runtime.state.records import ModelVersion
+
+    project = load_project(make_project(tmp_path, _spec(auth={"token_env": "API_TOKEN"}),
+                                        files={"data/raw.csv": DATA}, pipeline=PIPELINE))
+    auth = project.spec.deployments["api"].auth
+    monkeypatch.delenv("API_TOKEN", raising=False)
+    with pytest.raises(MlopsError) as caught:
+        tokens(project, "api", auth)
+    [diagnostic] = caught.value.diagnostics
+    assert diagnostic.message == ("deployments.api: auth.token_env API_TOKEN is not set or empty in the environment "
+                                  "of this apply; set it to the token callers send")
+    monkeypatch.setenv("API_TOKEN", "old-one, new-one")  # rotating: both are accepted
+    assert tokens(project, "api", auth) == ["old-one", "new-one"]
+    version = ModelVersion("m", 1, "fp", "sha256:" + "0" * 64,
+                           signature={"columns": [["x", "float"]], "source": "trainer"})
+    config = api_config(project, "api", version)
+    assert config.token_hashes == (serving_api.token_hash("old-one"), serving_api.token_hash("new-one"))
+    assert "old-one" not in repr(config)  # only hashes reach the replicas
+    assert (config.columns, config.signature_source, config.pii_columns) == ({"x": "float"}, "trainer", ("email",))
+    assert (config.max_body_bytes, config.max_instances, config.max_logged_row_bytes) == (20_000, 50, 128)
+
+    spec = _spec(auth={"token_file": "secrets/tokens"})
+    spec["deployments"]["api"]["columns"] = {"x": "float", "y": "int"}  # declared in the spec: wins
+    project = load_project(make_project(tmp_path / "file", spec, files={"data/raw.csv": DATA}, pipeline=PIPELINE))
+    with pytest.raises(MlopsError, match=r"auth.token_file .*secrets/tokens cannot be read: No such file"):
+        api_config(project, "api", version)
+    (tmp_path / "file" / "secrets").mkdir()
+    (tmp_path / "file" / "secrets" / "tokens").write_text("\nfrom-a-file\n")
+    config = api_config(project, "api", version)
+    assert config.token_hashes == (serving_api.token_hash("from-a-file"),)
+    assert (config.columns, config.signature_source) == ({"x": "float", "y": "int"}, "spec")
+
+
+def test_a_signature_comes_from_the_trainer_then_the_dataset_schema_then_the_training_csv(tmp_path: Path) -> None:
+    from runtime.signature import of_training
+
+    data = tmp_path / "train"
+    data.mkdir()
+    (data / "features.csv").write_text("amount,plan,active,label\n1.5,basic,true,0\n2,plus,false,1\n")
+    inferred = of_training(None, data, None)
+    assert inferred is not None and inferred.source == "training data"
+    assert inferred.columns == {"amount": "float", "plan": "string", "active": "bool", "label": "float"}
+    declared = of_training(["amount", "plan"], data, None)  # names: typed from the data
+    assert declared is not None and (declared.columns, declared.source) == (
+        {"amount": "float", "plan": "string"}, "trainer")
+    schema = of_training(None, data, {"amount": "float", "plan": "category"})
+    assert schema is not None and (schema.columns, schema.source) == (
+        {"amount": "float", "plan": "category"}, "dataset schema")
+    assert of_training({"amount": "int"}, None, None).columns == {"amount": "int"}  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="unknown column type 'number'"):
+        of_training({"amount": "number"}, data, None)
+    with pytest.raises(ValueError, match="a list of column names or a mapping"):
+        of_training(42, data, None)
+    (tmp_path / "blob.npz").write_bytes(b"\x00\x01")
+    assert of_training(None, tmp_path / "blob.npz", None) is None  # nothing to read columns from
