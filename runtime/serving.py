@@ -8,10 +8,13 @@ loads the model version's artifact once, answers ``POST {"instances": [{...}, ..
 
 Rollout is blue/green: the new version first starts as a staging application of one replica on a
 private route and must become healthy (constructed, the model loaded, health checks passing); only
-then is the live application updated to it. The live application's one deployment keeps its name
-across versions, so Serve replaces its replicas one at a time (a rolling update: with two or more
-replicas one always answers; with one, requests queue until the new one is up) and no request fails
-during a switch. The version a deployment serves is carried in its ``user_config``.
+then is the live application updated to it. The live replicas are constructed once (with what no
+version changes: :meth:`ServeSpec.home`) and handed each version in their ``user_config``, and the
+deployment's Serve version is :func:`code_version`: so a switch, forward or back, is a ``user_config``
+change that Serve applies to the running replicas in place (:meth:`reconfigure` loads the new model
+beside the old one and swaps them: no process starts, no request waits for one, none fails). When the
+replicas must restart (their resources or this code changed), ``max_surge_percent`` starts a
+replacement before an old replica stops.
 
 Every call into Serve here has a deadline: Serve's own waits are turned off and this module polls
 the application's status until :data:`ROLLOUT_TIMEOUT_S`. A version that is not healthy in time is
@@ -23,6 +26,8 @@ replicas could not be scheduled).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import numbers
 import re
@@ -61,6 +66,23 @@ class ServeSpec:
     api: ApiConfig
     """The HTTP contract: input signature, limits, accepted tokens (:mod:`runtime.serving_api`)."""
     sample_rate: float = 1.0
+
+    def home(self) -> dict[str, str]:
+        """What a replica is constructed with: the parts no version changes."""
+        return {"deployment": self.deployment, "repo_root": self.repo_root, "artifact_root": self.artifact_root}
+
+    def user_config(self) -> dict[str, Any]:
+        """The version-specific rest, as the JSON ``user_config`` Serve hands to :meth:`reconfigure` (a change of
+        it alone reloads the model in the running replicas, with no restart)."""
+        return {"version": self.version, "model_uri": self.model_uri, "spec": dataclasses.asdict(self)}
+
+    @classmethod
+    def from_user_config(cls, config: dict[str, Any]) -> ServeSpec:
+        fields = dict(config["spec"])
+        api = dict(fields.pop("api"))
+        api["token_hashes"] = tuple(api.get("token_hashes") or ())
+        api["pii_columns"] = tuple(api.get("pii_columns") or ())
+        return cls(**fields, api=ApiConfig(**api))
 
 
 @dataclass(frozen=True)
@@ -154,45 +176,77 @@ def problem_response(problem: Problem, request_id: str) -> Any:
                     media_type="application/problem+json", headers=headers)
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """A version as a replica answers with it."""
+
+    spec: ServeSpec
+    predictor: Any
+    document: bytes
+    """The deployment's OpenAPI document for this version, as JSON."""
+
+
+def load(spec: ServeSpec) -> Loaded:
+    """Load ``spec``'s version: its artifact verified against its hash (a one-line refusal naming the object
+    otherwise), then the trainer module's ``load_predictor``."""
+    import tempfile
+    from pathlib import Path
+
+    from runtime.artifacts import ArtifactError, ArtifactStore
+    from runtime.serving_api import openapi_document
+    from runtime.worker import _import
+
+    store = ArtifactStore(spec.artifact_root)
+    try:  # exactly what the state names, or a one-line refusal naming the object
+        local = store.verified_path(spec.model_uri)
+    except ArtifactError as error:
+        raise RuntimeError("; ".join(d.message for d in error.diagnostics)) from None
+    if local is None:
+        local = store.get_file(spec.model_uri, Path(tempfile.mkdtemp()) / "model.pt")
+    module_loader = _import(spec.target.split(":")[0] + ":load_predictor", spec.code_hash, spec.repo_root)
+    predictor = module_loader(Path(local), dict(spec.params))
+    return Loaded(spec, predictor, json.dumps(openapi_document(spec.api), separators=(",", ":")).encode())
+
+
+def code_version(spec: ServeSpec, resources: ReplicaResources) -> str:
+    """What makes Serve restart a deployment's replicas rather than hand them a new version in place: what they
+    are constructed with, what they reserve, and the replica's own code."""
+    digest = hashlib.sha256(json.dumps([spec.home(), dataclasses.asdict(resources)], sort_keys=True).encode())
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    for module in ("serving.py", "serving_api.py", "signature.py", "inference_log.py", "artifacts.py", "worker.py"):
+        digest.update((here / module).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _server_class() -> Any:
     from ray import serve
     from starlette.requests import Request
 
     @serve.deployment
     class ModelServer:
-        def __init__(self, spec: ServeSpec) -> None:
-            import random
-            import tempfile
-            import uuid
-            from pathlib import Path
+        """One replica: constructed once per deployment, handed each version by :meth:`reconfigure`."""
 
-            from runtime.artifacts import ArtifactError, ArtifactStore
+        def __init__(self, home: dict[str, str]) -> None:
+            import random
+            import uuid
+
             from runtime.inference_log import InferenceWriter, error_dir, log_dir
-            from runtime.serving_api import openapi_document
-            from runtime.worker import _import
 
             bind_replica_grpc_to_node_address()
-            self.spec = spec
             self._random = random.Random()
             self._uuid = uuid.uuid4
-            store = ArtifactStore(spec.artifact_root)
-            try:  # exactly what the state names, or a one-line refusal naming the object
-                local = store.verified_path(spec.model_uri)
-            except ArtifactError as error:
-                raise RuntimeError("; ".join(d.message for d in error.diagnostics)) from None
-            if local is None:
-                local = store.get_file(spec.model_uri, Path(tempfile.mkdtemp()) / "model.pt")
-            module_loader = _import(spec.target.split(":")[0] + ":load_predictor", spec.code_hash, spec.repo_root)
-            self.predictor = module_loader(Path(local), dict(spec.params))
-            self.replica = f"v{spec.version}-{uuid.uuid4().hex[:8]}"
-            self.writer = InferenceWriter(log_dir(spec.artifact_root, spec.deployment), self.replica)
-            self.errors = error_dir(spec.artifact_root, spec.deployment)
-            self.api = spec.api
-            self.document = json.dumps(openapi_document(spec.api), separators=(",", ":")).encode()
+            self.replica = uuid.uuid4().hex[:12]
+            self.writer = InferenceWriter(log_dir(home["artifact_root"], home["deployment"]), self.replica)
+            self.errors = error_dir(home["artifact_root"], home["deployment"])
+            self.loaded: Loaded | None = None
 
         def reconfigure(self, config: dict[str, Any]) -> None:
-            """The ``user_config`` only labels the replica with its version (read back by :func:`live`)."""
-            self.labels = dict(config)
+            """Load the version ``config`` names (its artifact verified first), then answer with it: requests
+            already running finish on the version before, the next ones get this one."""
+            spec = ServeSpec.from_user_config(config)
+            self.loaded = load(spec)
 
         async def __call__(self, request: Request) -> Any:
             from starlette.responses import Response
@@ -201,65 +255,68 @@ def _server_class() -> Any:
 
             request_id = serve_request_id() or self._uuid().hex
             started = time.perf_counter()
+            loaded = self.loaded  # the version this request is answered by, whatever a switch does meanwhile
+            assert loaded is not None, "Serve calls reconfigure before the first request"
+            config = loaded.spec.api
             try:
                 kind = api.check_route(request.method, api.sub_path(request.url.path,
                                                                     str(request.scope.get("root_path", ""))))
-                api.check_token(self.api, request.headers.get("authorization"))
+                api.check_token(config, request.headers.get("authorization"))
                 if kind == "document":
-                    return Response(self.document, media_type="application/json",
+                    return Response(loaded.document, media_type="application/json",
                                     headers={"X-Request-Id": request_id})
                 api.check_content_type(request.headers.get("content-type"))
-                api.check_declared_length(self.api, request.headers.get("content-length"))
+                api.check_declared_length(config, request.headers.get("content-length"))
                 body = bytearray()
                 async for chunk in request.stream():
                     body += chunk
-                    if len(body) > self.api.max_body_bytes:
-                        raise api.too_large(self.api)
-                rows = api.rows_of(self.api, api.strict_json(bytes(body)))
-                predictions = self._predict(rows, request_id)
+                    if len(body) > config.max_body_bytes:
+                        raise api.too_large(config)
+                rows = api.rows_of(config, api.strict_json(bytes(body)))
+                predictions = self._predict(loaded, rows, request_id)
                 if predictions is None:
                     raise api.Problem(500, "model-failed", "The model failed",
                                       "the model's code failed on this request; find its traceback with `mlops logs "
-                                      f"deployments.{self.spec.deployment} --request {request_id}`")
+                                      f"deployments.{loaded.spec.deployment} --request {request_id}`")
                 ids = [self._uuid().hex for _ in rows]
-                content = api.answer(predictions, ids, self.spec.version)
+                content = api.answer(predictions, ids, loaded.spec.version)
             except api.Problem as problem:
                 return problem_response(problem, request_id)
-            self._log(rows, predictions, ids, request_id, (time.perf_counter() - started) * 1000)
+            self._log(loaded, rows, predictions, ids, request_id, (time.perf_counter() - started) * 1000)
             return Response(content, media_type="application/json", headers={"X-Request-Id": request_id})
 
-        def _predict(self, rows: list[dict[str, Any]], request_id: str) -> list[Any] | None:
+        def _predict(self, loaded: Loaded, rows: list[dict[str, Any]], request_id: str) -> list[Any] | None:
             """The model's predictions for ``rows`` as JSON values; ``None`` when its code failed (logged)."""
             import traceback
 
             from runtime.inference_log import ErrorRecord, write_error
 
             try:
-                predictions = [json_value(p) for p in self.predictor(rows)]
+                predictions = [json_value(p) for p in loaded.predictor(rows)]
                 if len(predictions) != len(rows):
                     raise ValueError(f"load_predictor's callable returned {len(predictions)} predictions for "
                                      f"{len(rows)} rows")
                 return predictions
             except Exception as exc:  # noqa: BLE001 - the model's own code: a 500 the request id finds
                 write_error(self.errors, self.replica, ErrorRecord(
-                    request_id, time.time(), self.spec.version, f"{type(exc).__name__}: {exc}",
+                    request_id, time.time(), loaded.spec.version, f"{type(exc).__name__}: {exc}",
                     traceback.format_exc()))
                 return None
 
-        def _log(self, rows: list[dict[str, Any]], predictions: list[Any], ids: list[str], request_id: str,
-                 latency_ms: float) -> None:
+        def _log(self, loaded: Loaded, rows: list[dict[str, Any]], predictions: list[Any], ids: list[str],
+                 request_id: str, latency_ms: float) -> None:
             from runtime.inference_log import InferenceRecord
             from runtime.serving_api import logged_inputs
 
             now = time.time()
             for record_id, row, prediction in zip(ids, rows, predictions, strict=True):
-                if self._random.random() < self.spec.sample_rate:
-                    inputs = logged_inputs(self.api, row)
-                    self.writer.write(InferenceRecord(record_id, now, self.spec.version, inputs or {}, prediction,
+                if self._random.random() < loaded.spec.sample_rate:
+                    inputs = logged_inputs(loaded.spec.api, row)
+                    self.writer.write(InferenceRecord(record_id, now, loaded.spec.version, inputs or {}, prediction,
                                                       latency_ms, request_id, len(rows)))
 
         def check_health(self) -> None:
-            if self.predictor is None:  # pragma: no cover - construction would have failed
+            if self.loaded is None:  # pragma: no cover - reconfigure would have raised
                 raise RuntimeError("no model loaded")
 
     return ModelServer
@@ -282,11 +339,15 @@ def staging_name(deployment: str) -> str:
 
 
 def _application(spec: ServeSpec, replicas: int, resources: ReplicaResources) -> Any:
-    server = _server_class()
-    return server.options(name=spec.deployment, num_replicas=max(1, replicas),
-                          ray_actor_options=resources.actor_options(), health_check_period_s=1,
-                          user_config={"version": spec.version, "model_uri": spec.model_uri},
-                          graceful_shutdown_wait_loop_s=0.2, graceful_shutdown_timeout_s=2).bind(spec)
+    """The Serve application of one version. The deployment's Serve version is :func:`code_version`, so moving
+    to another model version is a ``user_config`` change: Serve reconfigures the running replicas in place (no
+    process start, no stall); when they must restart, ``max_surge_percent`` starts one replacement before an old
+    replica stops."""
+    server = _server_class().options(
+        name=spec.deployment, num_replicas=max(1, replicas), ray_actor_options=resources.actor_options(),
+        health_check_period_s=1, user_config=spec.user_config(), graceful_shutdown_wait_loop_s=0.2,
+        graceful_shutdown_timeout_s=2, max_surge_percent=1)
+    return server.options(version=code_version(spec, resources), _internal=True).bind(spec.home())
 
 
 def _run(application: Any, name: str, route: str) -> None:

@@ -210,8 +210,8 @@ def test_a_commit_retrains_and_serves_then_drift_breaches_and_retrains(tmp_path:
 
         # Drifted traffic (x shifted by 6): the monitor's next run breaches and asks for a retrain ...
         seen = len(watcher.ticks)
-        for _ in range(3):
-            drifted = ask(serve_port, [{"x": x + 6.0} for x in XS])
+        for start in range(0, len(XS), 8):  # 25 requests: a drift window judges 20 or more
+            drifted = ask(serve_port, [{"x": x + 6.0} for x in XS[start:start + 8]])
             assert drifted is not None and drifted["version"] == 2
         time.sleep(1.1)  # the replica flushes its inference log at a write once a second has passed
         assert ask(serve_port, [{"x": 6.0}]) is not None

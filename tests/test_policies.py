@@ -87,7 +87,7 @@ COMPLIANT: dict[str, Any] = {
     },
     "deployments": {
         "churn-api": {"model": "churn", "gates": ["churn-quality"], "mode": "realtime", "replicas": 2,
-                      "route": "/churn"},
+                      "route": "/churn", "auth": {"token_env": "CHURN_API_TOKEN"}},
     },
     "monitors": {
         "churn-drift": {

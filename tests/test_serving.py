@@ -266,3 +266,56 @@ def test_a_failed_rollout_is_in_the_audit_trail(tmp_path: Path, make_project: An
     assert len(records) == 1
     assert records[0].payload["deployment"] == "deployments.audited" and records[0].payload["to"] == 1
     assert records[0].payload["from"] is None and "load_predictor" in records[0].payload["error"]
+
+
+def _replica_pids(app: str) -> set[int]:
+    """The process ids of the running replicas of application ``app`` (from Serve's controller)."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    details = ray.get(_get_global_client()._controller.get_serve_instance_details.remote(), timeout=15)
+    deployments = details["applications"][app]["deployments"].values()
+    return {int(r["pid"]) for d in deployments for r in d["replicas"] if r["state"] == "RUNNING"}
+
+
+def test_a_switch_and_a_rollback_reload_the_running_replicas_in_place_and_lose_no_request(
+        tmp_path: Path, make_project: Any, serve_port: int) -> None:
+    import threading
+    import urllib.error
+
+    from runtime.operations import rollback
+
+    spec_v1 = spec({"w": 2})
+    spec_v1["deployments"]["api"].update(replicas=2, resources={"cpus": 0.25})
+    project = load_project(make_project(tmp_path, spec_v1, files={"data/raw.csv": "x\n1\n"}, pipeline=PIPELINE))
+    assert apply_project(project).result.ok
+    before = _replica_pids("api")
+    assert len(before) == 2
+    answers: list[int | str] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                answers.append(ask(serve_port, 3)["version"])
+            except (urllib.error.URLError, OSError) as error:
+                answers.append(str(error))
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        spec_v2 = spec({"w": 5})
+        spec_v2["deployments"]["api"].update(replicas=2, resources={"cpus": 0.25})
+        project = load_project(make_project(tmp_path, spec_v2, files={"data/raw.csv": "x\n1\n"}, pipeline=PIPELINE))
+        assert apply_project(project).result.ok
+        answer = ask(serve_port, 3)
+        assert (answer["predictions"], answer["version"]) == ([15.0], 2)
+        rollback(project, "api", to=1, reason="test")
+        assert ask(serve_port, 3)["predictions"] == [6.0]
+    finally:
+        stop.set()
+        poller.join(30)
+    failed = [a for a in answers if not isinstance(a, int)]
+    assert not failed, failed[:3]
+    assert answers[0] == 1 and 2 in answers and answers[-1] == 1 and len(answers) > 20
+    assert _replica_pids("api") == before  # the same processes answer: each version was loaded in place

@@ -40,7 +40,8 @@ def build_features(ctx):
 def train(ctx):
     if ctx.params.get("fail"):
         raise RuntimeError("the trainer broke")
-    return TrainResult(model={"w": float(ctx.params.get("w", 1.0))}, metrics={"auc": float(ctx.params["auc"])})
+    return TrainResult(model={"w": float(ctx.params.get("w", 1.0))}, metrics={"auc": float(ctx.params["auc"])},
+                       signature=["x"])  # the features carry the label too
 
 
 def load_predictor(model_path, params):

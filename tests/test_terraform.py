@@ -67,7 +67,7 @@ BASE: dict[str, Any] = {
         "scratch": {"path": "data/transactions.csv"},
     },
     "models": {"churn": {"train": "pipeline:train", "data": {"train": "features"}}},
-    "deployments": {"churn-api": {"model": "churn"}},
+    "deployments": {"churn-api": {"model": "churn", "auth": {"token_env": "CHURN_API_TOKEN"}}},
     "monitors": {
         "churn-drift": {
             "deployment": "churn-api", "reference": "transactions", "on_breach": ["alert", "rollback"],

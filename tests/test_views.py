@@ -87,6 +87,7 @@ def write_pack(directory: Path, policies: list[dict[str, Any]]) -> None:
 def project(tmp_path: Path, make_project: MakeProject) -> Project:
     spec = every_section()
     spec["cluster"] = {"provider": "kuberay", "workers": {"gpu": {"gpus": 1}}}
+    spec["deployments"]["api"]["auth"] = {"token_env": "API_TOKEN"}  # served in the cluster: a token is required
     return load_project(make_project(tmp_path, spec, FILES))
 
 
@@ -110,7 +111,7 @@ def test_unset_optional_fields_are_absent_from_the_views(project: Project) -> No
         "datasets.features": ["path", "format", "schema", "description"],
         "models.churn": ["evaluate", "sweep", "objective", "description", "intended_use", "limitations"],
         "gates.quality": ["approvals"],
-        "deployments.api": ["input", "version"],
+        "deployments.api": ["input", "version", "columns"],
         "monitors.drift": ["reference", "webhook"],
     }
     for address, fields in absent.items():
@@ -120,7 +121,7 @@ def test_unset_optional_fields_are_absent_from_the_views(project: Project) -> No
     threshold, regression = views["gates.quality"]["checks"]
     assert threshold == {"metric": "auc", "op": ">=", "value": 0.8}
     assert regression == {"metric": "auc", "no_regression": 0.01}
-    assert views["monitors.drift"]["checks"][0] == {"type": "data_drift", "method": "psi"}
+    assert views["monitors.drift"]["checks"][0] == {"type": "data_drift", "method": "psi", "min_requests": 20}
     # the cluster's own Ray `address`, unset, leaves the view's `address` that of the resource
     assert views["cluster"]["address"] == "cluster"
 
