@@ -7,16 +7,19 @@ Both answer the same JSON request with the same torch MLP (the churn example's a
 one local Ray; requests alternate between the two so both see the same machine load. Reported:
 the p50 of each (median over ``--repeat`` rounds) and their ratio.
 
-Switches: a deployment of two replicas (the churn example's shape) serves version 2 of a model while one
-client posts back to back; ``--switches`` times the live route is moved (a rollback to version 1, then to
-version 2, ...: each a full blue/green rollout). Reported: p99 and the longest request during the switches
-against p99 of the same client in steady state, and how many requests were not answered 200.
+Switches: a deployment of two replicas (the churn example's shape) serves version 2 of a model while a
+client process posts back to back; ``--switches`` times the live route is moved (a rollback to version 1,
+then to version 2, ...: each a full blue/green rollout). Reported against p99 of the same client in steady
+state: p99 while the live route moves to the new version (from handing Serve the new version to its
+replicas answering with it) and p99 over the whole rollout (the staging replica that proves the version
+first starts a process), the longest request, and how many requests were not answered 200.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -147,10 +150,12 @@ def run(repeat: int, requests: int = 300) -> dict[str, Any]:
             "target_ratio": 1.2}
 
 
-def _poll(url: str, body: bytes, stop: Any, log: list[tuple[float, float, int]]) -> None:
-    """Post back to back until ``stop`` is set; log (start, latency ms, status) of each request."""
+def _poll(url: str, body: bytes, stop: Any, out: str) -> None:
+    """Post back to back until ``stop`` is set; write (start, latency ms, status) of each request to ``out`` as
+    JSON. Runs in a process of its own, as a client would (the driver's polling does not share its GIL)."""
     import urllib.error
 
+    log: list[tuple[float, float, int]] = []
     while not stop.is_set():
         start = time.perf_counter()
         try:
@@ -163,6 +168,7 @@ def _poll(url: str, body: bytes, stop: Any, log: list[tuple[float, float, int]])
         except OSError:
             status = 0
         log.append((start, (time.perf_counter() - start) * 1000, status))
+    Path(out).write_text(json.dumps(log))
 
 
 def _p99(values: list[float]) -> float:
@@ -172,12 +178,12 @@ def _p99(values: list[float]) -> float:
 
 def switch(switches: int, steady_s: float = 10.0) -> dict[str, Any]:
     """Move the live route between two versions ``switches`` times under a back-to-back client."""
+    import multiprocessing
     import os
     import socket
-    import threading
 
     from compiler import load_project
-    from runtime import ray_backend
+    from runtime import ray_backend, serving
     from runtime.operations import apply_project, rollback
 
     with socket.socket() as probe:
@@ -204,12 +210,28 @@ def switch(switches: int, steady_s: float = 10.0) -> dict[str, Any]:
         url = f"http://127.0.0.1:{port}/api"
         for _ in range(50):
             _post(url, body)
-        log: list[tuple[float, float, int]] = []
-        stop = threading.Event()
-        client = threading.Thread(target=_poll, args=(url, body, stop, log), daemon=True)
+        spawn = multiprocessing.get_context("spawn")
+        stop = spawn.Event()
+        out = str(root / "client.json")
+        client = spawn.Process(target=_poll, args=(url, body, stop, out), daemon=True)
         client.start()
+        time.sleep(3.0)  # the client process starts
         time.sleep(steady_s)
         steady_end = time.perf_counter()
+        moves: list[tuple[float, float]] = []
+        run_app, wait_running = serving._run, serving._wait_running
+
+        def timed_run(application: Any, name: str, route: str) -> None:  # the live route's moves, timed
+            if not name.endswith(serving.STAGING_SUFFIX):
+                moves.append((time.perf_counter(), math.inf))
+            run_app(application, name, route)
+
+        def timed_wait(name: str, version: int, timeout: float) -> None:
+            wait_running(name, version, timeout)
+            if not name.endswith(serving.STAGING_SUFFIX):
+                moves[-1] = (moves[-1][0], time.perf_counter())
+
+        serving._run, serving._wait_running = timed_run, timed_wait
         windows, took = [], []
         for index in range(switches):
             started = time.perf_counter()
@@ -219,27 +241,38 @@ def switch(switches: int, steady_s: float = 10.0) -> dict[str, Any]:
             time.sleep(1.0)
         stop.set()
         client.join(60)
+        serving._run, serving._wait_running = run_app, wait_running
+        log = [(float(a), float(b), int(c)) for a, b, c in json.loads(Path(out).read_text())]
     ray_backend.shutdown()
     steady = [latency for start, latency, _ in log if start < steady_end]
     during = [latency for start, latency, _ in log if any(a <= start <= b for a, b in windows)]
+    moving = [latency for start, latency, _ in log if any(a <= start <= b for a, b in moves)]
     failed = sum(1 for start, _, status in log if status != 200 and start >= steady_end)
     return {"switches": switches, "steady_requests": len(steady), "switch_requests": len(during),
-            "steady_p99_ms": _p99(steady), "switch_p99_ms": _p99(during), "switch_max_ms": max(during),
-            "steady_max_ms": max(steady), "failed": failed, "switch_seconds": statistics.median(took),
-            "ratio": _p99(during) / _p99(steady), "target_ratio": 2.0}
+            "move_requests": len(moving), "steady_p99_ms": _p99(steady), "switch_p99_ms": _p99(during),
+            "move_p99_ms": _p99(moving), "switch_max_ms": max(during), "steady_max_ms": max(steady),
+            "failed": failed, "switch_seconds": statistics.median(took),
+            "move_seconds": statistics.median(b - a for a, b in moves), "ratio": _p99(moving) / _p99(steady),
+            "rollout_ratio": _p99(during) / _p99(steady), "target_ratio": 2.0}
 
 
 def switch_markdown(results: dict[str, Any]) -> str:
-    ok = "yes" if results["ratio"] <= results["target_ratio"] and results["failed"] == 0 else "NO"
+    def met(ratio: float) -> str:
+        return "yes" if ratio <= results["target_ratio"] else "NO"
+
     return "\n".join([
-        "| measurement | steady | during switches | ratio | target | met |", "|---|---|---|---|---|---|",
-        f"| p99 latency of a back-to-back client, {results['switches']} switches of 2 replicas "
-        f"({results['steady_requests']:,} steady / {results['switch_requests']:,} switching requests) | "
-        f"{results['steady_p99_ms']:.1f} ms | {results['switch_p99_ms']:.1f} ms | {results['ratio']:.2f}× | ≤ 2× | "
-        f"{ok} |",
+        "| measurement | steady | during | ratio | target | met |", "|---|---|---|---|---|---|",
+        f"| p99 while the live route moves to the new version ({results['switches']} switches of 2 replicas, "
+        f"{results['steady_requests']:,} steady / {results['move_requests']:,} moving requests) | "
+        f"{results['steady_p99_ms']:.1f} ms | {results['move_p99_ms']:.1f} ms | {results['ratio']:.2f}× | ≤ 2× | "
+        f"{met(results['ratio'])} |",
+        f"| p99 over the whole rollout, the staging replica's start included ({results['switch_requests']:,} "
+        f"requests) | {results['steady_p99_ms']:.1f} ms | {results['switch_p99_ms']:.1f} ms | "
+        f"{results['rollout_ratio']:.2f}× | ≤ 2× | {met(results['rollout_ratio'])} |",
         f"| longest request | {results['steady_max_ms']:.1f} ms | {results['switch_max_ms']:.1f} ms | | | |",
         f"| requests not answered 200 | | {results['failed']} | | 0 | {'yes' if results['failed'] == 0 else 'NO'} |",
-        f"| one switch (a rollback: staging, then the live route) | | {results['switch_seconds']:.1f} s | | | |",
+        f"| time: the live route's move / the whole rollout | | {results['move_seconds']:.2f} s / "
+        f"{results['switch_seconds']:.1f} s | | | |",
     ]) + "\n"
 
 

@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import numbers
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -235,6 +236,9 @@ def _server_class() -> Any:
             from runtime.inference_log import InferenceWriter, error_dir, log_dir
 
             bind_replica_grpc_to_node_address()
+            if home.get("staging"):  # loading the model must not slow the live replicas down
+                with contextlib.suppress(OSError):
+                    os.nice(STAGING_NICENESS)
             self._random = random.Random()
             self._uuid = uuid.uuid4
             self.replica = uuid.uuid4().hex[:12]
@@ -338,8 +342,14 @@ def staging_name(deployment: str) -> str:
     return f"{deployment}{STAGING_SUFFIX}"
 
 
-def _application(spec: ServeSpec, replicas: int, resources: ReplicaResources) -> Any:
-    """The Serve application of one version. The deployment's Serve version is :func:`code_version`, so moving
+STAGING_NICENESS = 19
+"""A staging replica yields the CPU to the live replicas while it starts (it only proves the version loads)."""
+
+
+def _application(spec: ServeSpec, replicas: int, resources: ReplicaResources, staging: bool = False) -> Any:
+    """The Serve application of one version (``staging``: the one replica that proves it, at low CPU priority).
+
+    The deployment's Serve version is :func:`code_version`, so moving
     to another model version is a ``user_config`` change: Serve reconfigures the running replicas in place (no
     process start, no stall); when they must restart, ``max_surge_percent`` starts one replacement before an old
     replica stops."""
@@ -347,7 +357,8 @@ def _application(spec: ServeSpec, replicas: int, resources: ReplicaResources) ->
         name=spec.deployment, num_replicas=max(1, replicas), ray_actor_options=resources.actor_options(),
         health_check_period_s=1, user_config=spec.user_config(), graceful_shutdown_wait_loop_s=0.2,
         graceful_shutdown_timeout_s=2, max_surge_percent=1)
-    return server.options(version=code_version(spec, resources), _internal=True).bind(spec.home())
+    home = {**spec.home(), "staging": "yes" if staging else ""}
+    return server.options(version=code_version(spec, resources), _internal=True).bind(home)
 
 
 def _run(application: Any, name: str, route: str) -> None:
@@ -378,7 +389,7 @@ def deploy(spec: ServeSpec, route: str, replicas: int, resources: ReplicaResourc
         return live(name) or LiveDeployment(name, spec.version, "Progressing", "DEPLOYING", 0)
     staging = staging_name(name)
     try:
-        _run(_application(spec, 1, resources), staging, f"{STAGING_PREFIX}/{name}")
+        _run(_application(spec, 1, resources, staging=True), staging, f"{STAGING_PREFIX}/{name}")
         _wait_running(staging, spec.version, timeout)
     finally:  # healthy or not, interrupted or not: staging has done its work
         _delete(staging)
