@@ -94,10 +94,28 @@ def _post(url: str, body: bytes) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def run(repeat: int, requests: int = 300) -> dict[str, Any]:
+def _serve_port() -> int:
+    """A free port for Serve's HTTP proxy, handed to mlops as ``MLOPS_SERVE_PORT``."""
     import os
     import socket
 
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    os.environ["MLOPS_SERVE_PORT"] = str(port)
+    return port
+
+
+def _project_folder(root: Path) -> Path:
+    """``root`` made a project folder: its data, the pipeline and a git marker (the spec is the caller's)."""
+    (root / "data").mkdir()
+    (root / "data" / "x.csv").write_text("a\n1\n")
+    (root / "pipeline.py").write_text(PIPELINE)
+    (root / ".git").mkdir()
+    return root
+
+
+def run(repeat: int, requests: int = 300) -> dict[str, Any]:
     import torch
     from ray import serve
 
@@ -105,17 +123,10 @@ def run(repeat: int, requests: int = 300) -> dict[str, Any]:
     from runtime import ray_backend
     from runtime.operations import apply_project
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    os.environ["MLOPS_SERVE_PORT"] = str(port)
+    port = _serve_port()
     ray_backend.connect(None, num_cpus=2)
     with tempfile.TemporaryDirectory(prefix="mlops-serving-bench-") as name:
-        root = Path(name)
-        (root / "data").mkdir()
-        (root / "data" / "x.csv").write_text("a\n1\n")
-        (root / "pipeline.py").write_text(PIPELINE)
-        (root / ".git").mkdir()
+        root = _project_folder(Path(name))
         spec = {"apiVersion": "mlops/v1", "project": "latency", "datasets": {"x": {"path": "data/x.csv"}},
                 "models": {"m": {"train": "pipeline:train", "data": {"train": "x"}}},
                 "deployments": {"api": {"model": "m", "replicas": 1, "route": "/api", "resources": {"cpus": 1}}}}
@@ -179,24 +190,15 @@ def _p99(values: list[float]) -> float:
 def switch(switches: int, steady_s: float = 10.0) -> dict[str, Any]:
     """Move the live route between two versions ``switches`` times under a back-to-back client."""
     import multiprocessing
-    import os
-    import socket
 
     from compiler import load_project
     from runtime import ray_backend, serving
     from runtime.operations import apply_project, rollback
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    os.environ["MLOPS_SERVE_PORT"] = str(port)
+    port = _serve_port()
     ray_backend.connect(None, num_cpus=4)
     with tempfile.TemporaryDirectory(prefix="mlops-switch-bench-") as name:
-        root = Path(name)
-        (root / "data").mkdir()
-        (root / "data" / "x.csv").write_text("a\n1\n")
-        (root / "pipeline.py").write_text(PIPELINE)
-        (root / ".git").mkdir()
+        root = _project_folder(Path(name))
         for seed in (1, 2):  # two versions
             spec = {"apiVersion": "mlops/v1", "project": "switch", "datasets": {"x": {"path": "data/x.csv"}},
                     "models": {"m": {"train": "pipeline:train", "data": {"train": "x"}, "seed": seed}},
