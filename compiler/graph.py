@@ -45,6 +45,11 @@ class Node:
     resources: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
 
+    @property
+    def name(self) -> str:
+        """The resource's name: ``churn`` for a node of ``models.churn``."""
+        return self.address.split(".", 1)[1]
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "kind": self.kind, "address": self.address,
                                "fingerprint": self.fingerprint, "config": self.config}

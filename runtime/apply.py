@@ -398,12 +398,12 @@ class Executor:
         spec = self.project.spec
         root = str(self.project.root)
         if node.kind == "transform":
-            dataset = spec.datasets[node.address.split(".", 1)[1]]
+            dataset = spec.datasets[node.name]
             inputs = {name: self._dataset_uri(name) for name in dataset.from_ or [] if name not in (chained or ())}
             return TaskSpec(node.id, "transform", dataset.transform or "", node.code_hash, root,
                             self.workspace.artifact_root, inputs, dict(dataset.params), 0,
                             dataset.resources.gpus, run_id=run_id)
-        model = spec.models[node.address.split(".", 1)[1]]
+        model = spec.models[node.name]
         inputs = {role: self._dataset_uri(name) for role, name in model.data.items()}
         if node.kind == "trial":
             train_data = spec.datasets.get(model.data.get("train", ""))
@@ -432,12 +432,12 @@ class Executor:
         if node.kind in ("trial", "evaluate"):
             from compiler.spec import duration_seconds
 
-            return float(duration_seconds(self.project.spec.models[node.address.split(".", 1)[1]].timeout))
+            return float(duration_seconds(self.project.spec.models[node.name].timeout))
         return None
 
     def _retries(self, node: Node) -> int:
         if node.kind in ("trial", "evaluate"):
-            return self.project.spec.models[node.address.split(".", 1)[1]].retries
+            return self.project.spec.models[node.name].retries
         return 0
 
     def _complete(self, attempt: _Attempt, outcome: dict[str, Any]) -> tuple[float, Node, int] | None:
@@ -503,7 +503,7 @@ class Executor:
             self._record(node, outputs)
 
     def _local_snapshot(self, node: Node) -> dict[str, Any]:
-        name = node.address.split(".", 1)[1]
+        name = node.name
         path = self.project.dataset_path(name)
         uri = self.artifacts.put_dir(path) if path.is_dir() else self.artifacts.put_file(path, sha256=node.data_hash)
         self.store.add_snapshot(Snapshot(node.address, node.fingerprint, node.data_hash or "", uri, time.time()))
@@ -524,7 +524,7 @@ class Executor:
 
     def _local_gate(self, node: Node) -> None:
         """Decide the gate for the model's newest version; records and finishes the node itself."""
-        gate_name = node.address.split(".", 1)[1]
+        gate_name = node.name
         gate = self.project.spec.gates[gate_name]
         version_output = self.outputs[self._model_final(gate.model)]
         version = int(version_output["version"])
@@ -568,7 +568,7 @@ class Executor:
     def _local_deploy(self, node: Node) -> dict[str, Any]:
         """Serve the version the spec pins, else a rollback's pin while no newer version passed the gates,
         else the newest version that passed them."""
-        name = node.address.split(".", 1)[1]
+        name = node.name
         deployment = self.project.spec.deployments[name]
         newest = int(self.outputs[self._model_final(deployment.model)]["version"])
         version, pin = serving_target(deployment, newest, self.store.get_deployment(name))
@@ -594,7 +594,7 @@ class Executor:
 
     def _record(self, node: Node, outputs: dict[str, Any]) -> None:
         """Record a node's success; the model's final step also creates its next version (one transaction)."""
-        if node.address.startswith("models.") and node.id == self._model_final(node.address.split(".", 1)[1]):
+        if node.address.startswith("models.") and node.id == self._model_final(node.name):
             with self.store.transaction():
                 outputs = {**outputs, "version": self._new_version(node, outputs)}
                 self.store.record_result(self._result(node, outputs))
@@ -607,7 +607,7 @@ class Executor:
         self._finish(node.id, "succeeded", detail)
 
     def _new_version(self, node: Node, outputs: dict[str, Any]) -> int:
-        name = node.address.split(".", 1)[1]
+        name = node.name
         model = self.project.spec.models[name]
         version = self.store.next_model_version(name)
         self.store.consume_retrain_requests(name, version)

@@ -49,7 +49,7 @@ def _typed(value: str) -> Any:
 def score(spec: BatchSpec) -> dict[str, Any]:
     """Score every input row; returns ``{"predictions": uri, "rows": n}``."""
     from runtime.artifacts import ArtifactStore
-    from runtime.worker import _import
+    from runtime.worker import load_predictor_of
 
     store = ArtifactStore(spec.artifact_root)
     with tempfile.TemporaryDirectory(prefix="mlops-batch-") as scratch:
@@ -61,7 +61,7 @@ def score(spec: BatchSpec) -> dict[str, Any]:
                 store.materialize_dir(spec.input_uri, local_input)
             else:
                 store.get_file(spec.input_uri, local_input)
-        load_predictor = _import(spec.target.split(":")[0] + ":load_predictor", spec.code_hash, spec.repo_root)
+        load_predictor = load_predictor_of(spec.target, spec.code_hash, spec.repo_root)
         predictor = load_predictor(Path(local_model), dict(spec.params))
         out = io.StringIO()
         rows_scored = 0

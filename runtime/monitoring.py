@@ -285,13 +285,13 @@ def reference_uri(project: Project, store: StateStore, dataset: str) -> str | No
 def load_predictor(project: Project, workspace: Workspace, store: StateStore, model: str, version: int,
                    scratch: Path) -> Callable[[list[Row]], Iterable[Any]]:
     """``load_predictor`` of the model's trainer module, applied to one version's artifact."""
-    from runtime.worker import _import
+    from runtime.worker import import_callable
 
     found = store.get_model_version(model, version)
     if found is None:
         raise LookupError(f"models.{model} has no version {version} in the state")
     module = project.spec.models[model].train.split(":")[0]
-    loader = _import(f"{module}:load_predictor", found.code_hash, str(project.root))
+    loader = import_callable(f"{module}:load_predictor", found.code_hash, str(project.root))
     path = _local(ArtifactStore(workspace.artifact_root), found.artifact_uri, scratch)
     predictor: Callable[[list[Row]], Iterable[Any]] = loader(path, dict(found.params))
     return predictor

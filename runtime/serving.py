@@ -195,7 +195,7 @@ def load(spec: ServeSpec) -> Loaded:
 
     from runtime.artifacts import ArtifactError, ArtifactStore
     from runtime.serving_api import openapi_document
-    from runtime.worker import _import
+    from runtime.worker import load_predictor_of
 
     store = ArtifactStore(spec.artifact_root)
     try:  # exactly what the state names, or a one-line refusal naming the object
@@ -204,7 +204,7 @@ def load(spec: ServeSpec) -> Loaded:
         raise RuntimeError("; ".join(d.message for d in error.diagnostics)) from None
     if local is None:
         local = store.get_file(spec.model_uri, Path(tempfile.mkdtemp()) / "model.pt")
-    module_loader = _import(spec.target.split(":")[0] + ":load_predictor", spec.code_hash, spec.repo_root)
+    module_loader = load_predictor_of(spec.target, spec.code_hash, spec.repo_root)
     predictor = module_loader(Path(local), dict(spec.params))
     return Loaded(spec, predictor, json.dumps(openapi_document(spec.api), separators=(",", ":")).encode())
 

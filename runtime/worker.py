@@ -74,7 +74,9 @@ class TaskSpec:
     """A trial's training dataset's declared ``schema`` (column -> type), for its input signature."""
 
 
-def _import(target: str, code_hash: str | None, repo_root: str) -> Any:
+def import_callable(target: str, code_hash: str | None, repo_root: str) -> Any:
+    """The callable ``module:function`` of the repository at ``repo_root``, its module reloaded when its code
+    (``code_hash``) changed since this process last imported it."""
     module_name, _, function = target.partition(":")
     if repo_root not in sys.path:
         sys.path.insert(0, repo_root)
@@ -118,6 +120,11 @@ def _input_path(store: Any, name: str, uri: str, scratch: Callable[[], Path]) ->
     target = scratch() / "inputs" / name
     target.parent.mkdir(parents=True, exist_ok=True)
     return Path(store.materialize_dir(uri, target) if is_dir else store.get_file(uri, target))
+
+
+def load_predictor_of(trainer: str, code_hash: str | None, repo_root: str) -> Any:
+    """The ``load_predictor`` beside a model's trainer (``module:train`` -> ``module:load_predictor``)."""
+    return import_callable(trainer.split(":")[0] + ":load_predictor", code_hash, repo_root)
 
 
 def in_store(store: Any, inputs: dict[str, Path]) -> list[Path]:
@@ -232,7 +239,7 @@ def execute(spec: TaskSpec, rank: int = 0, world_size: int = 1, device: str | No
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 ctx.seed_everything()
                 with contained(spec.repo_root, in_store(store, inputs)) as watch:
-                    function = _import(spec.target, spec.code_hash, spec.repo_root)
+                    function = import_callable(spec.target, spec.code_hash, spec.repo_root)
                     returned = function(ctx)
                 if watch.killed:
                     log.write(f"mlops: killed {len(watch.killed)} process(es) the task left running: "
