@@ -26,7 +26,7 @@ from runtime.feasibility import local_cluster_cpus
 from runtime.gates import decide, failed_reasons
 from runtime.plan import Plan
 from runtime.provenance import Provenance
-from runtime.signed_approvals import signed_approvers
+from runtime.signed_approvals import counted_approvers
 from runtime.state.records import DeploymentState, MetricPoint, ModelVersion, NodeResult, Run, Snapshot
 from runtime.state.store import StateStore
 from runtime.worker import TaskSpec
@@ -529,10 +529,7 @@ class Executor:
         version_output = self.outputs[self._model_final(gate.model)]
         version = int(version_output["version"])
         baseline = self._live_metrics(gate_name, gate.model)
-        if gate.approvals is not None and gate.approvals.signers is not None:  # signed tags only
-            approvers = signed_approvers(self.project, self.store, gate_name, version, record=True)
-        else:
-            approvers = [a.approver for a in self.store.approvals(gate_name, gate.model, version)]
+        approvers = counted_approvers(self.project, self.store, gate_name, version, record=True)
         decision = decide(gate_name, gate, version, version_output.get("metrics", {}), baseline, approvers)
         self.store.record_gate_decision(decision, self.provenance.actor, self.provenance.commit)
         if decision.status == "failed":

@@ -22,7 +22,7 @@ from runtime.gates import may_approve
 from runtime.hashing import CachedHasher
 from runtime.plan import GateView, Plan, make_plan
 from runtime.provenance import provenance
-from runtime.signed_approvals import how_to_approve, signed_approvers
+from runtime.signed_approvals import counted_approvers, how_to_approve, is_signed
 from runtime.state import audit
 from runtime.state.lock import acquire
 from runtime.state.records import Approval, NodeResult
@@ -65,10 +65,7 @@ def gate_views(project: Project, graph: Graph, store: StateStore) -> dict[str, G
             views[f"gates.{name}"] = GateView(None, 0, 0)
             continue
         decision = store.latest_gate_decision(name, gate.model, int(version))
-        if gate.approvals is not None and gate.approvals.signers is not None:  # what the gate would count now
-            approvals = len(signed_approvers(project, store, name, int(version)))
-        else:
-            approvals = len({a.approver for a in store.approvals(name, gate.model, int(version))})
+        approvals = len(counted_approvers(project, store, name, int(version)))  # what the gate would count now
         required = gate.approvals.required if gate.approvals else 0
         views[f"gates.{name}"] = GateView(decision, approvals, required)
     return views
@@ -264,7 +261,7 @@ def approve(project: Project, gate_name: str, version: int, by: str | None = Non
         from compiler.suggest import did_you_mean
 
         raise MlopsError.one(f"unknown gate '{gate_name}'{did_you_mean(gate_name, project.spec.gates)}")
-    if gate.approvals is not None and gate.approvals.signers is not None:
+    if is_signed(gate):
         raise MlopsError.one(f"gates.{gate_name} requires signed approvals: {how_to_approve(gate_name, version)}",
                              project.position(f"gates.{gate_name}", "approvals", "signers"))
     origin = provenance(project.root)

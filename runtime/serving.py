@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import numbers
@@ -209,16 +210,23 @@ def load(spec: ServeSpec) -> Loaded:
     return Loaded(spec, predictor, json.dumps(openapi_document(spec.api), separators=(",", ":")).encode())
 
 
-def code_version(spec: ServeSpec, resources: ReplicaResources) -> str:
-    """What makes Serve restart a deployment's replicas rather than hand them a new version in place: what they
-    are constructed with, what they reserve, and the replica's own code."""
-    digest = hashlib.sha256(json.dumps([spec.home(), dataclasses.asdict(resources)], sort_keys=True).encode())
+@functools.cache
+def _replica_source_digest() -> str:
+    """sha256 of the modules a replica runs (read once per process)."""
     from pathlib import Path
 
     here = Path(__file__).parent
+    digest = hashlib.sha256()
     for module in ("serving.py", "serving_api.py", "signature.py", "inference_log.py", "artifacts.py", "worker.py"):
         digest.update((here / module).read_bytes())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
+
+
+def code_version(spec: ServeSpec, resources: ReplicaResources) -> str:
+    """What makes Serve restart a deployment's replicas rather than hand them a new version in place: what they
+    are constructed with, what they reserve, and the replica's own code."""
+    what = json.dumps([spec.home(), dataclasses.asdict(resources), _replica_source_digest()], sort_keys=True)
+    return hashlib.sha256(what.encode()).hexdigest()[:16]
 
 
 def _server_class() -> Any:

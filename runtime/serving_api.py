@@ -35,7 +35,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.signature import json_schema, row_problems
+from runtime.signature import json_schema, json_type_of, row_problems
 
 PROBLEM_TYPE = "https://mlops.dev/problems/"
 """Problem ``type`` URIs are this prefix plus a slug (``invalid-json``, ``signature-mismatch``, ...)."""
@@ -206,8 +206,7 @@ def rows_of(config: ApiConfig, value: Any) -> list[dict[str, Any]]:
 def _scalar_problems(index: int, row: Any) -> list[dict[str, Any]]:
     """Without a signature a row must still be an object of scalars."""
     if not isinstance(row, dict):
-        kind = "array" if isinstance(row, list) else "null" if row is None else type(row).__name__
-        return [{"instance": index, "column": None, "problem": f"expected an object, got {kind}"}]
+        return [{"instance": index, "column": None, "problem": f"expected an object, got {json_type_of(row)}"}]
     return [{"instance": index, "column": name, "problem": "expected a number, string or boolean"}
             for name, cell in row.items() if isinstance(cell, dict | list)]
 

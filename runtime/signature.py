@@ -131,13 +131,13 @@ def value_problem(kind: str, value: Any) -> str | None:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
     else:
         ok = isinstance(value, str)
-    return None if ok else f"expected {json_type(kind)}, got {_json_type_of(value)}"
+    return None if ok else f"expected {json_type(kind)}, got {json_type_of(value)}"
 
 
 def row_problems(index: int, row: Any, columns: Mapping[str, str]) -> list[dict[str, Any]]:
     """Each way row ``index`` does not match ``columns``: ``{"instance", "column", "problem"}``."""
     if not isinstance(row, dict):
-        return [{"instance": index, "column": None, "problem": f"expected an object, got {_json_type_of(row)}"}]
+        return [{"instance": index, "column": None, "problem": f"expected an object, got {json_type_of(row)}"}]
     problems = [{"instance": index, "column": name, "problem": "missing"} for name in columns if name not in row]
     problems += [{"instance": index, "column": name, "problem": "unexpected column"}
                  for name in row if name not in columns]
@@ -158,7 +158,8 @@ def json_schema(columns: Mapping[str, str]) -> dict[str, Any]:
             "properties": {name: {"type": json_type(kind)} for name, kind in columns.items()}}
 
 
-def _json_type_of(value: Any) -> str:
+def json_type_of(value: Any) -> str:
+    """The JSON type of a parsed JSON value (``null``, ``boolean``, ``number``, ``string``, ``array``, ``object``)."""
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from compiler.errors import MlopsError
 from compiler.resolve import Project
+from compiler.spec import Gate
 from runtime.gates import may_approve
-from runtime.state import audit
 from runtime.state.records import Approval
 from runtime.state.store import StateStore
 
@@ -90,7 +90,7 @@ def signed_approvers(project: Project, store: StateStore, gate_name: str, versio
     approve``, a direct store call) counts for nothing, and stands in the way of that principal's tag.
     """
     gate = project.spec.gates[gate_name]
-    assert gate.approvals is not None and gate.approvals.signers is not None
+    assert gate.approvals is not None and gate.approvals.signers is not None  # is_signed(gate)
     signers = project.spec_path.parent / gate.approvals.signers
     if not signers.is_file():
         raise MlopsError.one(f"gates.{gate_name}: signers file '{gate.approvals.signers}' does not exist")
@@ -101,11 +101,23 @@ def signed_approvers(project: Project, store: StateStore, gate_name: str, versio
             if record:
                 store.add_approval(Approval(gate_name, gate.model, version, approval.principal),
                                    commit=approval.object_id)
-    recorded = {a.approver for a in store.approvals(gate_name, gate.model, version)}
-    payload = {"gate": f"gates.{gate_name}", "model": gate.model, "version": version}
-    evidenced = {r.actor for r in audit.of_actions(store, ["approve"])
-                 if r.payload == payload and r.commit in tags.get(r.actor, set())}
-    return sorted(p for p in tags if p not in recorded or p in evidenced)
+    recorded = {a.approver: a.commit for a in store.approvals(gate_name, gate.model, version)}
+    return sorted(p for p in tags if p not in recorded or recorded[p] in tags[p])
+
+
+def is_signed(gate: Gate) -> bool:
+    """Whether ``gate`` counts signed tags only (``approvals.signers``)."""
+    return gate.approvals is not None and gate.approvals.signers is not None
+
+
+def counted_approvers(project: Project, store: StateStore, gate_name: str, version: int, *,
+                      record: bool = False) -> list[str]:
+    """The principals whose approval of ``version`` counts at ``gate_name``: verified signed tags at a signed
+    gate (:func:`signed_approvers`; ``record`` records them), else the approvals in the audit chain."""
+    gate = project.spec.gates[gate_name]
+    if is_signed(gate):
+        return signed_approvers(project, store, gate_name, version, record=record)
+    return sorted({a.approver for a in store.approvals(gate_name, gate.model, version)})
 
 
 def _verify(repo_root: Path, object_id: str, gate: str, version: int, signers_file: Path) -> str | None:

@@ -121,6 +121,8 @@ class Approval:
     version: int
     approver: str
     approved_at: float = 0.0
+    commit: str | None = None
+    """The commit its ``approve`` audit record carries (for a signed approval, the tag object's id)."""
 
 
 @dataclass

@@ -805,7 +805,7 @@ def _decision_chained(row: sqlite3.Row) -> bool:
 
 
 def _approval(row: sqlite3.Row) -> Approval:
-    return Approval(row["gate"], row["model"], row["version"], row["approver"], row["approved_at"])
+    return Approval(row["gate"], row["model"], row["version"], row["approver"], row["approved_at"], row["git_commit"])
 
 
 def _chained(row: sqlite3.Row) -> bool:
