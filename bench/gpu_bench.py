@@ -145,7 +145,7 @@ def _measure(root: Path, spec: Path, seconds: float, round_no: int, gpus: int) -
 def _resident(root: Path, spec: Path, seconds: float, round_no: int, gpus: int) -> dict[str, Any]:
     """Apply in this process, as the reconciler does, after an apply that started its workers."""
     from compiler import load_project
-    from runtime.operations import apply_project
+    from runtime.apply.operations import apply_project
 
     spec.write_text(yaml.safe_dump(_spec(1.0, round_no, gpus), sort_keys=False))
     _commit(root, f"round {round_no}")
@@ -173,7 +173,7 @@ def run(seconds: float) -> dict[str, Any]:
             warm = _measure(root, spec, seconds, 1, gpus)
             resident = _resident(root, spec, seconds, 2, gpus)
         finally:
-            from runtime import ray_backend
+            from runtime.compute import ray_backend
 
             ray_backend.shutdown()
             _mlops(spec, "down")

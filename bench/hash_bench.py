@@ -29,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compiler.content_hash import hash_path  # noqa: E402
-from runtime.hashing import CachedHasher  # noqa: E402
+from runtime.artifacts.hashing import CachedHasher  # noqa: E402
 from runtime.state.store import StateStore  # noqa: E402
 
 MIB = 1 << 20

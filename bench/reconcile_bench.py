@@ -89,8 +89,8 @@ def _noop_ticks(reconciler: Any, repeat: int) -> list[float]:
 
 
 def run(repeat: int) -> dict[str, Any]:
-    from runtime import cluster, ray_backend
-    from runtime.reconciler import Reconciler, Source
+    from runtime.compute import cluster, ray_backend
+    from runtime.reconcile.loop import Reconciler, Source
 
     repeat = max(repeat, 5)
     with tempfile.TemporaryDirectory(prefix="mlops-reconcile-bench-") as name:

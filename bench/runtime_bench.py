@@ -63,7 +63,7 @@ def _base(name: str) -> dict[str, Any]:
 
 def noop_plan(repeat: int, tmp: Path) -> dict[str, Any]:
     from compiler import load_project
-    from runtime.operations import apply_project, opened, plan_project
+    from runtime.apply.operations import apply_project, opened, plan_project
 
     root = tmp / "gib"
     size = generate_gib(root / "data", 1024)
@@ -119,7 +119,7 @@ def dag_vs_plain(count: int, repeat: int, tmp: Path) -> dict[str, Any]:
     import ray
 
     from compiler import load_project
-    from runtime.operations import apply_project
+    from runtime.apply.operations import apply_project
 
     dag = _dag(count)
     ours, plain = [], []
@@ -161,7 +161,7 @@ def dag_vs_plain(count: int, repeat: int, tmp: Path) -> dict[str, Any]:
 
 def trainings8(repeat: int, tmp: Path) -> dict[str, Any]:
     from compiler import load_project
-    from runtime.operations import apply_project
+    from runtime.apply.operations import apply_project
 
     walls = []
     for attempt in range(repeat):
@@ -181,7 +181,7 @@ def trainings8(repeat: int, tmp: Path) -> dict[str, Any]:
 
 
 def run(repeat: int) -> dict[str, Any]:
-    from runtime import ray_backend
+    from runtime.compute import ray_backend
 
     ray_backend.connect(None, num_cpus=2)
     with tempfile.TemporaryDirectory(prefix="mlops-runtime-bench-") as name:

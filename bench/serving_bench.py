@@ -120,8 +120,8 @@ def run(repeat: int, requests: int = 300) -> dict[str, Any]:
     from ray import serve
 
     from compiler import load_project
-    from runtime import ray_backend
-    from runtime.operations import apply_project
+    from runtime.apply.operations import apply_project
+    from runtime.compute import ray_backend
 
     port = _serve_port()
     ray_backend.connect(None, num_cpus=2)
@@ -192,8 +192,8 @@ def switch(switches: int, steady_s: float = 10.0) -> dict[str, Any]:
     import multiprocessing
 
     from compiler import load_project
-    from runtime import ray_backend, serving
-    from runtime.operations import apply_project, rollback
+    from runtime.apply.operations import apply_project, rollback
+    from runtime.compute import ray_backend, serving
 
     port = _serve_port()
     ray_backend.connect(None, num_cpus=4)

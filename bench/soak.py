@@ -49,8 +49,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runtime.artifacts import ArtifactCorrupt, ArtifactError, ArtifactStore  # noqa: E402
-from runtime.cluster import members  # noqa: E402
+from runtime.artifacts.store import ArtifactCorrupt, ArtifactError, ArtifactStore  # noqa: E402
+from runtime.compute.cluster import members  # noqa: E402
 from runtime.state.store import StateStore  # noqa: E402
 
 PIPELINE = '''

@@ -4,7 +4,7 @@
 
 A 100-byte file is written and made durable, ``--samples`` times, once on a quiet disk and once
 while another process writes ``--mb`` MiB: by ``syncfs`` of the filesystem (what the executor does
-once per round, :mod:`runtime.durability`) and by an fsync of the file and its directory. Prints
+once per round, :mod:`runtime.artifacts.durability`) and by an fsync of the file and its directory. Prints
 the median and the worst wait of each, in milliseconds.
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime import durability  # noqa: E402
-from runtime.artifact_backends import fsync_path  # noqa: E402
+from runtime.artifacts import durability  # noqa: E402
+from runtime.artifacts.backends import fsync_path  # noqa: E402
 
 
 def _write(directory: str, name: str) -> str:

@@ -2,7 +2,7 @@
 apply would do about each and why, and the policy failures it introduces or resolves.
 
 A diff is between two specs, not against live state. A step runs again when its fingerprint differs
-between the two graphs; the reasons use the wording of :mod:`runtime.plan` (``params.lr: 0.01 -> 0.02``,
+between the two graphs; the reasons use the wording of :mod:`runtime.plan.actions` (``params.lr: 0.01 -> 0.02``,
 ``code changed: pipeline.py``, ``data changed: datasets.raw``, ``upstream changed: models.churn``),
 with field changes named as they are written in ``mlops.yaml``. The module reads no files.
 """

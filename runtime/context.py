@@ -40,7 +40,7 @@ class TrainResult:
     signature: list[str] | dict[str, str] | None = None
     """The input columns the model takes: their names (typed from the training data) or name -> type
     (``int``, ``float``, ``string``, ``bool``, ``category``, ``datetime``). Default: the training dataset's
-    declared ``schema``, else the columns of its CSV (:mod:`runtime.signature`)."""
+    declared ``schema``, else the columns of its CSV (:mod:`runtime.endpoint.signature`)."""
 
 
 @dataclass

@@ -99,7 +99,7 @@ def with_version_one(project: Any) -> Any:
     """``project`` with version 1 of its model ``churn`` in the state (no run made it), awaiting its gate."""
     import time
 
-    from runtime.operations import opened
+    from runtime.apply.operations import opened
     from runtime.state.records import ModelVersion
 
     with opened(project) as (_, store):

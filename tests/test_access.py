@@ -18,7 +18,7 @@ from conftest import with_version_one
 
 from compiler import load_project
 from compiler.resolve import Project
-from runtime.operations import opened
+from runtime.apply.operations import opened
 from runtime.state import audit
 
 ROOT = Path(__file__).resolve().parents[1]

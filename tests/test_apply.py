@@ -15,7 +15,7 @@ import pytest
 
 from compiler import load_project
 from compiler.errors import MlopsError
-from runtime.operations import apply_project, approve, opened, plan_project
+from runtime.apply.operations import apply_project, approve, opened, plan_project
 
 pytestmark = pytest.mark.xdist_group("ray")
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def spec(**models: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster() -> Any:
-    from runtime import ray_backend
+    from runtime.compute import ray_backend
 
     ray_backend.connect(None, num_cpus=2)
     yield
@@ -116,7 +116,7 @@ def test_apply_runs_everything_then_the_plan_is_a_no_op(tmp_path: Path, make_pro
 
 def test_outputs_are_synced_to_disk_before_the_state_records_them(tmp_path: Path, make_project: Any,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from runtime.artifacts import ArtifactStore
+    from runtime.artifacts.store import ArtifactStore
 
     project = load_project(write(tmp_path, make_project, spec()))
     state_db = tmp_path / ".mlops" / "state.db"
@@ -241,7 +241,7 @@ def test_gpu_request_on_a_cpu_cluster_is_refused_at_plan_time(tmp_path: Path, ma
 
 
 def test_a_saved_plan_is_refused_once_stale(tmp_path: Path, make_project: Any) -> None:
-    from runtime import planfile
+    from runtime.plan import planfile
 
     project = load_project(write(tmp_path, make_project, spec()))
     with opened(project) as (_, store):

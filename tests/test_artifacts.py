@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from compiler.content_hash import hash_path
-from runtime import artifact_backends, artifacts
-from runtime.artifacts import ArtifactCorrupt, ArtifactError, ArtifactStore
+from runtime.artifacts import backends as artifact_backends
+from runtime.artifacts import store as artifacts
+from runtime.artifacts.store import ArtifactCorrupt, ArtifactError, ArtifactStore
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -245,14 +246,14 @@ def test_a_writer_killed_midway_leaves_only_a_temporary_file(tmp_path: Path) -> 
     source.write_bytes(os.urandom(4 << 20))
     code = f"""
 import os, signal
-from runtime import artifact_backends
+from runtime.artifacts import backends as artifact_backends
 
 def die_halfway(src, out, hasher):
     out.write(src.read(1 << 20)); out.flush()
     os.kill(os.getpid(), signal.SIGKILL)
 
 artifact_backends._copy_hashing = die_halfway
-from runtime.artifacts import ArtifactStore
+from runtime.artifacts.store import ArtifactStore
 ArtifactStore({str(root)!r}).put_file({str(source)!r})
 """
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == -9

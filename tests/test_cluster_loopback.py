@@ -1,6 +1,6 @@
 """The embedded cluster is this machine's alone: no process of it listens beyond the loopback address.
 
-``mlops up`` starts the long-lived local Ray (``runtime/cluster.py``) and ``ray_backend.connect()`` the
+``mlops up`` starts the long-lived local Ray (``runtime/compute/cluster.py``) and ``ray_backend.connect()`` the
 in-process one an apply starts; every TCP socket their processes listen on (read from ``/proc/net/tcp`` and
 ``/proc/net/tcp6`` through each process's descriptors) must be on 127.0.0.1 (or ``::1``), never on the
 wildcard address or the machine's external one.
@@ -176,7 +176,7 @@ def test_the_embedded_ray_of_an_apply_listens_on_loopback_only(tmp_path: Path) -
 import json, os, sys
 sys.path.insert(0, {str(ROOT)!r})
 sys.path.insert(0, {str(Path(__file__).parent)!r})
-from runtime import ray_backend
+from runtime.compute import ray_backend
 import ray
 ray_backend.connect(num_cpus=1)
 assert ray.get(ray.remote(lambda: os.getpid()).remote())  # a worker is up and listening too

@@ -12,7 +12,7 @@ import pygit2
 import pytest
 
 from compiler import load_project
-from runtime.operations import apply_project, opened
+from runtime.apply.operations import apply_project, opened
 
 pytestmark = pytest.mark.xdist_group("ray")
 
@@ -138,7 +138,7 @@ def test_a_task_that_writes_into_the_mlops_folder_fails_naming_the_file(tmp_path
 
 def test_a_tasks_temporary_files_go_to_a_private_folder_removed_afterwards(
         tmp_path: Path, make_project: Any) -> None:
-    from runtime.artifacts import ArtifactStore
+    from runtime.artifacts.store import ArtifactStore
     from runtime.workspace import Workspace
 
     project = load_project(_repo(tmp_path / "repo", make_project, "use_tempfile", {}))

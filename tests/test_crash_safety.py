@@ -27,9 +27,9 @@ import pytest
 
 from compiler import load_project
 from compiler.resolve import Project
-from runtime.artifacts import ArtifactStore
-from runtime.cluster import members
-from runtime.operations import ApplyOutcome, apply_project, opened, plan_project
+from runtime.apply.operations import ApplyOutcome, apply_project, opened, plan_project
+from runtime.artifacts.store import ArtifactStore
+from runtime.compute.cluster import members
 from runtime.state import audit
 
 pytestmark = pytest.mark.xdist_group("ray")
@@ -56,7 +56,7 @@ def train(ctx):
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster() -> Any:
-    from runtime import ray_backend
+    from runtime.compute import ray_backend
 
     ray_backend.connect(None, num_cpus=2)
     yield

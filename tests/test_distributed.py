@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from compiler import load_project
-from runtime.artifacts import ArtifactStore
-from runtime.operations import apply_project, opened
+from runtime.apply.operations import apply_project, opened
+from runtime.artifacts.store import ArtifactStore
 
 pytestmark = pytest.mark.xdist_group("ray")
 
@@ -63,7 +63,7 @@ def train(ctx):
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster() -> Any:
-    from runtime import ray_backend
+    from runtime.compute import ray_backend
 
     ray_backend.connect(None, num_cpus=2)
     yield

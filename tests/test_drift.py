@@ -11,7 +11,8 @@ import pytest
 from scipy import stats
 
 from compiler.spec import AccuracyCheck, DataDriftCheck, LatencyCheck, PredictionDriftCheck
-from runtime.drift import (
+from runtime.monitor.checks import auc, evaluate_check, p95, windowed_metric
+from runtime.monitor.drift import (
     DEFAULT_THRESHOLDS,
     PSI_EPSILON,
     InsufficientDataError,
@@ -23,7 +24,6 @@ from runtime.drift import (
     is_drift,
     prediction_drift,
 )
-from runtime.monitor_checks import auc, evaluate_check, p95, windowed_metric
 
 METHODS = ["psi", "ks", "js", "wasserstein", "chi2"]
 CATEGORICAL_METHODS = ["psi", "js", "chi2"]

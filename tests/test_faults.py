@@ -2,7 +2,7 @@
 reconcilers on one state.
 
 * A training task SIGKILLs its own Ray worker on its first attempt: Ray retries the task on a new worker
-  (``max_retries`` in ``runtime/ray_backend.py``), the node succeeds, the driver records one run.
+  (``max_retries`` in ``runtime/compute/ray_backend.py``), the node succeeds, the driver records one run.
 * A training task's artifact write is refused by the kernel: the task lowers its own process's
   ``RLIMIT_FSIZE`` (ignoring ``SIGXFSZ``), so the artifact store's write of the model gets ``EFBIG`` part
   way, exactly where a full disk gives ``ENOSPC``. The ``mlops apply`` that ran it fails cleanly; the
@@ -32,8 +32,8 @@ import pytest
 
 from compiler import load_project
 from compiler.resolve import Project
-from runtime.artifacts import ArtifactStore
-from runtime.operations import apply_project, opened, plan_project
+from runtime.apply.operations import apply_project, opened, plan_project
+from runtime.artifacts.store import ArtifactStore
 from runtime.state import audit
 
 pytestmark = pytest.mark.xdist_group("ray")
@@ -83,7 +83,7 @@ def gcs_address() -> Iterator[str]:
     """This module's local Ray; the CLIs it starts join it."""
     import ray
 
-    from runtime import ray_backend
+    from runtime.compute import ray_backend
 
     ray_backend.connect(None, num_cpus=2)
     yield str(ray.get_runtime_context().gcs_address)

@@ -30,8 +30,8 @@ import pytest
 import yaml
 from conftest import GitRemote
 
-from runtime import cluster
-from runtime.reconciler import sync_checkout
+from runtime.compute import cluster
+from runtime.reconcile.loop import sync_checkout
 
 pytestmark = pytest.mark.xdist_group("ray")
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import pytest
 
 import compiler
 from compiler.content_hash import hash_file, hash_path
-from runtime.hashing import CachedHasher, sha256_file
+from runtime.artifacts.hashing import CachedHasher, sha256_file
 from runtime.state.store import StateStore
 
 OLD = 1_600_000_000  # an mtime well outside the racy window

@@ -26,8 +26,8 @@ from conftest import write_project
 
 from compiler import load_project
 from compiler.content_hash import hash_path
-from runtime.artifacts import ArtifactStore
-from runtime.operations import apply_project, approve
+from runtime.apply.operations import apply_project, approve
+from runtime.artifacts.store import ArtifactStore
 from runtime.provenance import actor
 from runtime.state import StateStore, audit, lock
 
@@ -101,7 +101,7 @@ def git(root: Path, *args: str) -> str:
 @pytest.fixture(scope="module")
 def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Applied]:
     """The project after apply (gate awaits approval), approve, apply (gate passes, deployed)."""
-    from runtime import ray_backend
+    from runtime.compute import ray_backend
 
     root = tmp_path_factory.mktemp("inspect") / "demo"
     spec_path = write_project(root, SPEC, files={"data/raw.csv": RAW, ".gitignore": ".mlops/\n__pycache__/\n"},

@@ -12,9 +12,9 @@ import pytest
 from conftest import ask_api as ask
 
 from compiler import load_project
-from runtime import serving
-from runtime.artifacts import ArtifactCorrupt, ArtifactMissing, ArtifactStore
-from runtime.operations import apply_project, opened, plan_project
+from runtime.apply.operations import apply_project, opened, plan_project
+from runtime.artifacts.store import ArtifactCorrupt, ArtifactMissing, ArtifactStore
+from runtime.compute import serving
 from runtime.workspace import Workspace
 
 pytestmark = pytest.mark.xdist_group("ray")
@@ -43,7 +43,7 @@ def load_predictor(model_path, params):
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster() -> Any:
-    from runtime import ray_backend
+    from runtime.compute import ray_backend
 
     ray_backend.connect(None, num_cpus=2)
     yield
@@ -114,7 +114,7 @@ def test_verified_path_refuses_a_tampered_missing_or_padded_artifact_in_one_line
 
 def test_an_unchanged_artifact_is_verified_by_a_stat_and_any_change_is_read_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import runtime.artifacts as artifacts_module
+    import runtime.artifacts.store as artifacts_module
 
     store = ArtifactStore(tmp_path / "store")
     source = tmp_path / "data"
@@ -139,7 +139,7 @@ def test_an_unchanged_artifact_is_verified_by_a_stat_and_any_change_is_read_agai
 
 
 def test_a_task_never_reads_a_tampered_input_it_fails_naming_the_object(tmp_path: Path) -> None:
-    from runtime.worker import TaskSpec, run_task
+    from runtime.compute.worker import TaskSpec, run_task
 
     root = tmp_path / "repo"
     root.mkdir()
@@ -170,7 +170,7 @@ def serving_spec(w: float) -> dict[str, Any]:
 
 def test_a_tampered_model_is_planned_as_replace_refused_by_a_replica_and_rebuilt_by_apply(
         tmp_path: Path, make_project: Any, serve_port: int) -> None:
-    from runtime.apply import serve_spec
+    from runtime.apply.executor import serve_spec
 
     project = load_project(make_project(tmp_path, serving_spec(2), files={"data/raw.csv": "x\n1\n"},
                                         pipeline=PIPELINE))

@@ -27,7 +27,7 @@ from typing import Any
 import pygit2
 import pytest
 
-from runtime import cluster
+from runtime.compute import cluster
 
 pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster at a time on the 2 CPUs
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from compiler import load_project
-from runtime.artifacts import ArtifactStore
-from runtime.mlflow_mirror import MirrorError, mirror, mirror_project, resolve_uri
+from runtime.artifacts.store import ArtifactStore
+from runtime.export.mlflow_mirror import MirrorError, mirror, mirror_project, resolve_uri
 from runtime.state.records import DeploymentState, MetricPoint, ModelVersion, NodeResult, Run
 from runtime.state.store import StateStore
 
@@ -198,8 +198,8 @@ def test_relative_uris_are_taken_from_the_spec_directory(tmp_path: Path) -> None
 @pytest.mark.xdist_group("ray")
 def test_apply_mirrors_the_trained_run_and_the_live_version(tmp_path: Path, make_project: Any,
                                                            empty_db: Path) -> None:
-    from runtime import ray_backend
-    from runtime.operations import apply_project, opened
+    from runtime.apply.operations import apply_project, opened
+    from runtime.compute import ray_backend
 
     spec = {"apiVersion": "mlops/v1", "project": "demo",
             "storage": {"mlflow": "sqlite:///.mlops/mlflow.db"},

@@ -21,9 +21,9 @@ from conftest import run_cli, write_project
 
 from compiler import load_project
 from compiler.resolve import Project
-from runtime.inference_log import InferenceRecord, InferenceWriter, log_dir
-from runtime.monitoring import columns_of, read_rows
-from runtime.operations import apply_project, opened
+from runtime.apply.operations import apply_project, opened
+from runtime.monitor.inference_log import InferenceRecord, InferenceWriter, log_dir
+from runtime.monitor.run import columns_of, read_rows
 from runtime.workspace import Workspace
 
 mlops = run_cli

@@ -28,11 +28,11 @@ from conftest import run_cli, write_project
 
 from compiler import load_project
 from compiler.resolve import Project
-from runtime.inference_log import InferenceRecord, InferenceWriter, log_dir
-from runtime.monitoring import due, run_monitors
-from runtime.operations import apply_project, opened, plan_project
+from runtime.apply.operations import apply_project, opened, plan_project
+from runtime.monitor.inference_log import InferenceRecord, InferenceWriter, log_dir
+from runtime.monitor.run import due, run_monitors
 from runtime.state import audit
-from runtime.status import project_status
+from runtime.views.status import project_status
 from runtime.workspace import Workspace
 
 pytestmark = pytest.mark.xdist_group("ray")
@@ -118,7 +118,7 @@ def spec(webhook: str) -> dict[str, Any]:
 def ray_cluster() -> Iterator[None]:
     from ray.serve import context
 
-    from runtime import ray_backend
+    from runtime.compute import ray_backend
 
     context._disconnect()  # Serve's cached client outlives ray.shutdown() and is taken for this session's
     ray_backend.connect(None, num_cpus=2)  # (job ids restart at 01000000): drop one an earlier module left
@@ -390,7 +390,7 @@ def test_feedback_file_errors_name_the_line(copy: Project, tmp_path: Path,
 
 
 def test_reference_tables_read_csv_directories_and_jsonl(tmp_path: Path) -> None:
-    from runtime.monitoring import columns_of, read_rows, values_array
+    from runtime.monitor.run import columns_of, read_rows, values_array
 
     (tmp_path / "parts").mkdir()
     (tmp_path / "parts" / "a.csv").write_text("x,color\n1,red\n2.5,\n")
@@ -409,7 +409,7 @@ def test_reference_tables_read_csv_directories_and_jsonl(tmp_path: Path) -> None
 
 
 def test_webhook_failures_are_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
-    from runtime.monitoring import post_webhook
+    from runtime.monitor.run import post_webhook
 
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))

@@ -9,7 +9,7 @@ import pytest
 
 from compiler import build_graph, load_project
 from compiler.graph import Graph
-from runtime.plan import GateView, make_plan
+from runtime.plan.actions import GateView, make_plan
 from runtime.state.records import GateDecision, NodeResult
 
 SPEC: dict[str, Any] = {
@@ -209,7 +209,7 @@ def test_a_resource_never_names_itself_as_its_upstream_change(tmp_path: Path, ma
 
 def test_a_failed_gate_is_blocked_by_its_failed_checks_not_by_the_approvals_it_records(
         tmp_path: Path, make_project: Any) -> None:
-    from runtime.gates import decide
+    from runtime.apply.gates import decide
 
     project = load_project(make_project(tmp_path, SPEC, files={"data/raw.csv": "a,b\n1,2\n"}))
     decision = decide("quality", project.spec.gates["quality"], 1, {"auc": 0.7}, None, [])

@@ -15,7 +15,7 @@ from conftest import write_project
 
 from compiler import load_project
 from compiler.errors import MlopsError
-from runtime.operations import apply_project
+from runtime.apply.operations import apply_project
 from runtime.provenance import changed_paths, git_state
 
 pytestmark = pytest.mark.xdist_group("ray")
@@ -51,7 +51,7 @@ def runs(root: Path) -> list[tuple[str, str, int]]:
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster() -> Iterator[None]:
-    from runtime import ray_backend
+    from runtime.compute import ray_backend
 
     ray_backend.connect(None, num_cpus=2)
     yield

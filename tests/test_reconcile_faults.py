@@ -20,10 +20,10 @@ import yaml
 from conftest import GitRemote
 
 from compiler import load_project
-from runtime.operations import opened
-from runtime.reconciler import Backoff, Reconciler, Source, TickResult
+from runtime.apply.operations import opened
+from runtime.reconcile.loop import Backoff, Reconciler, Source, TickResult
 from runtime.state import audit
-from runtime.status import project_status
+from runtime.views.status import project_status
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = yaml.safe_dump({"apiVersion": "mlops/v1", "project": "faults", "datasets": {"raw": {"path": "data/raw.csv"}}})

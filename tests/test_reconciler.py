@@ -24,11 +24,11 @@ import yaml
 from conftest import GitRemote
 
 from compiler import load_project
-from runtime import serving
-from runtime.metrics import Metrics
-from runtime.operations import opened
-from runtime.reconciler import Backoff, Reconciler, Source, has_work, sync_checkout
-from runtime.status import project_status
+from runtime.apply.operations import opened
+from runtime.compute import serving
+from runtime.reconcile.loop import Backoff, Reconciler, Source, has_work, sync_checkout
+from runtime.reconcile.metrics import Metrics
+from runtime.views.status import project_status
 
 pytestmark = pytest.mark.xdist_group("ray")
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def sample(text: str, name: str, **labels: str) -> float | None:
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster() -> Iterator[None]:
-    from runtime import ray_backend
+    from runtime.compute import ray_backend
 
     ray_backend.connect(None, num_cpus=2)
     yield

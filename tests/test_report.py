@@ -1,7 +1,7 @@
 """``mlops report --out DIR``: the compliance report, written from real state and rendered in headless Chromium.
 
 The state is written through :class:`StateStore` (runs with per-step metrics, model versions, gate
-decisions made by ``runtime.gates.decide``, an approval, monitor results from real drift checks), so no
+decisions made by ``runtime.apply.gates.decide``, an approval, monitor results from real drift checks), so no
 Ray is needed. The page is then opened in Debian's chromium: its screenshot must not be blank and the
 key text must be in the rendered DOM. Without a browser the rendering test skips, except under CI
 (``CI`` set) where it fails. ``MLOPS_REPORT_SCREENSHOT=FILE`` keeps a copy of the screenshot.
@@ -26,9 +26,9 @@ from conftest import write_project
 from PIL import Image
 
 from compiler import load_project
+from runtime.apply.gates import decide
 from runtime.cli.main import main
-from runtime.gates import decide
-from runtime.monitor_checks import evaluate_check
+from runtime.monitor.checks import evaluate_check
 from runtime.state.records import (
     Approval,
     DeploymentState,

@@ -12,9 +12,9 @@ import pytest
 
 from compiler import load_project
 from compiler.errors import MlopsError
-from runtime import feasibility
-from runtime.operations import apply_project, opened
-from runtime.status import project_status
+from runtime.apply.operations import apply_project, opened
+from runtime.plan import feasibility
+from runtime.views.status import project_status
 
 SLEEPY = '''
 import time
@@ -77,7 +77,7 @@ def test_deployments_wider_than_the_cluster_are_infeasible(tmp_path: Path, make_
 
 @pytest.fixture(scope="module")
 def two_cpus() -> Any:
-    from runtime import ray_backend
+    from runtime.compute import ray_backend
 
     ray_backend.connect(None, num_cpus=2)
     yield

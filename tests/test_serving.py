@@ -10,8 +10,8 @@ import pytest
 from conftest import ask_api as ask
 
 from compiler import load_project
-from runtime import serving
-from runtime.operations import apply_project, opened, plan_project
+from runtime.apply.operations import apply_project, opened, plan_project
+from runtime.compute import serving
 
 pytestmark = pytest.mark.xdist_group("ray")
 
@@ -41,7 +41,7 @@ def spec(params: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster() -> Any:
-    from runtime import ray_backend
+    from runtime.compute import ray_backend
 
     ray_backend.connect(None, num_cpus=2)
     yield
@@ -98,7 +98,7 @@ def test_a_deployment_deleted_behind_the_tools_back_is_found_and_repaired(
 
 def test_batch_deployment_scores_its_input_into_a_versioned_predictions_artifact(
         tmp_path: Path, make_project: Any) -> None:
-    from runtime.artifacts import ArtifactStore
+    from runtime.artifacts.store import ArtifactStore
     from runtime.workspace import Workspace
 
     body = spec({"w": 4})
@@ -118,7 +118,7 @@ def test_batch_deployment_scores_its_input_into_a_versioned_predictions_artifact
 
 
 def _status_of(project: Any, address: str) -> Any:
-    from runtime.status import project_status
+    from runtime.views.status import project_status
 
     with opened(project) as (_, store):
         return next(r for r in project_status(project, store).resources if r.address == address)
@@ -196,7 +196,7 @@ def test_an_orphaned_staging_application_is_planned_and_removed(
     assert apply_project(project).result.ok
     with opened(project) as (_, store):
         version = store.get_model_version("m", 1)
-    from runtime.apply import serve_spec
+    from runtime.apply.executor import serve_spec
     from runtime.workspace import Workspace
 
     assert version is not None
@@ -230,8 +230,8 @@ def test_a_deployments_memory_is_reserved_for_each_replica(tmp_path: Path, make_
 def test_a_rollback_to_a_version_that_cannot_start_is_undone_with_its_cause(
         tmp_path: Path, make_project: Any, serve_port: int) -> None:
     from compiler.errors import MlopsError
-    from runtime.artifacts import ArtifactStore
-    from runtime.operations import rollback
+    from runtime.apply.operations import rollback
+    from runtime.artifacts.store import ArtifactStore
     from runtime.workspace import Workspace
 
     project = load_project(write(tmp_path, make_project, {"w": 2}))
@@ -283,7 +283,7 @@ def test_a_switch_and_a_rollback_reload_the_running_replicas_in_place_and_lose_n
     import threading
     import urllib.error
 
-    from runtime.operations import rollback
+    from runtime.apply.operations import rollback
 
     spec_v1 = spec({"w": 2})
     spec_v1["deployments"]["api"].update(replicas=2, resources={"cpus": 0.25})

@@ -1,7 +1,7 @@
 """A realtime deployment is a real HTTP API: RFC 9457 errors a client can act on, an input signature, limits,
 bearer tokens, an OpenAPI document Schemathesis finds no 5xx in, and an inference log that cannot leak.
 
-The contract's parts are checked as plain functions (:mod:`runtime.serving_api`, no Ray); then one project is
+The contract's parts are checked as plain functions (:mod:`runtime.endpoint.contract`, no Ray); then one project is
 applied on a real Ray Serve and every kind of request is sent over real HTTP.
 """
 
@@ -21,8 +21,8 @@ import pytest
 
 from compiler import load_project
 from compiler.errors import MlopsError
-from runtime import serving_api
-from runtime.serving_api import ApiConfig, Problem
+from runtime.endpoint import contract as serving_api
+from runtime.endpoint.contract import ApiConfig, Problem
 
 ROOT = Path(__file__).resolve().parents[1]
 MLOPS = str(Path(sys.executable).with_name("mlops"))
@@ -169,8 +169,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, serve_port: int) -> Iterato
     """The project applied on a real Ray Serve, its deployment asking for ``TOKEN``."""
     from conftest import write_project
 
-    from runtime import ray_backend
-    from runtime.operations import apply_project
+    from runtime.apply.operations import apply_project
+    from runtime.compute import ray_backend
 
     root = tmp_path_factory.mktemp("served")
     write_project(root, _spec(auth={"token_env": "API_TOKEN"}), files={"data/raw.csv": DATA}, pipeline=PIPELINE)
@@ -311,7 +311,7 @@ def test_schemathesis_finds_no_server_error(served: Path, serve_port: int, tmp_p
 
 def test_the_inference_log_keeps_the_signature_s_columns_less_pii_and_the_request_s_latency(
         served: Path, serve_port: int) -> None:
-    from runtime.inference_log import log_dir, read
+    from runtime.monitor.inference_log import log_dir, read
     from runtime.workspace import Workspace
 
     long_note = {**ROW, "note": "n" * 300}
@@ -335,7 +335,7 @@ def test_the_inference_log_keeps_the_signature_s_columns_less_pii_and_the_reques
 
 def test_tokens_come_from_the_environment_or_a_file_and_a_missing_one_is_one_line(
         tmp_path: Path, make_project: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from runtime.endpoint import api_config, tokens
+    from runtime.endpoint.config import api_config, tokens
     from runtime.state.records import ModelVersion
 
     project = load_project(make_project(tmp_path, _spec(auth={"token_env": "API_TOKEN"}),
@@ -370,7 +370,7 @@ def test_tokens_come_from_the_environment_or_a_file_and_a_missing_one_is_one_lin
 
 
 def test_a_signature_comes_from_the_trainer_then_the_dataset_schema_then_the_training_csv(tmp_path: Path) -> None:
-    from runtime.signature import of_training
+    from runtime.endpoint.signature import of_training
 
     data = tmp_path / "train"
     data.mkdir()

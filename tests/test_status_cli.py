@@ -22,7 +22,7 @@ import yaml
 from conftest import run_cli
 
 from compiler import load_project
-from runtime.operations import apply_project, opened
+from runtime.apply.operations import apply_project, opened
 from runtime.state import audit
 from runtime.state.records import ReconcilerStatus
 
@@ -72,7 +72,7 @@ def spec() -> dict[str, Any]:
 def ray_cluster() -> Iterator[None]:
     from ray.serve import context
 
-    from runtime import ray_backend
+    from runtime.compute import ray_backend
 
     context._disconnect()  # Serve's cached client outlives ray.shutdown() and is taken for this session's
     ray_backend.connect(None, num_cpus=2)  # (job ids restart at 01000000): drop one an earlier module left

@@ -17,7 +17,7 @@ from compiler.errors import MlopsError
 from runtime.cli.app import Application, Exit
 from runtime.cli.commands import COMMANDS
 from runtime.cli.options import global_options
-from runtime.faults import os_line, shown, sqlite_line
+from runtime.state.faults import os_line, shown, sqlite_line
 
 
 class LazyGroup(click.Group):
@@ -96,7 +96,7 @@ def entry() -> None:
     """
     code = main()
     if "ray" in sys.modules:
-        from runtime import ray_backend
+        from runtime.compute import ray_backend
 
         ray_backend.shutdown()
     sys.stdout.flush()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.text import Text
 
-from runtime.apply import ApplyResult
-from runtime.plan import Plan
+from runtime.apply.executor import ApplyResult
+from runtime.plan.actions import Plan
 
 SYMBOLS = {"create": ("+", "green"), "update": ("~", "yellow"), "replace": ("-/+", "magenta"),
            "delete": ("-", "red"), "blocked": ("!", "red"), "no-op": (" ", "dim")}

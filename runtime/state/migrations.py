@@ -226,7 +226,7 @@ V4: Step = (
 )
 
 V5: Step = (
-    # A model version's input signature (runtime/signature.py): {"columns": {name: type}, "source": ...}.
+    # A model version's input signature (runtime/endpoint/signature.py): {"columns": {name: type}, "source": ...}.
     "ALTER TABLE model_versions ADD COLUMN signature TEXT",
 )
 

@@ -100,7 +100,7 @@ class ModelVersion:
     created_at: float = 0.0
     signature: dict[str, Any] | None = None
     """The input signature it was trained with: ``{"columns": [[name, type], ...], "source": ...}``
-    (:mod:`runtime.signature`)."""
+    (:mod:`runtime.endpoint.signature`)."""
 
 
 @dataclass

@@ -39,8 +39,8 @@ from typing import Any, TypeVar, cast
 
 from compiler.content_hash import canonical_json
 from compiler.errors import MlopsError
-from runtime.faults import os_line, sqlite_line
 from runtime.state import anchor
+from runtime.state.faults import os_line, sqlite_line
 from runtime.state.migrations import SchemaTooNew, migrate, schema_version
 from runtime.state.records import (
     Approval,

@@ -28,7 +28,7 @@ from runtime.cli.progress import NodeProgress
 def apply_command(app: Application, plan_file: str | None, parallelism: int, targets: tuple[str, ...],
                   lock_timeout: str, allow_dirty: bool, resource_timeout: str) -> None:
     """Make the live state match the spec."""
-    from runtime.operations import apply_project
+    from runtime.apply.operations import apply_project
 
     project = project_or_fail(app)
     try:

@@ -18,7 +18,7 @@ from runtime.cli.options import global_options
 @pass_app
 def approve_command(app: Application, gate: str, version: int, by: str | None) -> None:
     """Approve a model version at a gate."""
-    from runtime.operations import approve
+    from runtime.apply.operations import approve
 
     project = project_or_fail(app)
     name = gate.removeprefix("gates.")
@@ -34,7 +34,7 @@ def approve_command(app: Application, gate: str, version: int, by: str | None) -
     elif outcome.new:
         app.print(f"Approved models.{approval.model} version {version} at gates.{name} as {approval.approver}.")
     else:
-        from runtime.inspect import when
+        from runtime.views.inspect import when
 
         app.print(f"models.{approval.model} version {version} was already approved at gates.{name} by "
                   f"{approval.approver} ({when(approval.approved_at)}); nothing recorded.")

@@ -29,8 +29,8 @@ def audit_group() -> None:
 @pass_app
 def log_command(app: Application, limit: int | None) -> None:
     """The audit records, oldest first."""
-    from runtime import inspect
-    from runtime.operations import opened
+    from runtime.apply.operations import opened
+    from runtime.views import inspect
 
     project = project_or_fail(app)
     try:
@@ -76,9 +76,9 @@ def _summary(action: str, payload: dict[str, Any]) -> str:
 @pass_app
 def verify_command(app: Application) -> None:
     """Check the hash chain; exit 1 with one line per problem when a record was edited or deleted."""
-    from runtime import inspect
-    from runtime.operations import opened
+    from runtime.apply.operations import opened
     from runtime.state.anchor import refusal_before_open
+    from runtime.views import inspect
     from runtime.workspace import Workspace
 
     project = project_or_fail(app)

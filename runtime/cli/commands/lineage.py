@@ -15,7 +15,7 @@ from runtime.cli.commands.runs import print_wide
 from runtime.cli.options import global_options
 
 if TYPE_CHECKING:
-    from runtime.inspect import DataLineage, DatasetLineage, ModelLineage
+    from runtime.views.inspect import DataLineage, DatasetLineage, ModelLineage
 
 
 @click.command("lineage")
@@ -27,8 +27,8 @@ def lineage_command(app: Application, target: str) -> None:
 
     ADDR is models.NAME[@VERSION] (the newest version without @) or datasets.NAME[@SNAPSHOT].
     """
-    from runtime import inspect
-    from runtime.operations import opened
+    from runtime.apply.operations import opened
+    from runtime.views import inspect
 
     project = project_or_fail(app)
     try:
@@ -45,7 +45,7 @@ def lineage_command(app: Application, target: str) -> None:
 
 
 def _model_tree(found: ModelLineage) -> Tree:
-    from runtime import inspect
+    from runtime.views import inspect
 
     v = found.version
     tree = Tree(Text.assemble((f"{found.address}@{v.version}", "bold"), f"  {v.status}",
@@ -68,7 +68,7 @@ def _model_tree(found: ModelLineage) -> Tree:
 
 
 def _data_node(parent: Tree, item: DataLineage) -> None:
-    from runtime import inspect
+    from runtime.views import inspect
 
     made = f"  (transform run {item.run_id})" if item.run_id else ""
     branch = parent.add(Text.assemble((item.address, "bold"), f"  {item.content_hash or 'unknown content'}",
@@ -79,7 +79,7 @@ def _data_node(parent: Tree, item: DataLineage) -> None:
 
 
 def _dataset_tree(found: DatasetLineage) -> Tree:
-    from runtime import inspect
+    from runtime.views import inspect
 
     kind = f"source: {found.source}" if found.source else f"derived: {found.transform}" if found.transform else ""
     tree = Tree(Text.assemble((found.address, "bold"), f"  {kind}" if kind else ""))

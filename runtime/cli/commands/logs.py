@@ -21,8 +21,8 @@ def logs_command(app: Application, deployment: str, request_id: str | None, limi
     from dataclasses import asdict
 
     from compiler.suggest import did_you_mean
-    from runtime.inference_log import error_dir, read_errors
-    from runtime.inspect import when
+    from runtime.monitor.inference_log import error_dir, read_errors
+    from runtime.views.inspect import when
     from runtime.workspace import Workspace
 
     project = project_or_fail(app)

@@ -16,7 +16,7 @@ from runtime.cli.commands.runs import print_wide
 from runtime.cli.options import global_options
 
 if TYPE_CHECKING:
-    from runtime.inspect import VersionDetail
+    from runtime.views.inspect import VersionDetail
 
 STATUS_STYLE = {"candidate": "yellow", "approved": "green", "rejected": "red", "passed": "green", "failed": "red",
                 "awaiting_approval": "yellow"}
@@ -33,8 +33,8 @@ def models_group() -> None:
 @pass_app
 def list_command(app: Application) -> None:
     """Every model: its versions, the newest one and where it is deployed."""
-    from runtime import inspect
-    from runtime.operations import opened
+    from runtime.apply.operations import opened
+    from runtime.views import inspect
 
     project = project_or_fail(app)
     try:
@@ -68,8 +68,8 @@ def list_command(app: Application) -> None:
 @pass_app
 def show_command(app: Application, name: str, version: int | None) -> None:
     """A model's versions with status and reason, metrics, params, gate decisions and approvals."""
-    from runtime import inspect
-    from runtime.operations import opened
+    from runtime.apply.operations import opened
+    from runtime.views import inspect
 
     project = project_or_fail(app)
     try:
@@ -101,7 +101,7 @@ def show_command(app: Application, name: str, version: int | None) -> None:
 
 def signature_line(record: dict[str, Any] | None) -> str:
     """``input signature (from the trainer): amount float, plan category, ...`` or that none was recorded."""
-    from runtime.signature import Signature
+    from runtime.endpoint.signature import Signature
 
     signature = Signature.from_record(record)
     if signature is None:
@@ -111,7 +111,7 @@ def signature_line(record: dict[str, Any] | None) -> str:
 
 
 def _render_version(out: Console, item: VersionDetail) -> None:
-    from runtime import inspect
+    from runtime.views import inspect
 
     v = item.version
     out.print()

@@ -42,8 +42,8 @@ def monitor_group() -> None:
 @pass_app
 def run_command(app: Application, name: str | None, lock_timeout: str, detailed_exitcode: bool) -> None:
     """Evaluate every monitor (or NAME) now, and run the on_breach actions of those that breach."""
-    from runtime.monitoring import check_errors, result_json, run_monitors
-    from runtime.operations import opened
+    from runtime.apply.operations import opened
+    from runtime.monitor.run import check_errors, result_json, run_monitors
     from runtime.provenance import actor
     from runtime.state.lock import acquire
     from runtime.workspace import Workspace
@@ -132,8 +132,8 @@ def _number(value: Any) -> str:
 @pass_app
 def feedback_command(app: Application, file: Path) -> None:
     """Store labels for logged predictions: a CSV (id,label) or JSONL ({"id", "label"}) FILE."""
-    from runtime.monitoring import read_feedback, store_feedback
-    from runtime.operations import opened
+    from runtime.apply.operations import opened
+    from runtime.monitor.run import read_feedback, store_feedback
 
     project = project_or_fail(app)
     try:
@@ -157,8 +157,8 @@ def feedback_command(app: Application, file: Path) -> None:
 @pass_app
 def history_command(app: Application, name: str, limit: int) -> None:
     """A monitor's past results, oldest first."""
-    from runtime.inspect import when
-    from runtime.operations import opened
+    from runtime.apply.operations import opened
+    from runtime.views.inspect import when
 
     project = project_or_fail(app)
     name = name.removeprefix("monitors.")
@@ -169,7 +169,7 @@ def history_command(app: Application, name: str, limit: int) -> None:
     with opened(project) as (_, store):
         results = store.monitor_results(name, limit)
     if app.json_output:
-        from runtime.monitoring import result_json
+        from runtime.monitor.run import result_json
 
         app.emit_json({"monitor": f"monitors.{name}", "results": [result_json(r) for r in results]})
         app.exit(0)

@@ -21,8 +21,8 @@ from runtime.cli.plan_render import render_plan
 @pass_app
 def plan_command(app: Application, out_file: str | None, detailed_exitcode: bool, targets: tuple[str, ...]) -> None:
     """Show what apply would do."""
-    from runtime import planfile
-    from runtime.operations import opened, plan_project
+    from runtime.apply.operations import opened, plan_project
+    from runtime.plan import planfile
 
     project = project_or_fail(app)
     try:

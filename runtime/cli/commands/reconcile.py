@@ -17,7 +17,7 @@ from runtime.cli.app import Application, pass_app
 from runtime.cli.options import global_options
 
 if TYPE_CHECKING:
-    from runtime.reconciler import TickResult
+    from runtime.reconcile.loop import TickResult
 
 
 @click.command("reconcile")
@@ -46,9 +46,9 @@ def reconcile_command(app: Application, watch: bool, interval: str, repo: str | 
     loop never ends on an error (it backs off and retries) and exits 0 on SIGTERM or SIGINT, after the
     step in progress (an apply finishes first).
     """
-    from runtime.gitsync import parse_size
-    from runtime.metrics import Metrics
-    from runtime.reconciler import Reconciler, Source
+    from runtime.reconcile.gitsync import parse_size
+    from runtime.reconcile.loop import Reconciler, Source
+    from runtime.reconcile.metrics import Metrics
 
     if branch is not None and repo is None:
         app.fail(MlopsError.one("--branch needs --repo"))

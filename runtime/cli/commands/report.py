@@ -24,8 +24,8 @@ def report_command(app: Application, out_dir: Path, policy_dirs: tuple[str, ...]
     The page is self-contained (figures embedded, no network). Failing policies are reported, not fatal:
     the exit status is 0 once the report is written.
     """
-    from runtime.operations import opened
-    from runtime.report import write_report
+    from runtime.apply.operations import opened
+    from runtime.export.report import write_report
     from runtime.workspace import Workspace
 
     project = project_or_fail(app)

@@ -25,7 +25,7 @@ def rollback_command(app: Application, deployment: str, to: int | None, reason: 
     It keeps serving until a version newer than the one rolled back from passes the gates; to make it
     last, pin it in the spec (the command prints the change).
     """
-    from runtime.operations import rollback
+    from runtime.apply.operations import rollback
     from runtime.provenance import actor
     from runtime.state.lock import acquire
     from runtime.workspace import Workspace

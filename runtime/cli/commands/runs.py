@@ -16,7 +16,7 @@ from runtime.cli.commands.common import project_or_fail
 from runtime.cli.options import global_options
 
 if TYPE_CHECKING:
-    from runtime.inspect import RunDetail
+    from runtime.views.inspect import RunDetail
 
 STATUS_STYLE = {"succeeded": "green", "failed": "red", "running": "yellow"}
 PIPED_WIDTH = 1000
@@ -46,8 +46,8 @@ def runs_group() -> None:
 @pass_app
 def list_command(app: Application, model: str | None, address: str | None, limit: int) -> None:
     """The newest runs first."""
-    from runtime import inspect
-    from runtime.operations import opened
+    from runtime.apply.operations import opened
+    from runtime.views import inspect
 
     if model and address:
         app.fail(MlopsError.one("--model and --address cannot be used together"))
@@ -82,9 +82,9 @@ def list_command(app: Application, model: str | None, address: str | None, limit
 @pass_app
 def show_command(app: Application, run_id: str, no_log: bool) -> None:
     """One run: params, metrics, history, timings, provenance, error and log."""
-    from runtime import inspect
-    from runtime.artifacts import ArtifactStore
-    from runtime.operations import opened
+    from runtime.apply.operations import opened
+    from runtime.artifacts.store import ArtifactStore
+    from runtime.views import inspect
 
     project = project_or_fail(app)
     try:
@@ -132,7 +132,7 @@ def show_command(app: Application, run_id: str, no_log: bool) -> None:
 
 
 def _history_table(detail: RunDetail) -> Table:
-    from runtime import inspect
+    from runtime.views import inspect
 
     names = sorted(detail.history)
     by_step: dict[int, dict[str, float]] = {}
@@ -156,8 +156,8 @@ def _history_table(detail: RunDetail) -> Table:
 @pass_app
 def compare_command(app: Application, run_ids: tuple[str, ...]) -> None:
     """Params and metrics of two or more runs side by side."""
-    from runtime import inspect
-    from runtime.operations import opened
+    from runtime.apply.operations import opened
+    from runtime.views import inspect
 
     project = project_or_fail(app)
     try:

@@ -21,9 +21,9 @@ HEALTH_STYLE = {"Healthy": "green", "Progressing": "cyan", "Degraded": "red", "M
 @pass_app
 def status_command(app: Application) -> None:
     """Sync and health of every resource, and the reconciler's last synced commit (exit 0 whatever they are)."""
-    from runtime.inspect import when
-    from runtime.operations import opened
-    from runtime.status import project_status
+    from runtime.apply.operations import opened
+    from runtime.views.inspect import when
+    from runtime.views.status import project_status
 
     project = project_or_fail(app)
     try:

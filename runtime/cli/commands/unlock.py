@@ -21,7 +21,7 @@ def force_unlock_command(app: Application, lock_id: str) -> None:
 
     Refused when LOCK_ID is not the lock's ID or its holder is still running (stop it instead).
     """
-    from runtime import inspect
+    from runtime.views import inspect
 
     project = project_or_fail(app)
     try:

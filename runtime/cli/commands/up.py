@@ -25,14 +25,14 @@ from runtime.cli.options import global_options
 @pass_app
 def up_command(app: Application, num_cpus: int | None, serve_port: int | None) -> None:
     """Start the project's local Ray cluster in the background (idempotent)."""
-    from runtime import cluster
+    from runtime.compute import cluster
     from runtime.workspace import Workspace
 
     project = project_or_fail(app)
     try:
         state_path = Workspace.of(project).state_path
         existing = cluster.running(state_path)
-        from runtime.feasibility import local_cluster_cpus
+        from runtime.plan.feasibility import local_cluster_cpus
 
         cpus = num_cpus if num_cpus is not None else local_cluster_cpus(project)
         local = existing or cluster.up(state_path, num_cpus=cpus, serve_port=serve_port)
@@ -53,7 +53,7 @@ def up_command(app: Application, num_cpus: int | None, serve_port: int | None) -
 @pass_app
 def down_command(app: Application) -> None:
     """Stop the project's local Ray cluster and everything running on it (its deployments too)."""
-    from runtime import cluster
+    from runtime.compute import cluster
     from runtime.workspace import Workspace
 
     project = project_or_fail(app)

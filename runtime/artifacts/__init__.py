@@ -1,0 +1,1 @@
+"""Content-addressed objects: the store, its local and object-store backends, hashing, durability."""

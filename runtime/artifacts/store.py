@@ -1,0 +1,545 @@
+"""The artifact store: content-addressed files, directories and models, local or on fsspec storage.
+
+URIs name content, not places, so they stay valid wherever the store's root moves:
+
+* ``sha256:<hex>`` — a file whose bytes hash to ``<hex>``;
+* ``dir:sha256:<hex>`` — a directory: ``<hex>`` is the hash of its manifest, the sorted lines
+  ``<relative path>\\0<file sha256>\\n``, which is exactly what
+  :func:`compiler.content_hash.hash_path` digests, so it equals the directory's content hash.
+
+Every object lives at ``<root>/objects/<hex[:2]>/<hex[2:]>``. The root is a local directory
+(relative roots are resolved against ``base_dir``) or an fsspec URL (``s3://bucket/prefix``,
+``gs://...``, ``memory://...``; the matching fsspec driver must be installed).
+
+Writes are atomic. Locally an object is written to a temporary file under ``<root>/objects``,
+flushed, fsynced, made read-only and renamed into place (then the directory is fsynced), so a
+crash never leaves a half-written object under its final name. A run's output directory is
+adopted instead (:meth:`~ArtifactStore.adopt_dir`): its files are hard-linked in under their
+hashes without an fsync each, and the executor makes a whole round of them durable with one
+:meth:`~ArtifactStore.sync` before the state records them (a group commit, as databases do with
+their log). A killed process leaves nothing partial either way; an object a power loss tore
+before its sync is never recorded, and is replaced when the same content is stored again.
+
+On object stores a single PUT is atomic by itself and the object is written to its final key
+directly. Every read that returns content (:meth:`~ArtifactStore.get_file`, :meth:`~ArtifactStore.read_bytes`,
+:meth:`~ArtifactStore.materialize_dir`, :meth:`~ArtifactStore.load_model`) checks the hash and
+raises :class:`ArtifactCorrupt` on a mismatch. :meth:`~ArtifactStore.verified_path` is the zero-copy
+path for local readers: checked against the hash before it is handed out, and remembered by each file's
+(inode, size, mtime_ns, ctime_ns) so an unchanged artifact costs a ``stat`` per file the next time.
+:meth:`~ArtifactStore.local_path` does not check (for writers and tools that verify otherwise).
+
+Models are saved with ``torch.save`` and loaded with ``torch.load(weights_only=True)``: an artifact
+that would unpickle code (any global outside torch's allow-list) is refused, and the code never runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import shutil
+import stat
+import tempfile
+import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from compiler.content_hash import hash_file
+from runtime.artifacts import durability
+from runtime.artifacts.backends import (
+    ArtifactCorrupt,
+    ArtifactError,
+    ArtifactMissing,
+    Backend,
+    FsspecBackend,
+    LocalBackend,
+    TreeScan,
+    check,
+    chunks,
+    discard_tree,
+    remove_tree,
+    scan_tree,
+)
+
+__all__ = ["ArtifactCorrupt", "ArtifactError", "ArtifactMissing", "ArtifactStore", "TreeScan", "dir_uri", "file_uri",
+           "parse_uri", "remove_tree", "scan_tree", "state_dict_problem"]
+
+FILE_PREFIX = "sha256:"
+DIR_PREFIX = "dir:sha256:"
+LOCAL_PROTOCOLS = ("", "file", "local")
+
+
+def file_uri(digest: str) -> str:
+    return FILE_PREFIX + digest
+
+
+def dir_uri(digest: str) -> str:
+    return DIR_PREFIX + digest
+
+
+def parse_uri(uri: str) -> tuple[bool, str]:
+    """``(is_directory, hex digest)`` of an artifact URI; :class:`ArtifactError` if it is not one."""
+    is_dir = uri.startswith(DIR_PREFIX)
+    digest = uri[len(DIR_PREFIX):] if is_dir else uri[len(FILE_PREFIX):] if uri.startswith(FILE_PREFIX) else ""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ArtifactError.one(f"not an artifact URI: {uri!r} (expected sha256:<hex> or dir:sha256:<hex>)")
+    return is_dir, digest
+
+
+_PLAIN = (bool, int, float, complex, str, bytes, type(None))
+"""Leaf values a weights-only load reads back besides tensors (exact types: a subclass pickles its class)."""
+
+
+def state_dict_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be stored as a model, in one line; ``None`` when it is a state dict.
+
+    A state dict is a mapping (``dict`` or ``OrderedDict``, as ``Module.state_dict()`` returns) whose
+    values are tensors, plain numbers, strings, ``None``, ``torch.Size`` / ``dtype`` / ``device``,
+    or lists, tuples, sets and mappings of those (an optimizer's state, metadata): what
+    ``torch.load(weights_only=True)`` reads back. Anything else would only be refused when loaded.
+    """
+    import sys
+
+    torch = sys.modules.get("torch")  # torch not imported: nothing in ``value`` can be a torch object
+    if torch is not None and isinstance(value, torch.nn.Module):
+        return f"it is a torch.nn.Module ({type(value).__name__}), not its weights: store model.state_dict()"
+    if type(value) not in (dict, OrderedDict):
+        return (f"a model must be a state dict (a mapping of names to tensors, e.g. model.state_dict()), "
+                f"got {_type_name(value)}")
+    return _entry_problem(value, "model", torch, 0)
+
+
+def _entry_problem(value: Any, where: str, torch: Any, depth: int) -> str | None:
+    if depth > 64:
+        return f"{where} is nested more than 64 levels deep"
+    if type(value) in _PLAIN:
+        return None
+    if torch is not None and isinstance(value, torch.Tensor | torch.Size | torch.dtype | torch.device):
+        return None
+    if torch is not None and isinstance(value, torch.nn.Module):
+        return f"{where} is a torch.nn.Module ({type(value).__name__}); store its state_dict() instead"
+    items: list[tuple[str, Any]] = []
+    if type(value) in (dict, OrderedDict):
+        for key, item in value.items():
+            items += [(f"a key of {where}", key), (f"{where}[{key!r}]", item)]
+    elif type(value) in (list, tuple, set, frozenset):
+        items = [(f"{where}[{index}]", item) for index, item in enumerate(value)]
+    else:
+        hint = (" (convert it with torch.from_numpy)" if type(value).__name__ == "ndarray" else
+                " (convert it with float() or int())") if type(value).__module__ == "numpy" else ""
+        return f"{where} is {_type_name(value)}, not a tensor or a plain value{hint}"
+    for place, item in items:
+        problem = _entry_problem(item, place, torch, depth + 1)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _listing(path: Path) -> list[Path]:
+    """The files of a directory in the order :func:`compiler.content_hash.hash_path` uses."""
+    return sorted(p for p in path.rglob("*") if p.is_file())
+
+
+VERIFY_RACY_WINDOW_NS = 2_000_000_000
+"""A file changed this recently before it was verified is not remembered as verified (a same-size rewrite in
+the same timestamp tick would go unseen); it is read again next time."""
+
+Identity = tuple[str, int, int, int, int]
+"""(relative path in its tree, or "" for an object; inode, size, mtime_ns, ctime_ns)."""
+
+
+def _identities(files: list[tuple[str, str]]) -> list[Identity] | None:
+    """The identity of each (relative path, path); ``None`` when one of them is not a file."""
+    found = []
+    for relative, path in files:
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        found.append((relative, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
+    return found
+
+
+def _read_marker(marker: str) -> list[Identity] | None:
+    """The identities an earlier verification remembered (``None``: none, or unreadable)."""
+    try:
+        with open(marker, encoding="utf-8") as handle:
+            lines = handle.read().split("\n")[:-1]
+        found = []
+        for line in lines:
+            relative, _, numbers = line.rpartition("\0")
+            ino, size, mtime, ctime = (int(n) for n in numbers.split(" "))
+            found.append((relative, ino, size, mtime, ctime))
+        return found
+    except (OSError, ValueError):
+        return None
+
+
+def _write_marker(marker: str, identities: list[Identity]) -> None:
+    """Remember a verification (atomically; best effort: a store that cannot be written is checked every time)."""
+    text = "".join(f"{relative}\0{ino} {size} {mtime} {ctime}\n" for relative, ino, size, mtime, ctime in identities)
+    tmp = f"{marker}.tmp-{uuid.uuid4().hex}"
+    try:
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, marker)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _actual(exc: ArtifactCorrupt) -> str:
+    """The digest a :func:`runtime.artifacts.backends.check` failure says the content hashes to."""
+    return str(exc).rsplit(" ", 1)[-1]
+
+
+class ArtifactStore:
+    """Content-addressed storage under ``root`` (a local directory or an fsspec URL)."""
+
+    def __init__(self, root: str | Path, base_dir: Path | None = None,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        text = str(root)
+        protocol, _, rest = text.partition("://") if "://" in text else ("", "", text)
+        if protocol in LOCAL_PROTOCOLS:
+            local = Path(rest).expanduser()
+            self.root = str(local if local.is_absolute() else (base_dir or Path.cwd()) / local)
+            self._backend: Backend = LocalBackend(Path(self.root))
+        else:
+            self.root = text.rstrip("/")
+            self._backend = FsspecBackend(protocol, text, storage_options or {})
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def put_file(self, path: Path, sha256: str | None = None) -> str:
+        """Store a file; returns ``sha256:<hex>``. With a known ``sha256`` an object already stored is not rewritten."""
+        path = Path(path)
+        if sha256 is not None and self._backend.exists(sha256, os.stat(path).st_size) and self._intact(sha256):
+            return file_uri(sha256)
+        digest = self._backend.write_file(path)
+        if sha256 is not None and digest != sha256:
+            raise ArtifactError.one(f"{path} changed while it was stored (expected sha256 {sha256}, got {digest})")
+        return file_uri(digest)
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store bytes; returns ``sha256:<hex>``."""
+        digest = hashlib.sha256(data).hexdigest()
+        if not (self._backend.exists(digest, len(data)) and self._intact(digest)):
+            self._backend.write_bytes(digest, data)
+        return file_uri(digest)
+
+    def put_dir(self, path: Path) -> str:
+        """Store every file under a directory and its manifest; returns ``dir:sha256:<manifest hex>``."""
+        path = Path(path)
+        if not path.is_dir():
+            raise ArtifactError.one(f"{path} is not a directory")
+        lines = []
+        for child in _listing(path):
+            relative = child.relative_to(path).as_posix()
+            if "\n" in relative:
+                raise ArtifactError.one(f"{child}: file names with a newline cannot be stored")
+            _, digest = parse_uri(self.put_file(child))
+            lines.append(relative.encode() + b"\0" + digest.encode() + b"\n")
+        _, manifest = parse_uri(self.put_bytes(b"".join(lines)))
+        return dir_uri(manifest)
+
+    def scratch_dir(self) -> Path | None:
+        """A fresh private directory on the store's own filesystem (local storage), for work whose output
+        :meth:`adopt_dir` then takes over without copying; ``None`` on remote storage."""
+        if not isinstance(self._backend, LocalBackend):
+            return None
+        path = f"{self.root}/tmp/run-{uuid.uuid4().hex}"
+        try:
+            os.mkdir(path, 0o700)
+        except FileNotFoundError:  # the first run of a new store
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.mkdir(path, 0o700)
+        return Path(path)
+
+    def adopt_dir(self, path: Path, scan: TreeScan | None = None) -> str:
+        """Store a directory that is handed over to the store; returns ``dir:sha256:<manifest hex>``.
+
+        Locally, when ``path`` is on the store's filesystem, nothing is copied: the files are made
+        read-only and hard-linked in as their objects, and the directory itself becomes the artifact's
+        tree (what :meth:`local_path` returns). Their content is durable before they are visible; call
+        :meth:`sync` before recording the URI anywhere that must outlive a power loss. Elsewhere this
+        is :meth:`put_dir`. ``path`` is gone or read-only afterwards either way. ``scan`` is
+        :func:`scan_tree` of ``path``, when the caller has it.
+        """
+        backend = self._backend
+        if not isinstance(backend, LocalBackend):
+            return self.put_dir(path)
+        scan = scan or scan_tree(path)
+        if scan.foreign:
+            return self.put_dir(path)  # links point at files the run does not own: copy their content
+        for relative, absolute, _ in scan.files:
+            if "\n" in relative:
+                raise ArtifactError.one(f"{absolute}: file names with a newline cannot be stored")
+        try:
+            digest = backend.adopt(Path(path), scan)
+        except OSError:  # another filesystem, or no hard links here: copy instead
+            return self.put_dir(path)
+        return dir_uri(digest)
+
+    def sync(self) -> None:
+        """Make every name :meth:`adopt_dir` gave so far durable (local storage; a no-op on object stores)."""
+        if isinstance(self._backend, LocalBackend):
+            durability.flush_all(self.root)
+
+    def save_model(self, state_dict: dict[str, Any]) -> str:
+        """``torch.save`` a state dict to a temporary file and store it; returns ``sha256:<hex>``.
+
+        Only what :meth:`load_model` can read back passes (:func:`state_dict_problem`): a mapping of
+        names to tensors and plain values. A ``torch.nn.Module`` or any other object is refused here,
+        not when the model is loaded.
+        """
+        import torch
+
+        problem = state_dict_problem(state_dict)
+        if problem is not None:
+            raise ArtifactError.one(f"refusing to save the model: {problem}")
+        fd, name = tempfile.mkstemp(suffix=".pt")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(state_dict, handle)
+            return self.put_file(Path(name))
+        finally:
+            os.unlink(name)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def exists(self, uri: str) -> bool:
+        """Whether the artifact is fully present (for a directory: its manifest and every file)."""
+        is_dir, digest = parse_uri(uri)
+        if not self._backend.exists(digest):
+            return False
+        if not is_dir:
+            return True
+        try:
+            entries = self._manifest(digest)
+        except ArtifactError:
+            return False
+        return all(self._backend.exists(file_digest) for _, file_digest in entries)
+
+    def read_bytes(self, uri: str) -> bytes:
+        """The content of a file artifact, checked against its hash."""
+        is_dir, digest = parse_uri(uri)
+        if is_dir:
+            raise ArtifactError.one(f"{uri} is a directory; use materialize_dir")
+        return self._read_verified(digest)
+
+    def get_file(self, uri: str, dest: Path) -> Path:
+        """Copy a file artifact to ``dest`` (atomically, checked against its hash); returns ``dest``."""
+        is_dir, digest = parse_uri(uri)
+        if is_dir:
+            raise ArtifactError.one(f"{uri} is a directory; use materialize_dir")
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._copy_verified(digest, dest)
+        return dest
+
+    def materialize_dir(self, uri: str, dest: Path) -> Path:
+        """Recreate a directory artifact at ``dest`` (which must not exist or be empty); returns ``dest``.
+
+        The files are checked against their hashes; the directory appears at ``dest`` all at once.
+        """
+        is_dir, digest = parse_uri(uri)
+        if not is_dir:
+            raise ArtifactError.one(f"{uri} is a file; use get_file")
+        dest = Path(dest)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise ArtifactError.one(f"cannot materialize {uri} into {dest}: it exists and is not an empty directory")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        try:
+            for relative, file_digest in self._manifest(digest):
+                target = staging / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._copy_verified(file_digest, target)
+            os.chmod(staging, 0o755)
+            os.replace(staging, dest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return dest
+
+    def local_path(self, uri: str) -> Path | None:
+        """A local path holding the artifact (read-only; not re-hashed), or ``None`` on remote storage.
+
+        A directory artifact is laid out once as a tree of hard links under ``<root>/trees/<hex>``.
+        """
+        is_dir, digest = parse_uri(uri)
+        if not isinstance(self._backend, LocalBackend):
+            return None
+        if not is_dir:
+            path = self._backend.object_file(digest)
+            return Path(path) if os.path.isfile(path) else None
+        tree = f"{self._backend.root}/trees/{digest}"
+        if os.path.isdir(tree):  # laid out before (or adopted): no need to read the manifest
+            return Path(tree)
+        if not self._backend.exists(digest):
+            return None
+        return self._backend.tree(digest, self._manifest(digest))
+
+    def verified_path(self, uri: str) -> Path | None:
+        """:meth:`local_path`, checked against the URI's content hash first; ``None`` on remote storage
+        (whose readers copy through :meth:`get_file` / :meth:`materialize_dir`, which check as they copy).
+
+        A file is its object; a directory is its tree, which must hold exactly the manifest's files, each
+        hashing to its entry. What was verified is remembered by each file's (inode, size, mtime_ns,
+        ctime_ns) under ``<root>/verified/``, so checking an unchanged artifact again costs a ``stat`` per
+        file: any write, rename over it, ``chmod`` or ``touch`` changes the ctime and makes it read again.
+        Raises a one-line :class:`ArtifactMissing` (``artifact missing: <uri>``) or :class:`ArtifactCorrupt`
+        (``artifact corrupt: <uri> (<path>) hashes to sha256:<hex>``).
+        """
+        is_dir, digest = parse_uri(uri)
+        backend = self._backend
+        if not isinstance(backend, LocalBackend):
+            return None
+        manifest_file = backend.object_file(digest)
+        marker = f"{self.root}/verified/{'dir-' if is_dir else ''}{digest}"
+        if not is_dir:
+            identities = _identities([("", manifest_file)])
+            if identities is None:
+                raise ArtifactMissing.of(uri)
+            if _read_marker(marker) != identities:
+                self._verify_files(uri, [("", manifest_file, digest)], identities, marker)
+            return Path(manifest_file)
+        tree = f"{backend.root}/trees/{digest}"
+        if not os.path.isdir(tree):  # laid out from the objects (checked below) the first time it is read
+            if not backend.exists(digest):
+                raise ArtifactMissing.of(uri)
+            try:
+                backend.tree(digest, self._manifest(digest))
+            except ArtifactCorrupt as exc:
+                raise ArtifactCorrupt.of(uri, manifest_file, _actual(exc)) from None
+            except ArtifactError:
+                raise ArtifactMissing.of(uri) from None
+        files = [(relative, absolute) for relative, absolute, _ in scan_tree(tree).files]
+        identities = _identities([("", manifest_file), *files])
+        if identities is None:
+            raise ArtifactMissing.of(uri)
+        if _read_marker(marker) == identities:
+            return Path(tree)
+        try:
+            entries = self._manifest(digest)
+        except ArtifactCorrupt as exc:
+            raise ArtifactCorrupt.of(uri, manifest_file, _actual(exc)) from None
+        expected = dict(entries)
+        try:
+            for relative, absolute in files:
+                if relative not in expected:
+                    raise ArtifactCorrupt.one(f"artifact corrupt: {uri} ({absolute}) is not one of its files")
+            for relative, _ in entries:
+                if relative not in dict(files):
+                    raise ArtifactMissing.of(uri, f"{tree}/{relative}")
+            self._verify_files(uri, [("", manifest_file, digest),
+                                     *((relative, absolute, expected[relative]) for relative, absolute in files)],
+                               identities, marker)
+        except ArtifactError:  # the next read lays the tree out again from its objects (repaired by a rebuild)
+            discard_tree(Path(tree))
+            raise
+        return Path(tree)
+
+    def _verify_files(self, uri: str, files: list[tuple[str, str, str]], identities: list[Identity],
+                      marker: str) -> None:
+        """Hash each (relative path, path, expected digest); remember ``identities`` when none changed meanwhile."""
+        started = time.time_ns()
+        for _, path, expected in files:
+            actual = hash_file(path)
+            if actual != expected:
+                raise ArtifactCorrupt.of(uri, path, actual)
+        if _identities([(relative, path) for relative, path, _ in files]) != identities:
+            return  # changed while it was read: checked this time, not remembered
+        if any(max(identity[3:]) >= started - VERIFY_RACY_WINDOW_NS for identity in identities):
+            return  # changed too recently to trust its timestamps (git's "racily clean"): read again next time
+        _write_marker(marker, identities)
+
+    def verify(self, uri: str) -> None:
+        """Re-read an artifact (every file of a directory) and raise :class:`ArtifactCorrupt` on a mismatch."""
+        is_dir, digest = parse_uri(uri)
+        for _, file_digest in self._manifest(digest) if is_dir else []:
+            self._hash_object(file_digest)
+        self._hash_object(digest)
+
+    def load_model(self, uri: str, map_location: str = "cpu") -> dict[str, Any]:
+        """Load a model saved by :meth:`save_model` without unpickling code (``weights_only=True``)."""
+        import pickle
+
+        import torch
+
+        data = self.read_bytes(uri)
+        try:
+            model = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            detail = str(exc.__context__ or "").strip() or (str(exc).strip().splitlines() or ["?"])[0]
+            raise ArtifactError.one(f"refusing to load model {uri}: it is not a plain weights file, and loading it "
+                                    f"without weights_only could run code ({detail})") from exc
+        except (RuntimeError, ValueError, EOFError) as exc:
+            raise ArtifactError.one(f"model {uri} is not a torch weights file: {exc}") from exc
+        if not isinstance(model, dict):
+            raise ArtifactError.one(f"model {uri} is a {type(model).__name__}, not a state dict")
+        return model
+
+    def cleanup_temp(self, older_than_s: float = 3600.0) -> int:
+        """Delete temporary files a crashed writer left (local storage); returns how many went."""
+        return self._backend.cleanup_temp(older_than_s) if isinstance(self._backend, LocalBackend) else 0
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _intact(self, digest: str) -> bool:
+        """Whether a stored object still holds its content (a tampered one is written again, not reused)."""
+        try:
+            self.verified_path(file_uri(digest))
+        except ArtifactError:
+            return False
+        return True
+
+    def _manifest(self, digest: str) -> list[tuple[str, str]]:
+        entries = []
+        for line in self._read_verified(digest).split(b"\n")[:-1]:
+            relative, sep, file_digest = line.decode().partition("\0")
+            parts = PurePosixPath(relative).parts
+            if not sep or not parts or relative.startswith("/") or ".." in parts:
+                raise ArtifactError.one(f"dir:sha256:{digest} is not a valid directory manifest")
+            parse_uri(file_uri(file_digest))
+            entries.append((relative, file_digest))
+        return entries
+
+    def _read_verified(self, digest: str) -> bytes:
+        with self._backend.open_read(digest) as handle:
+            data = handle.read()
+        check(digest, hashlib.sha256(data).hexdigest())
+        return data
+
+    def _hash_object(self, digest: str) -> None:
+        hasher = hashlib.sha256()
+        with self._backend.open_read(digest) as handle:
+            for chunk in chunks(handle):
+                hasher.update(chunk)
+        check(digest, hasher.hexdigest())
+
+    def _copy_verified(self, digest: str, dest: Path) -> None:
+        tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex}")
+        hasher = hashlib.sha256()
+        try:
+            with self._backend.open_read(digest) as source, open(tmp, "wb") as out:
+                for chunk in chunks(source):
+                    hasher.update(chunk)
+                    out.write(chunk)
+            check(digest, hasher.hexdigest())
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise

@@ -1,0 +1,1 @@
+"""The only importer of Ray: joining the cluster, tasks, workers, Ray Train, Serve, batch."""

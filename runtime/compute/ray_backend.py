@@ -1,0 +1,218 @@
+"""The one module that touches Ray: connecting, submitting tasks with resources, waiting, cancelling."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from runtime.compute.worker import START_NAMESPACE, TaskSpec, run_task
+
+_REMOTE: Any = None
+_DISTRIBUTED: set[str] = set()
+"""Ids of the running refs that coordinate a Ray Train run (cancelled gracefully, see :func:`cancel`)."""
+CANCEL_GRACE_S = 15.0
+COALESCE_S = 0.015
+"""After the first task of a round finishes, how long to wait for others, so that one round records
+several (one sync of the artifact store and one state commit for all). Transforms behind running ones
+are queued on Ray already and start without the driver, so the wait holds back only the others."""
+
+
+def connected() -> bool:
+    """Whether this process has already joined (or started) a Ray cluster."""
+    import ray
+
+    return bool(ray.is_initialized())
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join ``address`` (``auto`` or ``ray://...``), or start an embedded local Ray when it is ``None``."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False,
+                              "namespace": "mlops", "configure_logging": False}
+    if not address or address.partition(":")[0] in ("127.0.0.1", "localhost"):
+        # This machine's alone (the embedded Ray, or mlops up's): every process of it binds the loopback
+        # address, and a driver joining it must not turn 127.0.0.1 into the machine's address (runtime.compute.cluster).
+        from ray._private import ray_constants
+
+        from runtime.compute.cluster import LOOPBACK_ENV
+
+        os.environ.update(LOOPBACK_ENV)  # for the processes it starts
+        ray_constants.ENABLE_RAY_CLUSTER = False  # read when this process picks the node's address
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def shutdown() -> None:
+    """Leave Ray; Serve's cached client is dropped too (a new session would reuse its job id)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    _with_resources.cache_clear()
+    serve_context = sys.modules.get("ray.serve.context")  # never imported here: nothing cached (and no 1 s import)
+    if serve_context is not None:
+        with contextlib.suppress(Exception):  # Serve's internals moved: nothing cached to drop
+            serve_context._set_global_client(None)
+
+
+def cluster_resources() -> dict[str, float]:
+    """Total resources of the connected cluster (``CPU``, ``GPU``, ``memory``, ...)."""
+    import ray
+
+    return {key: float(value) for key, value in ray.cluster_resources().items()}
+
+
+STARTED_PREFIX = "started/"
+
+
+def started(prefix: str, run_ids: set[str]) -> dict[str, float]:
+    """Run id -> start time, for those of ``run_ids`` whose task reported its start under ``prefix``."""
+    from ray.experimental import internal_kv
+
+    found = {}
+    try:
+        keys = internal_kv._internal_kv_list(prefix, namespace=START_NAMESPACE)
+        for key in keys:
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            run_id = name[len(prefix):]
+            if run_id in run_ids:
+                value = internal_kv._internal_kv_get(name, namespace=START_NAMESPACE)
+                found[run_id] = float(value) if value else time.time()
+    except Exception:  # noqa: BLE001 - the key-value store did not answer: nothing known to have started
+        return {}
+    return found
+
+
+def forget_starts(prefix: str) -> None:
+    """Drop the start reports under ``prefix`` (an apply's, once it ends)."""
+    import ray
+    from ray.experimental import internal_kv
+
+    if ray.is_initialized():
+        with contextlib.suppress(Exception):
+            internal_kv._internal_kv_del(prefix, del_by_prefix=True, namespace=START_NAMESPACE)
+
+
+def available_resources() -> dict[str, float]:
+    """Resources of the connected cluster free right now."""
+    import ray
+
+    return {key: float(value) for key, value in ray.available_resources().items()}
+
+
+def _remote() -> Any:
+    global _REMOTE
+    if _REMOTE is None:
+        import ray
+
+        _REMOTE = ray.remote(run_task)
+    return _REMOTE
+
+
+@functools.lru_cache(maxsize=64)
+def _with_resources(cpus: float, gpus: float, memory_bytes: int | None) -> Any:
+    """The task function with these resources (made once per combination: ``.options`` is not free)."""
+    options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 3, "retry_exceptions": False}
+    if memory_bytes:
+        options["memory"] = memory_bytes
+    return _remote().options(**options)
+
+
+def submit(spec: TaskSpec, cpus: float, gpus: float, memory_bytes: int | None, upstream: Sequence[Any] = ()) -> Any:
+    """Run ``spec`` as a Ray task; a worker that dies is retried by Ray (``max_retries``).
+
+    ``upstream`` are refs of running tasks whose results this one takes as inputs (``spec.chained``):
+    Ray starts it when they finish, without a round trip through the driver.
+
+    A distributed trial (``spec.workers > 1``) asks these resources for each of its Ray Train
+    workers; its coordinating task holds none itself, so it cannot starve the workers it waits for.
+    """
+    if spec.workers > 1:
+        per_worker = {"CPU": cpus, **({"GPU": gpus} if gpus else {}),
+                      **({"memory": float(memory_bytes)} if memory_bytes else {})}
+        spec = dataclasses.replace(spec, worker_resources=per_worker)
+        cpus, gpus, memory_bytes = 0.0, 0.0, None
+    ref = _with_resources(cpus, gpus, memory_bytes).remote(vars(spec), *upstream)  # plain data: msgpack, not pickle
+    if spec.workers > 1:
+        _DISTRIBUTED.add(ref.hex())
+    return ref
+
+
+def wait(refs: Sequence[Any], timeout: float) -> tuple[list[Any], list[Any]]:
+    """Refs that finished within ``timeout`` seconds, and those still running.
+
+    Once one has finished, the others that finish within ``COALESCE_S`` come with it: the executor
+    then records them in one round (one sync of the artifact store, one state commit).
+    """
+    import ray
+
+    if not refs:
+        return [], []
+    ready, pending = ray.wait(list(refs), num_returns=1, timeout=timeout)
+    if ready and pending:
+        more, pending = ray.wait(pending, num_returns=len(pending), timeout=COALESCE_S)
+        ready += more
+    return ready, pending
+
+
+def results(refs: Sequence[Any]) -> list[dict[str, Any]]:
+    """:func:`result` of finished tasks, fetched together."""
+    import ray
+
+    try:
+        values: list[dict[str, Any]] = ray.get(list(refs))
+        for ref in refs:
+            _DISTRIBUTED.discard(ref.hex())
+        return values
+    except ray.exceptions.RayError:  # one of them failed: fetch them one by one to tell which
+        return [result(ref) for ref in refs]
+
+
+def result(ref: Any) -> dict[str, Any]:
+    """The task's returned dict; a task whose worker kept dying becomes a failure dict."""
+    import ray
+
+    _DISTRIBUTED.discard(ref.hex())
+    try:
+        value: dict[str, Any] = ray.get(ref)
+        return value
+    except ray.exceptions.RayError as exc:
+        return {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+
+
+def cancel(ref: Any) -> None:
+    """Stop a running task by killing its worker.
+
+    A distributed trial is interrupted first (``KeyboardInterrupt``: Ray Train aborts its run and
+    removes the workers' placement group) and killed only if it is still running after
+    ``CANCEL_GRACE_S``. Killed at once, its placement group would outlive it, holding the workers'
+    CPUs until the driver exits: Ray Train's own cleaner needs the dashboard, which is not started.
+    """
+    import ray
+
+    if ref.hex() in _DISTRIBUTED:
+        _DISTRIBUTED.discard(ref.hex())
+        ray.cancel(ref, force=False)
+        ready, _ = ray.wait([ref], timeout=CANCEL_GRACE_S)
+        if ready:
+            return
+    ray.cancel(ref, force=True)
+
+
+def call(function: Any, argument: Any, cpus: float, gpus: float) -> Any:
+    """Run ``function(argument)`` as one Ray task with these resources and wait for its result."""
+    import ray
+
+    return ray.get(ray.remote(function).options(num_cpus=cpus, num_gpus=gpus, max_retries=3).remote(argument))

@@ -1,0 +1,342 @@
+"""What runs inside a Ray task: import the user's callable, give it a RunContext, store what it made.
+
+Everything here executes in a Ray worker process. It returns a plain dict (never raises for a
+failure of the user's code) so the driver can record the log and decide about retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib
+import io
+import logging
+import os
+import queue
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.compute.containment import contained
+from runtime.context import RunContext, TrainResult
+from runtime.endpoint.signature import of_training
+
+_HOST = socket.gethostname()
+START_NAMESPACE = "mlops"
+"""Ray key-value namespace of the tasks' start reports."""
+REPORT_AFTER_S = 1.0
+"""A task reports its start once it has run this long (the driver looks for reports after 2 s)."""
+_REPORTS: queue.SimpleQueue[tuple[str, float]] = queue.SimpleQueue()
+_RUNNING: set[str] = set()
+"""Start keys of the tasks this worker process runs now."""
+_REPORTER: threading.Thread | None = None
+_LOADED_CODE: dict[str, str] = {}
+"""module name -> code hash it was imported at (a worker process is reused across applies)."""
+
+
+@dataclass
+class TaskSpec:
+    """The picklable description of one node's work."""
+
+    node_id: str
+    kind: str
+    """transform | trial | evaluate"""
+    target: str
+    """``module:function``"""
+    code_hash: str | None
+    repo_root: str
+    artifact_root: str
+    inputs: dict[str, str]
+    """Input name -> artifact URI (a file, or ``dir:`` for a directory)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    gpus: float = 0.0
+    model_uri: str | None = None
+    run_id: str = ""
+    workers: int = 1
+    """More than 1: a trial trained by that many Ray Train workers (:mod:`runtime.compute.distributed`)."""
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    """Ray resources of each worker of a distributed trial (``CPU``, ``GPU``, ``memory``); set on submit."""
+    chained: dict[str, int] = field(default_factory=dict)
+    """Input name -> index of the upstream task result (passed to :func:`run_task`) that provides it."""
+    started_key: str = ""
+    """Where the task reports that it started (Ray's key-value store), so the driver can tell a run from a
+    task still waiting for resources."""
+    train_schema: dict[str, str] = field(default_factory=dict)
+    """A trial's training dataset's declared ``schema`` (column -> type), for its input signature."""
+
+
+def import_callable(target: str, code_hash: str | None, repo_root: str) -> Any:
+    """The callable ``module:function`` of the repository at ``repo_root``, its module reloaded when its code
+    (``code_hash``) changed since this process last imported it."""
+    module_name, _, function = target.partition(":")
+    if repo_root not in sys.path:
+        sys.path.insert(0, repo_root)
+    module = sys.modules.get(module_name)
+    if module is None:
+        module = importlib.import_module(module_name)
+    elif _LOADED_CODE.get(module_name) != code_hash:
+        module = importlib.reload(module)
+    _LOADED_CODE[module_name] = code_hash or ""
+    return getattr(module, function)
+
+
+@functools.lru_cache(maxsize=8)
+def _store(root: str) -> Any:
+    """The artifact store at ``root`` (one per root in a worker process, which runs many tasks)."""
+    from runtime.artifacts.store import ArtifactStore
+
+    return ArtifactStore(root)
+
+
+def _device(gpus: float) -> str:
+    if gpus <= 0:
+        return "cpu"
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover
+        return "cpu"
+
+
+def _input_path(store: Any, name: str, uri: str, scratch: Callable[[], Path]) -> Path:
+    """A readable path for an input artifact: the store's own copy when local (checked against its hash), else
+    a fresh download (checked as it is copied)."""
+    from runtime.artifacts.store import parse_uri
+
+    local = store.verified_path(uri)
+    if local is not None:
+        return Path(local)
+    is_dir, _ = parse_uri(uri)
+    target = scratch() / "inputs" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(store.materialize_dir(uri, target) if is_dir else store.get_file(uri, target))
+
+
+def load_predictor_of(trainer: str, code_hash: str | None, repo_root: str) -> Any:
+    """The ``load_predictor`` beside a model's trainer (``module:train`` -> ``module:load_predictor``)."""
+    return import_callable(trainer.split(":")[0] + ":load_predictor", code_hash, repo_root)
+
+
+def in_store(store: Any, inputs: dict[str, Path]) -> list[Path]:
+    """The inputs a task reads in place from the local artifact store (not copies made for it)."""
+    root = str(store.root) + os.sep
+    return [path for path in inputs.values() if str(path).startswith(root)]
+
+
+def run_task(fields: dict[str, Any], *upstream: dict[str, Any]) -> dict[str, Any]:
+    """Run one transform, trial or evaluation; store its outputs; return what the driver records.
+
+    ``fields`` are the :class:`TaskSpec`'s (Ray serializes a dict of plain values faster than a dataclass).
+
+    ``upstream`` holds the results of tasks this one was chained to (Ray passes them when they finish;
+    ``spec.chained`` says which input each one is). If one of them failed, nothing runs and the result
+    is ``upstream_failed``. A trial with ``workers > 1`` is handed to
+    :func:`runtime.compute.distributed.run_distributed`, which runs :func:`execute` on every Ray Train worker.
+    """
+    spec = TaskSpec(**fields)
+    if not spec.started_key:
+        return _run_task(spec, upstream)
+    _report_start(spec.started_key)
+    try:
+        return _run_task(spec, upstream)
+    finally:
+        _RUNNING.discard(spec.started_key)
+
+
+def _run_task(spec: TaskSpec, upstream: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    """:func:`run_task` once the task has reported its start."""
+    if spec.chained:
+        for name, index in spec.chained.items():
+            parent = upstream[index]
+            if parent.get("status") != "succeeded":
+                return {"status": "upstream_failed", "error": f"input {name}: {parent.get('error', 'failed')}"}
+        spec = dataclasses.replace(spec, inputs={**spec.inputs, **{name: str(upstream[index]["artifact"])
+                                                                  for name, index in spec.chained.items()}},
+                                   chained={})
+    if spec.kind == "trial" and spec.workers > 1:
+        from runtime.compute.distributed import run_distributed
+
+        return run_distributed(spec)
+    from runtime.artifacts.store import ArtifactError
+
+    try:
+        return execute(spec)
+    except ArtifactError as error:  # an input or the model is missing or corrupt: the node fails, naming it
+        return {"status": "failed", "error": "; ".join(d.message for d in error.diagnostics), "host": _HOST,
+                "pid": os.getpid()}
+
+
+class ContainmentError(Exception):
+    """The user's code changed something outside ``ctx.output_dir`` that mlops can see."""
+
+
+def _report_start(key: str) -> None:
+    """Tell the driver this task runs, once it has run for :data:`REPORT_AFTER_S` (a task that ends sooner
+    reports by ending). A thread of the worker process writes the report, off the task's path."""
+    global _REPORTER
+    if _REPORTER is None:
+        _REPORTER = threading.Thread(target=_write_reports, name="mlops-start-reports", daemon=True)
+        _REPORTER.start()
+    _RUNNING.add(key)
+    _REPORTS.put((key, time.time()))
+
+
+def _write_reports() -> None:
+    from ray.experimental import internal_kv
+
+    while True:
+        key, at = _REPORTS.get()
+        time.sleep(max(0.0, at + REPORT_AFTER_S - time.time()))
+        if key in _RUNNING:
+            with contextlib.suppress(Exception):  # best effort: without it the driver cannot tell a run from a wait
+                internal_kv._internal_kv_put(key, repr(at).encode(), namespace=START_NAMESPACE)
+
+
+def execute(spec: TaskSpec, rank: int = 0, world_size: int = 1, device: str | None = None) -> dict[str, Any]:
+    """Run the user's callable once in this process and store what it made (rank 0 only when distributed).
+
+    With ``world_size > 1`` the log is returned as text (``log``) rather than stored.
+    """
+    store = _store(spec.artifact_root)
+    started = time.time()
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root_logger = logging.getLogger()
+    root_logger.addHandler(handler)
+    result: dict[str, Any] = {"host": _HOST, "pid": os.getpid(),
+                              "device": device or _device(spec.gpus), "started_at": started}
+    with contextlib.ExitStack() as cleanup:
+        made: list[Path] = []
+
+        def scratch() -> Path:  # for copies (a model, inputs on remote storage): made only when needed
+            if not made:
+                made.append(Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="mlops-run-"))))
+            return made[0]
+
+        output_dir = store.scratch_dir()  # on the store's filesystem: it becomes the artifact, nothing is copied
+        if output_dir is None:
+            output_dir = scratch() / "output"
+            output_dir.mkdir()
+        else:
+            cleanup.callback(_remove_scratch, output_dir)
+        model_path = store.get_file(spec.model_uri, scratch() / "model.pt") if spec.model_uri else None
+        inputs = {name: _input_path(store, name, uri, scratch) for name, uri in spec.inputs.items()}
+        ctx = RunContext(inputs=inputs, output_dir=output_dir,
+                         params=dict(spec.params), seed=spec.seed, device=result["device"], model_path=model_path,
+                         logger=logging.getLogger(f"mlops.run.{spec.node_id}"), world_size=world_size, rank=rank)
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                ctx.seed_everything()
+                with contained(spec.repo_root, in_store(store, inputs)) as watch:
+                    function = import_callable(spec.target, spec.code_hash, spec.repo_root)
+                    returned = function(ctx)
+                if watch.killed:
+                    log.write(f"mlops: killed {len(watch.killed)} process(es) the task left running: "
+                              f"{', '.join(map(str, watch.killed))}\n")
+                if watch.repository_writes:
+                    shown = ", ".join(watch.repository_writes[:5]) + (" ..." if len(watch.repository_writes) > 5
+                                                                       else "")
+                    raise ContainmentError(f"wrote into the repository: {shown} (a task writes only into "
+                                           "ctx.output_dir)")
+                if watch.mlops_writes:
+                    shown = ", ".join(watch.mlops_writes[:5]) + (" ..." if len(watch.mlops_writes) > 5 else "")
+                    raise ContainmentError(f"touched mlops' own files: {shown} (a task writes only into "
+                                           "ctx.output_dir)")
+                if rank == 0:
+                    result.update(_store_outputs(spec, ctx, returned, store))
+            result["status"] = "succeeded"
+        except Exception as exc:  # noqa: BLE001 - the user's code failed: report it, the driver retries
+            log.write(traceback.format_exc())
+            result["status"] = "failed"
+            result["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            root_logger.removeHandler(handler)
+        result["steps"] = [(name, step, value) for name, series in ctx.metrics.items() for step, value in series]
+        if world_size == 1:
+            result["log_uri"] = store.put_bytes(log.getvalue().encode())
+        else:  # the ranks' logs are stored together by runtime.compute.distributed
+            result["log"] = log.getvalue()
+        result["finished_at"] = time.time()
+    return result
+
+
+def _remove_scratch(path: Path) -> None:
+    """Remove a run's output directory unless it became an artifact (and so moved away)."""
+    from runtime.artifacts.store import remove_tree
+
+    if os.path.lexists(path):
+        remove_tree(path)
+
+
+def _store_outputs(spec: TaskSpec, ctx: RunContext, returned: Any, store: Any) -> dict[str, Any]:
+    from runtime.artifacts.store import scan_tree
+
+    last = {name: series[-1][1] for name, series in ctx.metrics.items() if series}
+    if spec.kind == "transform":
+        scan = scan_tree(ctx.output_dir)
+        if not scan.files:
+            raise RuntimeError(f"transform {spec.target} wrote nothing into ctx.output_dir")
+        return {"artifact": store.adopt_dir(ctx.output_dir, scan), "metrics": last}
+    if spec.kind == "trial":
+        declared = None
+        if isinstance(returned, TrainResult):
+            model, metrics, declared = returned.model, dict(returned.metrics), returned.signature
+        elif isinstance(returned, tuple) and len(returned) == 2:
+            model, metrics = returned
+        else:
+            raise TypeError(f"{spec.target} must return TrainResult(model=..., metrics={{...}}), "
+                            f"got {type(returned).__name__}")
+        if isinstance(model, str | os.PathLike):
+            uri = store.put_file(_model_file(spec, ctx, model))
+        else:
+            _check_state_dict(spec, model)
+            uri = store.save_model(model)
+        signature = of_training(declared, ctx.inputs.get("train"), spec.train_schema or None)
+        return {"artifact": uri, "metrics": {**last, **{k: float(v) for k, v in metrics.items()}},
+                "signature": signature.as_record() if signature is not None else None}
+    if spec.kind == "evaluate":
+        if not isinstance(returned, dict):
+            raise TypeError(f"{spec.target} must return a dict of metrics, got {type(returned).__name__}")
+        return {"metrics": {**last, **{k: float(v) for k, v in returned.items()}}}
+    raise ValueError(f"unknown task kind {spec.kind}")
+
+
+def _check_state_dict(spec: TaskSpec, model: Any) -> None:
+    """Refuse, in one line, a returned model that is not a state dict (a ``torch.nn.Module`` above all)."""
+    from runtime.artifacts.store import state_dict_problem
+
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(model, torch.nn.Module):
+        raise TypeError(f"{spec.target} returned a torch.nn.Module ({type(model).__name__}) as its model; "
+                        "return its weights: TrainResult(model=model.state_dict(), ...)")
+    problem = state_dict_problem(model)
+    if problem is not None:
+        raise TypeError(f"{spec.target} returned a model that cannot be stored: {problem}")
+
+
+def _model_file(spec: TaskSpec, ctx: RunContext, model: str | os.PathLike[str]) -> Path:
+    """The file a trainer returned as its model: it must be inside ``ctx.output_dir`` once links are resolved.
+
+    A relative path is taken relative to ``ctx.output_dir``.
+    """
+    root = Path(ctx.output_dir).resolve()
+    resolved = (root / Path(model)).resolve()  # an absolute path stays itself
+    if not resolved.is_relative_to(root):
+        raise ValueError(f"{spec.target} returned model path {os.fspath(model)!r}, which is outside ctx.output_dir; "
+                         "write the model file into ctx.output_dir")
+    if not resolved.is_file():
+        state = "is not a file" if resolved.exists() else "does not exist"
+        raise ValueError(f"{spec.target} returned model path {os.fspath(model)!r}, which {state}; "
+                         "return the path of the model file written into ctx.output_dir")
+    return resolved

@@ -1,0 +1,1 @@
+"""What leaves mlops for other tools: the MLflow mirror, the HTML report."""

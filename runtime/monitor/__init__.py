@@ -1,0 +1,1 @@
+"""Monitors: samples, checks, drift statistics, the inference log."""

@@ -1,0 +1,1 @@
+"""The GitOps loop: the git source, the tick, its metrics."""

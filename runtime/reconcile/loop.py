@@ -1,0 +1,528 @@
+"""The GitOps loop (``mlops reconcile``): level-triggered and idempotent, in controller-runtime's style.
+
+One :meth:`Reconciler.tick` reads everything fresh and converges once:
+
+1. **sync**: with a repository, fetch it into a local clone (pygit2, in a child process killed at the
+   fetch timeout; branches the remote deleted are pruned, a repository over the size cap is refused) and
+   hard-reset a detached work tree to ``origin/BRANCH``; a branch deleted on the remote is the tick's
+   error, a force push (the tip does not descend from the commit checked out before) is followed,
+   reported and audited (``history_rewritten``); without a repository, the spec as it is on disk;
+2. **compile**: load, resolve and check the policies; an error is logged and recorded and the tick ends
+   there: nothing is undeployed, what runs keeps running;
+3. **plan** against the recorded state and the live one (Ray Serve);
+4. **apply**, only when the plan has work (something to create, replace, update or delete);
+5. **monitor**: run the monitors that are due (a breach may ask for a retrain: the next tick comes at once;
+   a check that could not be evaluated is the tick's error);
+6. **record**: the reconciler status in the state store (last synced commit, time, error, error count)
+   and the Prometheus metrics (:mod:`runtime.reconcile.metrics`).
+
+:meth:`Reconciler.run` ticks every ``interval``; a failed tick is retried after an exponential backoff
+(1 s, 2 s, 4 s ... up to a cap) and never ends the loop. Setting :attr:`Reconciler.stop` (SIGTERM and
+SIGINT do) ends the loop between two steps: an apply in progress finishes first.
+
+The reconciler keeps one Ray connection for its life: ``cluster.address`` when the spec names one, else
+the project's local cluster (``mlops up``; started when realtime deployments need it), else an embedded
+Ray; a process already connected keeps its connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from compiler import check_policies, load_project
+from compiler.errors import Diagnostic, MlopsError
+from compiler.resolve import Project
+from runtime.apply.operations import ApplyOutcome, apply_project, opened, plan_project
+from runtime.plan.actions import Plan
+from runtime.provenance import git_state
+from runtime.reconcile import gitsync
+from runtime.reconcile.gitsync import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_REPO_BYTES
+from runtime.reconcile.metrics import Metrics
+from runtime.state.records import MonitorResult, ReconcilerStatus
+from runtime.state.store import StateStore
+from runtime.workspace import Workspace
+
+logger = logging.getLogger("mlops.reconcile")
+
+HISTORY_REWRITTEN = "history_rewritten"
+"""The audit action of a force push the reconciler followed: payload ``{repo, branch, from, to}``."""
+WORK_ACTIONS = ("create", "replace", "update", "delete")
+"""Plan actions that make apply do something (``blocked`` and ``no-op`` do not)."""
+
+
+# --- where the desired state comes from ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """The spec on disk, or the spec at ``spec`` inside ``branch`` of the git repository ``repo``."""
+
+    spec: Path
+    repo: str | None = None
+    branch: str = "main"
+    checkout: Path | None = None
+    """Where the repository is cloned; default ``.mlops/checkouts/NAME-BRANCH-HASH`` under the current directory."""
+    fetch_timeout: float = DEFAULT_FETCH_TIMEOUT
+    """Seconds a clone or fetch may take; then the tick fails (and the loop backs off)."""
+    max_repo_bytes: int = DEFAULT_MAX_REPO_BYTES
+    """A repository larger than this (its objects, or the files at the tip) is refused."""
+
+    def checkout_dir(self) -> Path:
+        if self.checkout is not None:
+            return self.checkout.resolve()
+        url = (self.repo or "").rstrip("/")
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", url.rsplit("/", 1)[-1].removesuffix(".git"))[:40] or "repo"
+        digest = hashlib.sha256(f"{url}#{self.branch}".encode()).hexdigest()[:8]
+        branch = re.sub(r"[^A-Za-z0-9._-]+", "-", self.branch)[:40]
+        return (Path(".mlops") / "checkouts" / f"{name}-{branch}-{digest}").resolve()
+
+    def spec_path(self) -> Path:
+        return self.checkout_dir() / self.spec if self.repo else self.spec
+
+
+@dataclass(frozen=True)
+class Synced:
+    """The commit a sync checked out, and the one checked out before (``None`` the first time)."""
+
+    commit: str
+    previous: str | None = None
+    rewritten: bool = False
+    """History was rewritten: ``commit`` does not descend from ``previous`` (a force push)."""
+
+
+def sync_checkout(url: str, branch: str, checkout: Path, *, timeout: float = DEFAULT_FETCH_TIMEOUT,
+                  max_bytes: int = DEFAULT_MAX_REPO_BYTES) -> str:
+    """Fetch ``branch`` of ``url`` into the clone at ``checkout`` and hard-reset its work tree; the commit id."""
+    return sync_branch(url, branch, checkout, timeout=timeout, max_bytes=max_bytes).commit
+
+
+def sync_branch(url: str, branch: str, checkout: Path, *, timeout: float = DEFAULT_FETCH_TIMEOUT,
+                max_bytes: int = DEFAULT_MAX_REPO_BYTES, stopping: Callable[[], bool] | None = None) -> Synced:
+    """Fetch ``url`` into the clone at ``checkout`` (made the first time), pruning the branches it deleted, in
+    at most ``timeout`` seconds; refuse a repository over ``max_bytes``; then hard-reset the clone's detached
+    work tree to ``origin/BRANCH``. Untracked files (the state) are kept. ``stopping()`` true abandons the
+    fetch (:class:`runtime.reconcile.gitsync.FetchStopped`)."""
+    import pygit2
+
+    repo = _open_clone(checkout)
+    previous = None
+    if repo is not None and not repo.head_is_unborn:
+        previous = str(repo.head.target)
+    fresh = repo is None
+    if fresh:
+        checkout.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        gitsync.fetch(checkout, url, timeout=timeout, max_bytes=max_bytes, stopping=stopping)
+    except gitsync.FetchStopped:
+        if fresh:
+            shutil.rmtree(checkout, ignore_errors=True)
+        raise
+    except gitsync.FetchError as error:
+        if fresh:
+            shutil.rmtree(checkout, ignore_errors=True)
+        raise MlopsError.one(f"cannot {'clone' if fresh else 'fetch'} {url}: {error}") from None
+    repo = pygit2.Repository(str(checkout))
+    try:
+        reference = repo.references[f"refs/remotes/origin/{branch}"]
+    except KeyError:
+        if previous is None:
+            raise MlopsError.one(f"--branch {branch}: {url} has no such branch") from None
+        raise MlopsError.one(f"branch {branch} no longer exists on origin ({url}); nothing is undeployed, "
+                             f"the last synced commit {previous[:12]} stays") from None
+    commit = repo[reference.target].peel(pygit2.Commit)
+    stored = gitsync.objects_size(checkout)
+    files = gitsync.tree_size(repo, commit.tree, max_bytes) if stored <= max_bytes else 0
+    if max(stored, files) > max_bytes:
+        what = f"its objects take {gitsync.human_size(stored)}" if stored > max_bytes else \
+            f"the files of {str(commit.id)[:12]} take over {gitsync.human_size(files)}"
+        raise MlopsError.one(f"{url}: the repository is over the {gitsync.human_size(max_bytes)} cap "
+                             f"(--max-repo-size): {what}")
+    rewritten = previous is not None and previous != str(commit.id) and \
+        not (pygit2.Oid(hex=previous) in repo and repo.descendant_of(commit.id, pygit2.Oid(hex=previous)))
+    repo.set_head(commit.id)
+    repo.reset(commit.id, pygit2.enums.ResetMode.HARD)
+    return Synced(str(commit.id), previous, rewritten)
+
+
+def _open_clone(checkout: Path) -> Any:
+    """The clone at ``checkout``; ``None`` when there is none (a broken one is removed)."""
+    import pygit2
+
+    if not (checkout / ".git").exists():
+        if checkout.exists() and any(checkout.iterdir()):
+            raise MlopsError.one(f"{checkout} exists and is not a clone; remove it or pick another --checkout")
+        return None
+    try:
+        repo = pygit2.Repository(str(checkout))
+        repo.remotes["origin"]  # noqa: B018 - raises KeyError on a clone without its remote
+        return repo
+    except (pygit2.GitError, KeyError):
+        logger.warning("%s is not a usable clone; cloning again", checkout)
+        shutil.rmtree(checkout, ignore_errors=True)
+        return None
+
+
+# --- one tick -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff of failed ticks: ``base * 2 ** (failures - 1)`` seconds, at most ``cap``."""
+
+    base: float = 1.0
+    cap: float = 300.0
+
+    def delay(self, failures: int) -> float:
+        return float(min(self.cap, self.base * 2 ** max(0, failures - 1)))
+
+
+@dataclass
+class TickResult:
+    """What one tick saw and did."""
+
+    at: float
+    commit: str | None = None
+    plan: Plan | None = None
+    applied: ApplyOutcome | None = None
+    monitors: list[MonitorResult] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+    stopped: bool = False
+    """The stop event ended the tick between two steps."""
+    requeue: bool = False
+    """A monitor asked for work (a retrain): the next tick should come at once."""
+    rewritten: tuple[str, str] | None = None
+    """The branch's history was rewritten (a force push): the commit it was at, and the one followed now."""
+    notes: list[str] = field(default_factory=list)
+    """What the tick reports besides an error (a rewritten history)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> dict[str, Any]:
+        changes = {c.address: {"action": c.action, "reasons": c.reasons}
+                   for c in (self.plan.resource_changes if self.plan else []) if c.action != "no-op"}
+        applied = None
+        if self.applied is not None:
+            applied = {"ok": self.applied.result.ok, "seconds": self.applied.seconds,
+                       "outcomes": {nid: {"status": o.status, "message": o.message}
+                                    for nid, o in self.applied.result.outcomes.items()}}
+        return {"at": self.at, "commit": self.commit, "ok": self.ok, "error": self.error, "seconds": self.seconds,
+                "stopped": self.stopped, "requeue": self.requeue, "notes": self.notes,
+                "history_rewritten": {"from": self.rewritten[0], "to": self.rewritten[1]} if self.rewritten else None,
+                "changes": changes, "applied": applied,
+                "monitors": [{"monitor": m.monitor, "version": m.version, "breached": m.breached,
+                              "actions": m.actions} for m in self.monitors]}
+
+
+class Reconciler:
+    """Converges the live state on :class:`Source`, one :meth:`tick` at a time, or forever with :meth:`run`."""
+
+    def __init__(self, source: Source, *, metrics: Metrics | None = None, parallelism: int = 4,
+                 lock_timeout: float = 0.0, clock: Callable[[], float] = time.time) -> None:
+        self.source = source
+        self.metrics = metrics or Metrics()
+        self.parallelism = parallelism
+        self.lock_timeout = lock_timeout
+        self.clock = clock
+        self.stop = threading.Event()
+        self.failures = 0
+        """Failed ticks in a row (drives the backoff)."""
+        self.last_good: Project | None = None
+        """The last project that compiled: where errors are recorded while the spec does not."""
+        self._trap_signals = False
+
+    # --- the loop ----------------------------------------------------------------------------------
+
+    def run(self, interval: float, backoff: Backoff | None = None, *, wait: Callable[[float], bool] | None = None,
+            on_tick: Callable[[TickResult], None] | None = None, handle_signals: bool = False) -> None:
+        """Tick until :attr:`stop` is set: every ``interval`` seconds, at once on a requeue, after
+        ``backoff`` on an error. ``wait(seconds)`` sleeps and says whether to stop (default: the stop
+        event's ``wait``). ``handle_signals`` makes SIGTERM and SIGINT set the stop event."""
+        backoff = backoff or Backoff()
+        sleep = wait or self.stop.wait
+        if handle_signals:
+            self.handle_signals()
+        logger.info("reconciling %s every %.0fs", self._describe_source(), interval)
+        while not self.stop.is_set():
+            result = self.tick()
+            if on_tick is not None:
+                on_tick(result)
+            if self.stop.is_set():
+                break
+            if result.error is not None:
+                delay = backoff.delay(self.failures)
+                logger.warning("tick failed (%d in a row); next try in %.0fs", self.failures, delay)
+            else:
+                delay = 0.0 if result.requeue else interval
+            if delay > 0 and sleep(delay):
+                break
+        logger.info("reconcile loop stopped")
+
+    def handle_signals(self) -> None:
+        """Make SIGTERM and SIGINT set :attr:`stop` (main thread only; kept across Ray's ``init``)."""
+        self._trap_signals = True
+        self._install_signal_handlers()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, mid-step
+        logger.info("%s received: stopping after the current step", signal.Signals(signum).name)
+        self.stop.set()
+
+    def _describe_source(self) -> str:
+        if self.source.repo:
+            return f"{self.source.spec} on {self.source.branch} of {self.source.repo}"
+        return str(self.source.spec)
+
+    # --- one tick ----------------------------------------------------------------------------------
+
+    def tick(self) -> TickResult:
+        """Sync, compile, plan, apply when needed, run due monitors, record. Never raises."""
+        started = time.perf_counter()
+        result = TickResult(self.clock())
+        project: Project | None = None
+        try:
+            result.commit = self._sync(result)
+            if not self._stopping(result, "compile"):
+                project = self._compile()
+                self.last_good = project
+                if not self.source.repo:
+                    result.commit = git_state(project.root)[0]
+        except gitsync.FetchStopped:
+            logger.info("stopping during the fetch")
+            result.stopped = True
+        except MlopsError as error:
+            result.error = error.render()
+        except Exception as error:  # noqa: BLE001 - a failed tick is reported and retried, never fatal
+            logger.exception("tick failed")
+            result.error = f"{type(error).__name__}: {error}"
+        if project is not None:
+            self._converge(project, result)
+        result.seconds = time.perf_counter() - started
+        self._record(project, result)
+        return result
+
+    def _stopping(self, result: TickResult, step: str) -> bool:
+        if self.stop.is_set() and not result.stopped:
+            logger.info("stopping before %s", step)
+            result.stopped = True
+        return result.stopped
+
+    def _sync(self, result: TickResult) -> str | None:
+        """The commit to converge on (a work tree on disk: its HEAD, known once it compiled). A rewritten
+        history is followed (as Argo CD does: the branch is the desired state), and reported."""
+        source = self.source
+        if not source.repo:
+            return None
+        synced = sync_branch(source.repo, source.branch, source.checkout_dir(), timeout=source.fetch_timeout,
+                             max_bytes=source.max_repo_bytes, stopping=self.stop.is_set)
+        if synced.rewritten and synced.previous is not None:
+            result.rewritten = (synced.previous, synced.commit)
+            note = (f"history of {source.branch} rewritten: {synced.commit[:12]} does not descend from "
+                    f"{synced.previous[:12]}; following it")
+            result.notes.append(note)
+            logger.warning("%s", note)
+        return synced.commit
+
+    def _compile(self) -> Project:
+        display = str(self.source.spec) if self.source.repo else None
+        project = load_project(self.source.spec_path(), display)
+        report = check_policies(project)
+        if not report.ok:
+            diagnostics = [Diagnostic(f"{r.policy.id} {r.message}", r.position, r.address) for r in report.errors]
+            diagnostics += [d for d in report.waiver_problems if d.severity == "error"]
+            raise MlopsError(diagnostics)
+        return project
+
+    def _converge(self, project: Project, result: TickResult) -> None:
+        """Plan, apply when there is work, then run the due monitors (also after a failed apply: they
+        watch what is live)."""
+        name = project.spec.project
+        try:
+            self._connect(project)
+            with opened(project) as (_, store):
+                _, plan = plan_project(project, store)
+            result.plan = plan
+            if not self._stopping(result, "apply") and has_work(plan):
+                self._apply(project, result)
+        except MlopsError as error:
+            result.error = error.render()
+        except Exception as error:  # noqa: BLE001
+            logger.exception("plan or apply failed")
+            result.error = f"{type(error).__name__}: {error}"
+        if self._stopping(result, "the monitors"):
+            return
+        try:
+            with opened(project) as (_, store):
+                self._monitor(project, store, result)
+                self._observe_state(project, store, result)
+        except Exception as error:  # noqa: BLE001
+            logger.exception("monitors failed")
+            result.error = result.error or f"{type(error).__name__}: {error}"
+        if result.error is None:
+            self.metrics.observe_commit(name, result.commit, self.source.repo, self.source.branch
+                                        if self.source.repo else None)
+
+    def _apply(self, project: Project, result: TickResult) -> None:
+        name = project.spec.project
+        started = time.time()
+        outcome = apply_project(project, parallelism=self.parallelism, lock_timeout=self.lock_timeout,
+                                progress=_log_progress, allow_dirty=True)
+        result.applied = outcome
+        self.metrics.observe_apply(name, outcome.seconds, outcome.result.ok)
+        with opened(project) as (_, store):
+            decisions = []
+            for gate_name, gate in project.spec.gates.items():
+                decision = store.latest_gate_decision(gate_name, gate.model)
+                if decision is not None and decision.decided_at >= started:
+                    decisions.append((gate_name, decision.status))
+        self.metrics.observe_gates(name, decisions)
+        failed = {nid: o.message for nid, o in outcome.result.outcomes.items() if o.status == "failed"}
+        if failed:
+            result.error = "apply failed: " + "; ".join(f"{nid}: {message}" for nid, message in failed.items())
+        logger.info("applied in %.1fs: %d succeeded, %d failed, %d skipped, %d blocked", outcome.seconds,
+                    outcome.result.count("succeeded"), outcome.result.count("failed"),
+                    outcome.result.count("skipped"), outcome.result.count("blocked"))
+
+    def _monitor(self, project: Project, store: StateStore, result: TickResult) -> None:
+        if not project.spec.monitors:
+            return
+        from runtime.monitor import run as monitoring
+
+        now = self.clock()
+        names = monitoring.due(project, store, now)
+        if not names:
+            return
+        before = {r.id for r in store.open_retrain_requests()}
+        result.monitors = monitoring.run_monitors(project, store, names, now=now)
+        result.requeue = bool({r.id for r in store.open_retrain_requests()} - before)
+        self.metrics.observe_monitors(project.spec.project, result.monitors)
+        for monitor in result.monitors:
+            if monitor.breached:
+                logger.warning("monitors.%s breached: %s", monitor.monitor, ", ".join(monitor.actions) or "no action")
+        errors = [line for monitor in result.monitors for line in monitoring.check_errors(monitor)]
+        if errors:  # a check that cannot run is the tick's error (an apply's failure, if any, is named first)
+            result.error = "; ".join([*([result.error] if result.error else []), *errors])
+
+    def _observe_state(self, project: Project, store: StateStore, result: TickResult) -> None:
+        """Sync and health per resource as ``mlops status`` reports them (after an apply: what is true now)."""
+        from runtime.views.status import project_status
+
+        if result.plan is None:
+            return
+        status = project_status(project, store)
+        synced = {r.address: r.sync == "Synced" for r in status.resources}
+        self.metrics.observe_resources(project.spec.project, synced, {r.address: r.health for r in status.resources})
+        self.metrics.observe_live_versions(project.spec.project,
+                                           {d.name: d.live_version for d in store.deployments()})
+
+    def _connect(self, project: Project) -> None:
+        """Join the project's Ray cluster once; a process already connected keeps its connection."""
+        if not needs_ray(project):
+            return
+        import ray
+
+        from runtime.compute import cluster, ray_backend
+
+        if ray.is_initialized():
+            return
+        spec = project.spec
+        address = spec.cluster.address
+        if address is None:
+            state_path = Workspace.of(project).state_path
+            local = cluster.running(state_path)
+            if local is None and any(d.mode == "realtime" for d in spec.deployments.values()):
+                local = cluster.up(state_path)  # deployments must outlive this process
+            address = local.address if local is not None else None
+        ray_backend.connect(address)
+        logger.info("connected to Ray at %s", address or "an embedded local cluster")
+        if self._trap_signals:  # ray.init replaced the SIGTERM handler with its own
+            self._install_signal_handlers()
+
+    # --- recording ---------------------------------------------------------------------------------
+
+    def _record(self, project: Project | None, result: TickResult) -> None:
+        self.failures = self.failures + 1 if result.error else 0
+        target = project or self.last_good
+        label = target.spec.project if target else "unknown"
+        now = self.clock()
+        self.metrics.observe_tick(label, result.seconds, now, result.error is not None, self.failures)
+        if result.error:
+            logger.error("tick failed: %s", result.error)
+        elif result.stopped:
+            logger.info("tick stopped early")
+        else:
+            logger.info("synced %s in %.2fs%s", result.commit[:12] if result.commit else "the work tree",
+                        result.seconds, "" if result.applied else " (no changes)")
+        try:
+            store = self._status_store(target)
+            if store is None:
+                return
+            try:
+                if result.rewritten is not None:
+                    self._audit_rewrite(store, result.rewritten)
+                previous = store.reconciler_status()
+                synced = result.error is None and not result.stopped
+                store.set_reconciler_status(ReconcilerStatus(
+                    commit=result.commit if synced else previous.commit,
+                    synced_at=now if synced else previous.synced_at,
+                    tick_at=now, error=result.error,
+                    errors=previous.errors + 1 if result.error else 0))
+            finally:
+                store.close()
+        except Exception:  # noqa: BLE001 - a status that cannot be written must not end the loop
+            logger.exception("could not record the reconciler status")
+
+    def _audit_rewrite(self, store: StateStore, rewritten: tuple[str, str]) -> None:
+        from runtime.provenance import actor
+        from runtime.state import audit
+
+        old, new = rewritten
+        audit.append(store, actor(self.source.checkout_dir()), HISTORY_REWRITTEN,
+                     {"repo": self.source.repo, "branch": self.source.branch, "from": old, "to": new}, new)
+
+    def _status_store(self, project: Project | None) -> StateStore | None:
+        """The state of the last project that compiled; before any did, the default state next to the
+        spec when it exists (a reconciler restarted on a broken commit)."""
+        if project is not None:
+            path = Workspace.of(project).state_path
+        else:
+            path = self.source.spec_path().resolve().parent / ".mlops" / "state.db"
+            if not path.exists():
+                return None
+        return StateStore.open(path)
+
+
+def has_work(plan: Plan) -> bool:
+    """Whether applying ``plan`` would do anything (a blocked gate alone is not work)."""
+    return any(change.action in WORK_ACTIONS for change in plan.node_changes)
+
+
+def needs_ray(project: Project) -> bool:
+    """Whether anything of the project runs on Ray: transforms, trainings, deployments."""
+    spec = project.spec
+    return bool(spec.models or spec.deployments or any(d.transform for d in spec.datasets.values()))
+
+
+def _log_progress(node_id: str, event: str, detail: str) -> None:
+    log = logger.warning if event in ("failed", "retry") else logger.info
+    log("%s %s%s", node_id, event, f": {detail}" if detail else "")

@@ -1,0 +1,1 @@
+"""Read-only views of what was recorded: runs, models, lineage, audit, status."""
