@@ -37,13 +37,13 @@ from compiler.terraform import (
     PROVIDERS,
     SPLICE_BYTES,
     TERRAFORM_FILE,
-    _helm_values,
     access_log_bucket,
     blueprint,
     k8s_name,
     render,
     synthesize,
 )
+from compiler.terraform.kuberay import _helm_values
 
 REPO = Path(__file__).resolve().parents[1]
 
