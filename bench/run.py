@@ -1,6 +1,6 @@
 """Run every benchmark and write ``BENCHMARKS.md``.
 
-    python bench/run.py [--repeat N] [--only compiler,hash,runtime,reconcile,dvc,serving,gpu]
+    python bench/run.py [--repeat N] [--only compiler,hash,runtime,reconcile,tick,dvc,serving,gpu]
 
 Each section is produced by one module under ``bench/`` (its ``run`` and ``markdown``); absolute
 times on a shared 2-core machine are noisy, so each section reports medians and, where it has a
@@ -33,6 +33,8 @@ SECTIONS = {
                 "`python bench/runtime_bench.py`"),
     "reconcile": ("bench.reconcile_bench", "GitOps loop: a reconcile tick with nothing to do",
                   "`python bench/reconcile_bench.py`"),
+    "tick": ("bench.tick_bench", "Reconciler: what a no-op tick costs (store opens, plans, Serve queries)",
+             "`python bench/tick_bench.py --baseline REV`"),
     "dvc": ("bench.dvc_bench", "Versus DVC: full run, no-op check and one changed file at 10-500 stages",
             "`python bench/dvc_bench.py`"),
     "serving": ("bench.serving_bench", "Serving: p50 latency vs a bare Ray Serve deployment",

@@ -63,7 +63,8 @@ def _base(name: str) -> dict[str, Any]:
 
 def noop_plan(repeat: int, tmp: Path) -> dict[str, Any]:
     from compiler import load_project
-    from runtime.apply.operations import apply_project, opened, plan_project
+    from runtime.apply.operations import apply_project, opened
+    from runtime.plan.project import plan_project
 
     root = tmp / "gib"
     size = generate_gib(root / "data", 1024)

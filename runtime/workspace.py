@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler.errors import MlopsError
 from compiler.resolve import Project
+from runtime.errors import StorageError
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,8 @@ class Workspace:
         storage = project.spec.storage
         base = project.spec_path.parent
         if "://" in storage.state:
-            raise MlopsError.one(f"storage.state {storage.state!r}: only a SQLite file is supported as state so far",
-                                 project.position("storage", "state"), "storage")
+            raise StorageError.one(f"storage.state {storage.state!r}: only a SQLite file is supported as state so far",
+                                   project.position("storage", "state"), "storage")
         state = Path(storage.state)
         artifacts = storage.artifacts
         if "://" not in artifacts:

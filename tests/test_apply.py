@@ -15,7 +15,8 @@ import pytest
 
 from compiler import load_project
 from compiler.errors import MlopsError
-from runtime.apply.operations import apply_project, approve, opened, plan_project
+from runtime.apply.operations import apply_project, approve, opened
+from runtime.plan.project import plan_project
 
 pytestmark = pytest.mark.xdist_group("ray")
 ROOT = Path(__file__).resolve().parents[1]

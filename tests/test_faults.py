@@ -32,8 +32,9 @@ import pytest
 
 from compiler import load_project
 from compiler.resolve import Project
-from runtime.apply.operations import apply_project, opened, plan_project
+from runtime.apply.operations import apply_project, opened
 from runtime.artifacts.store import ArtifactStore
+from runtime.plan.project import plan_project
 from runtime.state import audit
 
 pytestmark = pytest.mark.xdist_group("ray")

@@ -31,7 +31,7 @@ import yaml
 from conftest import GitRemote
 
 from runtime.compute import cluster
-from runtime.reconcile.loop import sync_checkout
+from runtime.reconcile.source import sync_checkout
 
 pytestmark = pytest.mark.xdist_group("ray")
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,9 +12,10 @@ import pytest
 from conftest import ask_api as ask
 
 from compiler import load_project
-from runtime.apply.operations import apply_project, opened, plan_project
+from runtime.apply.operations import apply_project, opened
 from runtime.artifacts.store import ArtifactCorrupt, ArtifactMissing, ArtifactStore
 from runtime.compute import serving
+from runtime.plan.project import plan_project
 from runtime.workspace import Workspace
 
 pytestmark = pytest.mark.xdist_group("ray")
@@ -114,7 +115,7 @@ def test_verified_path_refuses_a_tampered_missing_or_padded_artifact_in_one_line
 
 def test_an_unchanged_artifact_is_verified_by_a_stat_and_any_change_is_read_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import runtime.artifacts.store as artifacts_module
+    import runtime.artifacts.verify as artifacts_module
 
     store = ArtifactStore(tmp_path / "store")
     source = tmp_path / "data"
@@ -139,7 +140,8 @@ def test_an_unchanged_artifact_is_verified_by_a_stat_and_any_change_is_read_agai
 
 
 def test_a_task_never_reads_a_tampered_input_it_fails_naming_the_object(tmp_path: Path) -> None:
-    from runtime.compute.worker import TaskSpec, run_task
+    from runtime.compute.entry import run_task
+    from runtime.compute.task import TaskSpec
 
     root = tmp_path / "repo"
     root.mkdir()
@@ -155,8 +157,9 @@ def test_a_task_never_reads_a_tampered_input_it_fails_naming_the_object(tmp_path
     spec = TaskSpec("datasets.f/transform", "transform", "copier:build_features", "c", str(root),
                     str(tmp_path / "store"), {"raw": uri})
     result = run_task(vars(spec))
-    assert result["status"] == "failed"
-    assert result["error"].startswith(f"artifact corrupt: {uri} (") and "\n" not in result["error"]
+    assert result.status == "failed"
+    assert result.error is not None
+    assert result.error.startswith(f"artifact corrupt: {uri} (") and "\n" not in result.error
 
 
 # --- plan, apply, serving ------------------------------------------------------------------------
@@ -170,7 +173,7 @@ def serving_spec(w: float) -> dict[str, Any]:
 
 def test_a_tampered_model_is_planned_as_replace_refused_by_a_replica_and_rebuilt_by_apply(
         tmp_path: Path, make_project: Any, serve_port: int) -> None:
-    from runtime.apply.executor import serve_spec
+    from runtime.apply.deploy import serve_spec
 
     project = load_project(make_project(tmp_path, serving_spec(2), files={"data/raw.csv": "x\n1\n"},
                                         pipeline=PIPELINE))
@@ -196,7 +199,7 @@ def test_a_tampered_model_is_planned_as_replace_refused_by_a_replica_and_rebuilt
     with pytest.raises(serving.RolloutFailed) as failed:
         serving.deploy(spec, "/api", 1, serving.ReplicaResources(0.5), serve_port, previous=None, timeout=60)
     message = str(failed.value)
-    assert f"RuntimeError: artifact corrupt: {uri} ({path}) hashes to sha256:" in message and "\n" not in message
+    assert f"TaskError: artifact corrupt: {uri} ({path}) hashes to sha256:" in message and "\n" not in message
 
     rebuilt = apply_project(project)
     assert rebuilt.result.ok, rebuilt.result.outcomes

@@ -23,7 +23,7 @@ from compiler import load_project
 from compiler.resolve import Project
 from runtime.apply.operations import apply_project, opened
 from runtime.monitor.inference_log import InferenceRecord, InferenceWriter, log_dir
-from runtime.monitor.run import columns_of, read_rows
+from runtime.monitor.tables import columns_of, read_rows
 from runtime.workspace import Workspace
 
 mlops = run_cli

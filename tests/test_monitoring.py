@@ -28,9 +28,10 @@ from conftest import run_cli, write_project
 
 from compiler import load_project
 from compiler.resolve import Project
-from runtime.apply.operations import apply_project, opened, plan_project
+from runtime.apply.operations import apply_project, opened
 from runtime.monitor.inference_log import InferenceRecord, InferenceWriter, log_dir
 from runtime.monitor.run import due, run_monitors
+from runtime.plan.project import plan_project
 from runtime.state import audit
 from runtime.views.status import project_status
 from runtime.workspace import Workspace
@@ -390,7 +391,7 @@ def test_feedback_file_errors_name_the_line(copy: Project, tmp_path: Path,
 
 
 def test_reference_tables_read_csv_directories_and_jsonl(tmp_path: Path) -> None:
-    from runtime.monitor.run import columns_of, read_rows, values_array
+    from runtime.monitor.tables import columns_of, read_rows, values_array
 
     (tmp_path / "parts").mkdir()
     (tmp_path / "parts" / "a.csv").write_text("x,color\n1,red\n2.5,\n")
@@ -409,7 +410,7 @@ def test_reference_tables_read_csv_directories_and_jsonl(tmp_path: Path) -> None
 
 
 def test_webhook_failures_are_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
-    from runtime.monitor.run import post_webhook
+    from runtime.monitor.actions import post_webhook
 
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))

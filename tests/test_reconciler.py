@@ -26,8 +26,10 @@ from conftest import GitRemote
 from compiler import load_project
 from runtime.apply.operations import opened
 from runtime.compute import serving
-from runtime.reconcile.loop import Backoff, Reconciler, Source, has_work, sync_checkout
+from runtime.reconcile.loop import Backoff, Reconciler, Source, has_work
 from runtime.reconcile.metrics import Metrics
+from runtime.reconcile.source import sync_checkout
+from runtime.state import audit
 from runtime.views.status import project_status
 
 pytestmark = pytest.mark.xdist_group("ray")
@@ -147,14 +149,14 @@ def test_a_tick_with_nothing_to_do_applies_nothing(live: tuple[Path, Reconciler,
     root, reconciler, _ = live
     project = load_project(root / "mlops.yaml")
     with opened(project) as (_, store):
-        applies = [r for r in store.query("SELECT action FROM audit") if r["action"] == "apply"]
+        applies = audit.of_actions(store, ["apply"])
         runs = len(store.list_runs())
     result = reconciler.tick()
     assert result.ok and not result.stopped, result.error
     assert result.plan is not None and not has_work(result.plan)
     assert result.applied is None
     with opened(project) as (_, store):
-        assert [r for r in store.query("SELECT action FROM audit") if r["action"] == "apply"] == applies
+        assert audit.of_actions(store, ["apply"]) == applies
         assert len(store.list_runs()) == runs
         status = store.reconciler_status()
         assert status.error is None and status.errors == 0 and status.synced_at is not None

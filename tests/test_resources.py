@@ -13,6 +13,7 @@ import pytest
 from compiler import load_project
 from compiler.errors import MlopsError
 from runtime.apply.operations import apply_project, opened
+from runtime.compute import sizing
 from runtime.plan import feasibility
 from runtime.views.status import project_status
 
@@ -44,8 +45,8 @@ def test_the_local_cluster_is_sized_for_serving_on_top_of_the_machines_cpus(
     project = load_project(make_project(tmp_path, _spec({"cpus": 2}, deployments=SERVED),
                                         files={"data/raw.csv": "x\n1\n"}, pipeline=SLEEPY))
     machine = os.cpu_count() or 1
-    assert feasibility.serving_need(project) == {"CPU": 3.0, "GPU": 0.0}  # 2 replicas and a rollout's extra one
-    assert feasibility.local_cluster_cpus(project) == machine + 3
+    assert sizing.serving_need(project) == {"CPU": 3.0, "GPU": 0.0}  # 2 replicas and a rollout's extra one
+    assert sizing.local_cluster_cpus(project) == machine + 3
     capacity = feasibility.capacity(project)
     assert capacity is not None and capacity.total["CPU"] == machine + 3 and capacity.hosts_serving
     feasibility.check(project, capacity)  # training keeps the machine's CPUs: feasible

@@ -10,8 +10,9 @@ import pytest
 from conftest import ask_api as ask
 
 from compiler import load_project
-from runtime.apply.operations import apply_project, opened, plan_project
+from runtime.apply.operations import apply_project, opened
 from runtime.compute import serving
+from runtime.plan.project import plan_project
 
 pytestmark = pytest.mark.xdist_group("ray")
 
@@ -196,7 +197,7 @@ def test_an_orphaned_staging_application_is_planned_and_removed(
     assert apply_project(project).result.ok
     with opened(project) as (_, store):
         version = store.get_model_version("m", 1)
-    from runtime.apply.executor import serve_spec
+    from runtime.apply.deploy import serve_spec
     from runtime.workspace import Workspace
 
     assert version is not None

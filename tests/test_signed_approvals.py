@@ -20,8 +20,9 @@ from conftest import PIPELINE_SOURCE, with_version_one
 from compiler import build_graph, load_project
 from compiler.errors import ResolveError
 from compiler.resolve import Project
-from runtime.apply.operations import gate_views, opened
+from runtime.apply.operations import opened
 from runtime.apply.signed_approvals import signed_approvers, verified_approvals
+from runtime.plan.project import gate_views
 from runtime.state import audit
 from runtime.state.records import Approval, NodeResult
 
@@ -277,7 +278,7 @@ def test_apply_passes_the_gate_on_a_signed_tag_and_audits_the_tag_not_a_claimed_
 
 def test_the_reconciler_s_fetch_brings_an_approval_tag_pushed_after_its_commit_and_prunes_a_deleted_one(
         repo: Path, keys: dict[str, Path], tmp_path: Path) -> None:
-    from runtime.reconcile.loop import sync_checkout
+    from runtime.reconcile.source import sync_checkout
 
     checkout = tmp_path / "checkout"
     sync_checkout(str(repo), "main", checkout, timeout=60)

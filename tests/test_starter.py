@@ -16,7 +16,7 @@ import torch
 from compiler import load_project
 from compiler.starter import create_starter
 from runtime.context import RunContext
-from runtime.monitor.run import columns_of, read_rows
+from runtime.monitor.tables import columns_of, read_rows
 
 RAW = ("tenure_months", "monthly_spend", "support_calls")
 CURL = ("curl -s -X POST http://127.0.0.1:8000/churn-api -H 'content-type: application/json' -d "

@@ -57,10 +57,10 @@ def test_open_creates_parents_and_sets_wal_normal_sync_and_foreign_keys(tmp_path
     path = tmp_path / "a" / "b" / "state.db"
     with StateStore.open(path) as store:
         assert path.is_file()
-        assert store.query("PRAGMA journal_mode")[0][0] == "wal"
-        assert store.query("PRAGMA synchronous")[0][0] == 1  # NORMAL
-        assert store.query("PRAGMA foreign_keys")[0][0] == 1
-        assert store.query("PRAGMA busy_timeout")[0][0] == 5000
+        assert store.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store.connection.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert store.connection.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert store.connection.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
         assert store.schema_version() == len(MIGRATIONS)
 
 
@@ -196,7 +196,7 @@ def test_metrics_of_an_unknown_run_are_refused_and_nothing_is_written(store: Sta
         store.log_metrics("ghost", [MetricPoint("ghost", "loss", 0, 1.0)])
     with pytest.raises(ValueError, match="logged under run"):
         store.log_metrics("r1", [MetricPoint("other", "loss", 0, 1.0)])
-    assert store.query("SELECT COUNT(*) FROM metrics")[0][0] == 0
+    assert store.connection.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] == 0
 
 
 # --- snapshots --------------------------------------------------------------------------------------
@@ -406,7 +406,7 @@ with store.transaction():
     with StateStore.open(path) as store:
         assert set(store.latest_results()) == {"done/x"}
         assert store.get_run("r1") is None
-        assert store.query("PRAGMA integrity_check")[0][0] == "ok"
+        assert store.connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 # --- contention -------------------------------------------------------------------------------------

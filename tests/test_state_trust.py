@@ -28,7 +28,8 @@ from conftest import with_version_one
 from compiler import build_graph, load_project
 from compiler.resolve import Project
 from runtime.apply.gates import decide
-from runtime.apply.operations import expected_version, gate_views, opened
+from runtime.apply.operations import opened
+from runtime.plan.project import expected_version, gate_views
 from runtime.state import audit
 from runtime.state.records import ModelVersion, NodeResult
 from runtime.state.store import StateError, StateStore

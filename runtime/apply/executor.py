@@ -8,57 +8,28 @@ outputs are stored, so an interrupted apply never redoes finished work.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import heapq
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
-from compiler.errors import MlopsError
 from compiler.graph import Graph, Node
 from compiler.spec import memory_bytes
-from runtime.apply.gates import decide, failed_reasons
-from runtime.apply.signed_approvals import counted_approvers
+from runtime.apply.outcomes import ApplyResult, Outcome, ProgressHook
+from runtime.apply.steps import DriverSteps
 from runtime.artifacts.store import ArtifactStore
-from runtime.compute import ray_backend
-from runtime.compute.worker import TaskSpec
+from runtime.compute import connect, ray_backend
+from runtime.compute.task import TaskResult, TaskSpec
 from runtime.plan.actions import Plan
-from runtime.plan.feasibility import local_cluster_cpus
 from runtime.provenance import Provenance
-from runtime.state.records import DeploymentState, MetricPoint, ModelVersion, NodeResult, Run, Snapshot
+from runtime.state.records import MetricPoint, Run
 from runtime.state.store import StateStore
 from runtime.workspace import Workspace
 
-Outcome = Literal["succeeded", "failed", "skipped", "blocked"]
 REMOTE_KINDS = {"transform", "trial", "evaluate"}
 BACKOFF_SECONDS = 0.5
-
-
-@dataclass
-class NodeOutcome:
-    node_id: str
-    status: Outcome
-    message: str = ""
-
-
-@dataclass
-class ApplyResult:
-    outcomes: dict[str, NodeOutcome] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return all(o.status in ("succeeded", "blocked") for o in self.outcomes.values())
-
-    def count(self, status: Outcome) -> int:
-        return sum(1 for o in self.outcomes.values() if o.status == status)
-
-
-ProgressHook = Callable[[str, str, str], None]
-"""(node id, event, detail): events are ``started`` (submitted), ``waiting`` (not started: what it waits for),
-``running`` (started after a wait), ``succeeded``, ``failed``, ``retry``, ``skipped``, ``blocked``."""
 RESOURCE_WAIT_S = 120.0
 """How long an apply lets its submitted tasks wait for resources while none of them runs before it gives up."""
 WAIT_NOTICE_S = 2.0
@@ -87,7 +58,7 @@ class _Attempt:
     """Reported as waiting for resources."""
 
 
-class Executor:
+class Executor(DriverSteps):
     """Runs one plan against one workspace; construct, then :meth:`run`."""
 
     def __init__(self, workspace: Workspace, store: StateStore, graph: Graph, plan: Plan,
@@ -108,7 +79,7 @@ class Executor:
         self.parallelism = max(1, parallelism)
         self.progress = progress or (lambda node_id, event, detail: None)
         self.artifacts = ArtifactStore(workspace.artifact_root)
-        self.recorded = store.latest_results()
+        self.recorded = dict(plan.recorded)  # what the plan compared with, read under this apply's lock
         self.outputs: dict[str, dict[str, Any]] = {nid: r.outputs for nid, r in self.recorded.items()}
         self.result = ApplyResult()
         self._order = {node.id: index for index, node in enumerate(graph.nodes())}
@@ -134,7 +105,7 @@ class Executor:
         in_flight: dict[Any, _Attempt] = {}  # by ref; self._running has the same attempts by node
         remaining = {c.node_id for c in todo}
         if not ray_backend.connected() and any(self.graph.node(c.node_id).kind in REMOTE_KINDS for c in todo):
-            ray_backend.connect(self._cluster_address())  # a process already on Ray (tests, the reconciler) stays
+            self._join()
         self._dirty = set(remaining)
         wanting: list[tuple[int, str]] = []  # (graph order, node): ready for a slot while all were taken
         while remaining:
@@ -199,14 +170,14 @@ class Executor:
                 ready, _ = ray_backend.wait(list(in_flight), timeout=0.2)
                 ready.sort(key=lambda r: self._order[in_flight[r].node.id])
                 outcomes = ray_backend.results(ready)
-                if any(in_flight[r].node.kind == "transform" and o.get("status") == "succeeded"
+                if any(in_flight[r].node.kind == "transform" and o.status == "succeeded"
                        for r, o in zip(ready, outcomes, strict=True)):
                     self.artifacts.sync()  # adopted outputs' names are durable before the state names them
                 with self.store.transaction():  # one commit for the round, not four per task
                     for ref, outcome in zip(ready, outcomes, strict=True):
                         attempt = self._landed(in_flight, ref)
                         progressed = True
-                        if outcome.get("status") == "upstream_failed":
+                        if outcome.status == "upstream_failed":
                             self._dirty.add(attempt.node.id)  # never ran: decided again once its upstream settles
                             continue
                         retry = self._complete(attempt, outcome)
@@ -224,8 +195,7 @@ class Executor:
                     if limit is not None and time.time() - (attempt.running_since or attempt.started) > limit:
                         ray_backend.cancel(ref)
                         self._landed(in_flight, ref)
-                        retry = self._complete(attempt, {"status": "failed",
-                                                         "error": f"timed out after {limit:.0f}s"})
+                        retry = self._complete(attempt, TaskResult.failed(f"timed out after {limit:.0f}s"))
                         if retry is not None:
                             waiting.append(retry)
                         else:
@@ -287,7 +257,7 @@ class Executor:
                 waited = now - (attempt.eligible_since or now)
                 error = (f"never started: waited {waited:.0f}s for resources ({self._wants(attempt.node)}) "
                          "while nothing else of this apply ran")
-                self._complete(attempt, {"status": "failed", "error": error, "never_started": True})
+                self._complete(attempt, TaskResult.failed(error, never_started=True))
                 remaining.discard(attempt.node.id)
 
     def _wants(self, node: Node) -> str:
@@ -296,18 +266,12 @@ class Executor:
 
         return f"asks {feasibility.asks(node.resources or {})}; {feasibility.describe_free(self.project)}"
 
-    def _cluster_address(self) -> str | None:
-        """The spec's ``cluster.address``, else the local cluster ``mlops up`` started, else none (embedded)."""
-        from runtime.compute import cluster
-
-        if self.project.spec.cluster.address:
-            return self.project.spec.cluster.address
-        local = cluster.running(self.workspace.state_path)
-        serves = any(c.kind == "deploy" and self.project.spec.deployments[c.address.split(".", 1)[1]].mode
-                     == "realtime" for c in self.plan.runnable())
-        if local is None and serves:  # deployments must outlive this process: join the long-lived cluster
-            local = cluster.up(self.workspace.state_path, num_cpus=local_cluster_cpus(self.project))
-        return local.address if local else None
+    def _join(self) -> None:
+        """Join the project's cluster (:mod:`runtime.compute.connect`); realtime deployments to roll out
+        need the long-lived local one, since they outlive this process."""
+        serves = any(c.kind == "deploy" and self.project.spec.deployments[c.name].mode == "realtime"
+                     for c in self.plan.runnable())
+        connect.join(self.project, start_local=serves)
 
     def _upstream_state(self, node_id: str) -> str:
         for parent in self.graph.dag.predecessors(node_id):
@@ -322,18 +286,6 @@ class Executor:
             if parent not in self.outputs:
                 return "wait" if change is not None else "skipped"
         return "ready"
-
-    def _finish(self, node_id: str, status: Outcome, message: str) -> None:
-        self.result.outcomes[node_id] = NodeOutcome(node_id, status, message)
-        self.progress(node_id, status, message)
-        self._touch(node_id)
-
-    def _touch(self, node_id: str) -> None:
-        """A node was submitted or finished: its children are worth looking at again (this pass too)."""
-        for child in self.graph.dag.successors(node_id):
-            self._dirty.add(child)
-            if self._pass is not None:
-                heapq.heappush(self._pass, (self._order[child], child))
 
     # --- remote nodes --------------------------------------------------------------------------
 
@@ -440,43 +392,41 @@ class Executor:
             return self.project.spec.models[node.name].retries
         return 0
 
-    def _complete(self, attempt: _Attempt, outcome: dict[str, Any]) -> tuple[float, Node, int] | None:
+    def _complete(self, attempt: _Attempt, outcome: TaskResult) -> tuple[float, Node, int] | None:
         node = attempt.node
-        status = outcome.get("status", "failed")
-        metrics = outcome.get("metrics", {})
-        finished_at = float(outcome.get("finished_at", time.time()))
+        status = outcome.status if outcome.status in ("succeeded", "failed") else "failed"
+        metrics = outcome.metrics
+        finished_at = outcome.finished_at if outcome.finished_at is not None else time.time()
         if attempt.chained:  # its run is recorded now, when it is known to have run: start and end at once
+            started_at = outcome.started_at if outcome.started_at is not None else attempt.run.started_at
             attempt.run = dataclasses.replace(
-                attempt.run, started_at=float(outcome.get("started_at", attempt.run.started_at)),
-                finished_at=finished_at, status=status, metrics=metrics, error=outcome.get("error"),
-                log_uri=outcome.get("log_uri"), device=outcome.get("device") or attempt.run.device,
-                host=outcome.get("host") or attempt.run.host, pid=int(outcome.get("pid") or attempt.run.pid))
+                attempt.run, started_at=started_at,
+                finished_at=finished_at, status=status, metrics=metrics, error=outcome.error,
+                log_uri=outcome.log_uri, device=outcome.device or attempt.run.device,
+                host=outcome.host or attempt.run.host, pid=int(outcome.pid or attempt.run.pid))
             self.store.start_run(attempt.run)
         else:  # the start and the end the worker measured, one clock (the submit time counts queueing too)
-            worker_start = outcome.get("started_at") if "finished_at" in outcome else None
-            self.store.finish_run(attempt.run.run_id, status, metrics, outcome.get("error"), outcome.get("log_uri"),
-                                  finished_at, outcome.get("device"),
-                                  float(worker_start) if worker_start is not None else None,
-                                  outcome.get("host"), outcome.get("pid"))
-        if outcome.get("steps"):
+            worker_start = outcome.started_at if outcome.finished_at is not None else None
+            self.store.finish_run(attempt.run.run_id, status, metrics, outcome.error, outcome.log_uri,
+                                  finished_at, outcome.device, worker_start, outcome.host, outcome.pid)
+        if outcome.steps:
             self.store.log_metrics(attempt.run.run_id, [MetricPoint(attempt.run.run_id, n, int(s), float(v))
-                                                       for n, s, v in outcome["steps"]])
+                                                       for n, s, v in outcome.steps])
         if status != "succeeded":
-            if attempt.attempt <= self._retries(node) and not outcome.get("never_started"):
+            if attempt.attempt <= self._retries(node) and not outcome.never_started:
                 delay = BACKOFF_SECONDS * 2 ** (attempt.attempt - 1)
-                self.progress(node.id, "retry", f"{outcome.get('error')} (retrying in {delay:.1f}s)")
+                self.progress(node.id, "retry", f"{outcome.error} (retrying in {delay:.1f}s)")
                 return time.time() + delay, node, attempt.attempt + 1
-            self._finish(node.id, "failed", str(outcome.get("error", "failed")))
+            self._finish(node.id, "failed", outcome.error or "failed")
             return None
-        outputs: dict[str, Any] = {"run_id": attempt.run.run_id, "metrics": metrics,
-                                   "device": outcome.get("device")}
+        outputs: dict[str, Any] = {"run_id": attempt.run.run_id, "metrics": metrics, "device": outcome.device}
         if node.kind == "transform":
-            outputs["input"] = outcome["artifact"]
-            outputs["artifact"] = outcome["artifact"]
+            outputs["input"] = outcome.artifact
+            outputs["artifact"] = outcome.artifact
         elif node.kind == "trial":
-            outputs["artifact"] = outcome["artifact"]
+            outputs["artifact"] = outcome.artifact
             outputs["params"] = node.config["params"]
-            outputs["signature"] = outcome.get("signature")
+            outputs["signature"] = outcome.signature
         else:  # evaluate: the model's metrics are the trainer's, overridden by the evaluator's
             chosen = self._model_output(node)
             outputs.update(artifact=chosen["artifact"], params=chosen.get("params", {}),
@@ -485,263 +435,3 @@ class Executor:
         self._record(node, outputs)
         return None
 
-    # --- local nodes ---------------------------------------------------------------------------
-
-    def _run_local(self, node: Node) -> None:
-        handler: Callable[[Node], dict[str, Any] | None] = getattr(self, f"_local_{node.kind}")
-        if node.kind == "deploy":  # a rollout takes a while: show it as running
-            self.progress(node.id, "started", "rolling out")
-        try:
-            outputs = handler(node)
-        except MlopsError as error:  # a user-facing failure (a rollout that did not go live): its own words
-            self._finish(node.id, "failed", "; ".join(d.message for d in error.diagnostics))
-            return
-        except Exception as exc:  # noqa: BLE001 - a local step failing is that node's failure
-            self._finish(node.id, "failed", f"{type(exc).__name__}: {exc}")
-            return
-        if outputs is not None:  # None: the handler recorded and finished the node itself
-            self._record(node, outputs)
-
-    def _local_snapshot(self, node: Node) -> dict[str, Any]:
-        name = node.name
-        path = self.project.dataset_path(name)
-        uri = self.artifacts.put_dir(path) if path.is_dir() else self.artifacts.put_file(path, sha256=node.data_hash)
-        self.store.add_snapshot(Snapshot(node.address, node.fingerprint, node.data_hash or "", uri, time.time()))
-        return {"input": uri, "artifact": uri, "content_hash": node.data_hash}
-
-    def _local_select(self, node: Node) -> dict[str, Any]:
-        objective = node.config["objective"]
-        trials = [(p, self.outputs[p]) for p in self.graph.dag.predecessors(node.id)]
-        scored = [(p, o) for p, o in trials if objective["metric"] in o.get("metrics", {})]
-        if not scored:
-            raise RuntimeError(f"no trial reported the objective metric {objective['metric']!r}")
-        sign = 1 if objective["goal"] == "maximize" else -1
-        best_id, best = max(scored, key=lambda item: (sign * item[1]["metrics"][objective["metric"]], item[0]))
-        return {**best, "chosen": best_id, "trials": {p: o.get("metrics", {}) for p, o in trials}}
-
-    def _local_trial(self, node: Node) -> None:  # pragma: no cover - trials are remote
-        raise AssertionError("trials run on Ray")
-
-    def _local_gate(self, node: Node) -> None:
-        """Decide the gate for the model's newest version; records and finishes the node itself."""
-        gate_name = node.name
-        gate = self.project.spec.gates[gate_name]
-        version_output = self.outputs[self._model_final(gate.model)]
-        version = int(version_output["version"])
-        baseline = self._live_metrics(gate_name, gate.model)
-        approvers = counted_approvers(self.project, self.store, gate_name, version, record=True)
-        decision = decide(gate_name, gate, version, version_output.get("metrics", {}), baseline, approvers)
-        self.store.record_gate_decision(decision, self.provenance.actor, self.provenance.commit)
-        if decision.status == "failed":
-            reasons = "; ".join(failed_reasons(decision.checks))
-            self.store.set_model_version_status(gate.model, version, "rejected", f"gates.{gate_name}: {reasons}")
-        elif decision.status == "passed":
-            current = self.store.get_model_version(gate.model, version)
-            if current is not None and current.status == "candidate":  # a rejection by another gate stands
-                self.store.set_model_version_status(gate.model, version, "approved", f"passed gates.{gate_name}")
-        outputs = {"status": decision.status, "version": version, "checks": decision.checks}
-        self.outputs[node.id] = outputs
-        self.store.record_result(self._result(node, outputs))
-        if decision.status == "passed":
-            self._finish(node.id, "succeeded", f"version {version} passed")
-        elif decision.status == "awaiting_approval":
-            self._finish(node.id, "blocked", f"awaiting approval: {node.address} (version {version})")
-        else:
-            reasons = "; ".join(failed_reasons(decision.checks))
-            self._finish(node.id, "blocked", f"gate failed: {node.address}: {reasons}")
-
-    def _live_metrics(self, gate_name: str, model: str) -> dict[str, float] | None:
-        for name, deployment in self.project.spec.deployments.items():
-            if gate_name not in deployment.gates:
-                continue
-            state = self.store.get_deployment(name)
-            version = state and (state.live_version or state.desired_version)
-            if version:
-                live = self.store.get_model_version(model, version)
-                if live is not None:
-                    return live.metrics
-        return None
-
-    def _local_deploy(self, node: Node) -> dict[str, Any]:
-        """Serve the version the spec pins, else a rollback's pin while no newer version passed the gates,
-        else the newest version that passed them."""
-        name = node.name
-        deployment = self.project.spec.deployments[name]
-        newest = int(self.outputs[self._model_final(deployment.model)]["version"])
-        version, pin = serving_target(deployment, newest, self.store.get_deployment(name))
-        return deploy_version(self.workspace, self.store, name, version, pin=pin, graph=self.graph)
-
-    def _local_monitor(self, node: Node) -> dict[str, Any]:
-        return {"deployment": node.config["deployment"]}
-
-    def _model_final(self, model: str) -> str:
-        nodes = self.graph.by_address(f"models.{model}")
-        for kind in ("evaluate", "select", "trial"):
-            for candidate in nodes:
-                if candidate.kind == kind:
-                    return candidate.id
-        raise KeyError(model)
-
-    # --- recording -----------------------------------------------------------------------------
-
-    def _result(self, node: Node, outputs: dict[str, Any]) -> NodeResult:
-        upstream = {p: self.graph.node(p).fingerprint for p in self.graph.dag.predecessors(node.id)}
-        return NodeResult(node.id, node.address, node.kind, node.fingerprint, node.config, node.code_hash,
-                          node.data_hash, upstream, "succeeded", outputs, outputs.get("run_id"), time.time())
-
-    def _record(self, node: Node, outputs: dict[str, Any]) -> None:
-        """Record a node's success; the model's final step also creates its next version (one transaction)."""
-        if node.address.startswith("models.") and node.id == self._model_final(node.name):
-            with self.store.transaction():
-                outputs = {**outputs, "version": self._new_version(node, outputs)}
-                self.store.record_result(self._result(node, outputs))
-        else:
-            self.store.record_result(self._result(node, outputs))
-        self.outputs[node.id] = outputs
-        detail = f"version {outputs['version']}" if "version" in outputs else ""
-        if outputs.get("url"):
-            detail += f" at {outputs['url']}"
-        self._finish(node.id, "succeeded", detail)
-
-    def _new_version(self, node: Node, outputs: dict[str, Any]) -> int:
-        name = node.name
-        model = self.project.spec.models[name]
-        version = self.store.next_model_version(name)
-        self.store.consume_retrain_requests(name, version)
-        lineage = {}
-        for dataset_name in dict.fromkeys(model.data.values()):
-            for data_node in self.graph.by_address(f"datasets.{dataset_name}"):
-                produced = self.outputs.get(data_node.id, {})
-                lineage[f"datasets.{dataset_name}"] = str(produced.get("content_hash") or produced.get("artifact"))
-        self.store.add_model_version(ModelVersion(
-            name, version, node.fingerprint, outputs["artifact"], outputs.get("train_run_id") or outputs.get("run_id"),
-            dict(outputs.get("metrics", {})), dict(outputs.get("params", {})), node.code_hash,
-            self.provenance.commit, lineage, "candidate", "", time.time(), outputs.get("signature")))
-        return version
-
-
-def serving_target(deployment: Any, newest: int, previous: DeploymentState | None
-                   ) -> tuple[int, tuple[int | None, str] | None]:
-    """The version a deployment serves once ``newest`` passed its gates, and the rollback pin it keeps:
-    the spec's pin, else a rollback's pin while no version newer than the one rolled back from passed,
-    else ``newest``."""
-    if deployment.version is None and previous is not None and previous.pinned_version is not None \
-            and newest <= (previous.desired_version or 0):
-        return previous.pinned_version, (previous.desired_version, previous.pin_reason or "rollback")
-    return deployment.version or newest, None
-
-
-def connect_for_serving(workspace: Workspace, project: Any) -> int:
-    """Join the cluster that hosts Serve and return its HTTP port.
-
-    ``cluster.address`` wins; else the local cluster ``mlops up`` started (started now if none is
-    running, so deployments outlive this process); a process already connected to Ray (tests, the
-    reconciler) keeps its connection.
-    """
-    import os
-
-    import ray
-
-    from runtime.compute import cluster
-
-    port = int(os.environ.get("MLOPS_SERVE_PORT", cluster.DEFAULT_SERVE_PORT))
-    if ray.is_initialized():
-        local = cluster.running(workspace.state_path)
-        return local.serve_port if local else port
-    if project.spec.cluster.address:
-        ray_backend.connect(project.spec.cluster.address)
-        return port
-    local = cluster.running(workspace.state_path) or cluster.up(workspace.state_path,
-                                                                num_cpus=local_cluster_cpus(project))
-    ray_backend.connect(local.address)
-    return local.serve_port
-
-
-def deploy_version(workspace: Workspace, store: StateStore, name: str, version: int,
-                   pin: tuple[int | None, str] | None = None, graph: Graph | None = None) -> dict[str, Any]:
-    """Make ``version`` the one deployment ``name`` serves, and record it.
-
-    A realtime deployment is rolled out on Ray Serve (blue/green; a failed start leaves the old version
-    serving and raises). ``pin`` = (the version rolled back from, why) marks a rollback: it is kept
-    until a version newer than the one rolled back from passes the gates.
-    """
-    project = workspace.project
-    deployment = project.spec.deployments[name]
-    model_version = store.get_model_version(deployment.model, version)
-    if model_version is None:
-        raise RuntimeError(f"models.{deployment.model} has no version {version}")
-    previous = store.get_deployment(name)
-    live_version = previous.live_version if previous else None
-    desired = pin[0] if pin is not None and pin[0] is not None else version
-    outputs: dict[str, Any] = {"version": version, "mode": deployment.mode}
-    if deployment.mode == "realtime":
-        from runtime.compute import serving
-
-        route = deployment.route or f"/{name}"
-        spec = serve_spec(workspace, name, model_version, graph)
-        serving_now = store.get_model_version(deployment.model, live_version) if live_version else None
-        before = serve_spec(workspace, name, serving_now, graph) if serving_now is not None else None
-        memory = deployment.resources.memory
-        resources = serving.ReplicaResources(deployment.resources.cpus, deployment.resources.gpus,
-                                             memory_bytes(memory) if memory else None)
-        port = connect_for_serving(workspace, project)
-        try:
-            serving.deploy(spec, route, deployment.replicas, resources, port, previous=before,
-                           http_host=project.spec.cluster.serve_host)
-        except serving.RolloutFailed as failed:
-            really = None
-            with contextlib.suppress(Exception):  # Serve did not answer: nothing is known to serve
-                really = serving.live(name)
-            serving_version = really.version if really is not None else None
-            keeps = f"version {serving_version} keeps serving" if serving_version is not None else "nothing serves"
-            store.set_deployment(DeploymentState(name, deployment.model, desired, serving_version,
-                                                 f"Degraded: rollout of version {version} failed: {failed}",
-                                                 time.time(), previous.pinned_version if previous else None,
-                                                 previous.pin_reason if previous else None))
-            from runtime.provenance import provenance
-            from runtime.state import audit
-
-            origin = provenance(project.root)
-            audit.rollout_failed(store, origin.actor, name, deployment.model, version, serving_version, str(failed),
-                                 origin.commit)
-            raise MlopsError.one(f"rollout of version {version} failed, {keeps}: {failed}",
-                                 address=f"deployments.{name}") from failed
-        outputs.update(route=route, url=f"http://127.0.0.1:{port}{route}")
-    else:
-        from runtime.compute.batch import BatchSpec, score
-
-        assert deployment.input is not None
-        input_uri = dataset_uri(project, store, deployment.input)
-        model = project.spec.models[deployment.model]
-        batch = BatchSpec(name, version, model.train, model_version.code_hash, str(project.root),
-                          workspace.artifact_root, model_version.artifact_uri, input_uri, dict(model_version.params))
-        ray_backend.connect(project.spec.cluster.address)
-        outputs.update(ray_backend.call(score, batch, deployment.resources.cpus, deployment.resources.gpus))
-    store.set_deployment(DeploymentState(name, deployment.model, desired, version, "Healthy", time.time(),
-                                         version if pin is not None else None, pin[1] if pin else None))
-    return outputs
-
-
-def serve_spec(workspace: Workspace, name: str, model_version: ModelVersion, graph: Graph | None = None) -> Any:
-    """What a replica of deployment ``name`` needs to serve ``model_version``."""
-    from runtime.compute import serving
-    from runtime.endpoint import config as endpoint
-
-    project = workspace.project
-    deployment = project.spec.deployments[name]
-    model = project.spec.models[deployment.model]
-    code = model_version.code_hash
-    if graph is not None:  # the trainer module's code now (serving code lives beside the trainer)
-        code = next((n.code_hash for n in graph.by_address(f"models.{deployment.model}") if n.kind == "trial"), code)
-    return serving.ServeSpec(name, model_version.version, model.train, code, str(project.root),
-                             workspace.artifact_root, model_version.artifact_uri, dict(model_version.params),
-                             endpoint.api_config(project, name, model_version))
-
-
-def dataset_uri(project: Any, store: StateStore, name: str) -> str:
-    """The artifact of a dataset's latest recorded content (its snapshot, or its transform's output)."""
-    step = "snapshot" if project.spec.datasets[name].path is not None else "transform"
-    result = store.latest_result(f"datasets.{name}/{step}")
-    if result is None or "input" not in result.outputs:
-        raise RuntimeError(f"datasets.{name} has not been built yet")
-    return str(result.outputs["input"])

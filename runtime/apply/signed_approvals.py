@@ -19,10 +19,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler.errors import MlopsError
 from compiler.resolve import Project
 from compiler.spec import Gate
 from runtime.apply.gates import may_approve
+from runtime.errors import ApprovalError
 from runtime.state.records import Approval
 from runtime.state.store import StateStore
 
@@ -68,7 +68,7 @@ def verified_approvals(repo_root: Path, gate: str, version: int, signers_file: P
                    prefix], what=f"listing the approval tags of gates.{gate}")
     if listed is None or listed.returncode != 0:
         why = _last_line(listed.stderr) if listed is not None else f"no answer within {TIMEOUT_S:g}s"
-        raise MlopsError.one(f"gates.{gate}: cannot list approval tags in {repo_root}: {why}")
+        raise ApprovalError.one(f"gates.{gate}: cannot list approval tags in {repo_root}: {why}")
     found = []
     for line in listed.stdout.decode(errors="replace").splitlines():
         kind, object_id, ref = (line.split(" ", 2) + ["", ""])[:3]
@@ -93,7 +93,7 @@ def signed_approvers(project: Project, store: StateStore, gate_name: str, versio
     assert gate.approvals is not None and gate.approvals.signers is not None  # is_signed(gate)
     signers = project.spec_path.parent / gate.approvals.signers
     if not signers.is_file():
-        raise MlopsError.one(f"gates.{gate_name}: signers file '{gate.approvals.signers}' does not exist")
+        raise ApprovalError.one(f"gates.{gate_name}: signers file '{gate.approvals.signers}' does not exist")
     tags: dict[str, set[str]] = {}
     for approval in verified_approvals(project.root, gate_name, version, signers):
         if may_approve(gate, approval.principal):
@@ -162,7 +162,7 @@ def _run(command: list[str], *, what: str, stdin: bytes | None = None) -> subpro
     except subprocess.TimeoutExpired:
         return None
     except FileNotFoundError as error:
-        raise MlopsError.one(f"{what} needs {command[0]}, which is not installed: {error.strerror}") from None
+        raise ApprovalError.one(f"{what} needs {command[0]}, which is not installed: {error.strerror}") from None
 
 
 def _last_line(data: bytes) -> str:

@@ -1,12 +1,6 @@
 """The artifact store: content-addressed files, directories and models, local or on fsspec storage.
 
-URIs name content, not places, so they stay valid wherever the store's root moves:
-
-* ``sha256:<hex>`` — a file whose bytes hash to ``<hex>``;
-* ``dir:sha256:<hex>`` — a directory: ``<hex>`` is the hash of its manifest, the sorted lines
-  ``<relative path>\\0<file sha256>\\n``, which is exactly what
-  :func:`compiler.content_hash.hash_path` digests, so it equals the directory's content hash.
-
+Artifacts are named by their content (:mod:`runtime.artifacts.uris`: ``sha256:<hex>``, ``dir:sha256:<hex>``).
 Every object lives at ``<root>/objects/<hex[:2]>/<hex[2:]>``. The root is a local directory
 (relative roots are resolved against ``base_dir``) or an fsspec URL (``s3://bucket/prefix``,
 ``gs://...``, ``memory://...``; the matching fsspec driver must be installed).
@@ -25,29 +19,26 @@ directly. Every read that returns content (:meth:`~ArtifactStore.get_file`, :met
 :meth:`~ArtifactStore.materialize_dir`, :meth:`~ArtifactStore.load_model`) checks the hash and
 raises :class:`ArtifactCorrupt` on a mismatch. :meth:`~ArtifactStore.verified_path` is the zero-copy
 path for local readers: checked against the hash before it is handed out, and remembered by each file's
-(inode, size, mtime_ns, ctime_ns) so an unchanged artifact costs a ``stat`` per file the next time.
+(inode, size, mtime_ns, ctime_ns) so an unchanged artifact costs a ``stat`` per file the next time
+(:mod:`runtime.artifacts.verify`).
 :meth:`~ArtifactStore.local_path` does not check (for writers and tools that verify otherwise).
 
 Models are saved with ``torch.save`` and loaded with ``torch.load(weights_only=True)``: an artifact
-that would unpickle code (any global outside torch's allow-list) is refused, and the code never runs.
+that would unpickle code (any global outside torch's allow-list) is refused, and the code never runs;
+what is not a state dict is refused when it is saved (:mod:`runtime.artifacts.state_dict`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
 import shutil
-import stat
 import tempfile
-import time
 import uuid
-from collections import OrderedDict
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from compiler.content_hash import hash_file
 from runtime.artifacts import durability
 from runtime.artifacts.backends import (
     ArtifactCorrupt,
@@ -63,141 +54,19 @@ from runtime.artifacts.backends import (
     remove_tree,
     scan_tree,
 )
+from runtime.artifacts.state_dict import state_dict_problem
+from runtime.artifacts.uris import dir_uri, file_uri, parse_uri
+from runtime.artifacts.verify import identities_of, read_marker, verify_files
 
 __all__ = ["ArtifactCorrupt", "ArtifactError", "ArtifactMissing", "ArtifactStore", "TreeScan", "dir_uri", "file_uri",
            "parse_uri", "remove_tree", "scan_tree", "state_dict_problem"]
 
-FILE_PREFIX = "sha256:"
-DIR_PREFIX = "dir:sha256:"
 LOCAL_PROTOCOLS = ("", "file", "local")
-
-
-def file_uri(digest: str) -> str:
-    return FILE_PREFIX + digest
-
-
-def dir_uri(digest: str) -> str:
-    return DIR_PREFIX + digest
-
-
-def parse_uri(uri: str) -> tuple[bool, str]:
-    """``(is_directory, hex digest)`` of an artifact URI; :class:`ArtifactError` if it is not one."""
-    is_dir = uri.startswith(DIR_PREFIX)
-    digest = uri[len(DIR_PREFIX):] if is_dir else uri[len(FILE_PREFIX):] if uri.startswith(FILE_PREFIX) else ""
-    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise ArtifactError.one(f"not an artifact URI: {uri!r} (expected sha256:<hex> or dir:sha256:<hex>)")
-    return is_dir, digest
-
-
-_PLAIN = (bool, int, float, complex, str, bytes, type(None))
-"""Leaf values a weights-only load reads back besides tensors (exact types: a subclass pickles its class)."""
-
-
-def state_dict_problem(value: Any) -> str | None:
-    """Why ``value`` cannot be stored as a model, in one line; ``None`` when it is a state dict.
-
-    A state dict is a mapping (``dict`` or ``OrderedDict``, as ``Module.state_dict()`` returns) whose
-    values are tensors, plain numbers, strings, ``None``, ``torch.Size`` / ``dtype`` / ``device``,
-    or lists, tuples, sets and mappings of those (an optimizer's state, metadata): what
-    ``torch.load(weights_only=True)`` reads back. Anything else would only be refused when loaded.
-    """
-    import sys
-
-    torch = sys.modules.get("torch")  # torch not imported: nothing in ``value`` can be a torch object
-    if torch is not None and isinstance(value, torch.nn.Module):
-        return f"it is a torch.nn.Module ({type(value).__name__}), not its weights: store model.state_dict()"
-    if type(value) not in (dict, OrderedDict):
-        return (f"a model must be a state dict (a mapping of names to tensors, e.g. model.state_dict()), "
-                f"got {_type_name(value)}")
-    return _entry_problem(value, "model", torch, 0)
-
-
-def _entry_problem(value: Any, where: str, torch: Any, depth: int) -> str | None:
-    if depth > 64:
-        return f"{where} is nested more than 64 levels deep"
-    if type(value) in _PLAIN:
-        return None
-    if torch is not None and isinstance(value, torch.Tensor | torch.Size | torch.dtype | torch.device):
-        return None
-    if torch is not None and isinstance(value, torch.nn.Module):
-        return f"{where} is a torch.nn.Module ({type(value).__name__}); store its state_dict() instead"
-    items: list[tuple[str, Any]] = []
-    if type(value) in (dict, OrderedDict):
-        for key, item in value.items():
-            items += [(f"a key of {where}", key), (f"{where}[{key!r}]", item)]
-    elif type(value) in (list, tuple, set, frozenset):
-        items = [(f"{where}[{index}]", item) for index, item in enumerate(value)]
-    else:
-        hint = (" (convert it with torch.from_numpy)" if type(value).__name__ == "ndarray" else
-                " (convert it with float() or int())") if type(value).__module__ == "numpy" else ""
-        return f"{where} is {_type_name(value)}, not a tensor or a plain value{hint}"
-    for place, item in items:
-        problem = _entry_problem(item, place, torch, depth + 1)
-        if problem is not None:
-            return problem
-    return None
-
-
-def _type_name(value: Any) -> str:
-    kind = type(value)
-    name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _listing(path: Path) -> list[Path]:
     """The files of a directory in the order :func:`compiler.content_hash.hash_path` uses."""
     return sorted(p for p in path.rglob("*") if p.is_file())
-
-
-VERIFY_RACY_WINDOW_NS = 2_000_000_000
-"""A file changed this recently before it was verified is not remembered as verified (a same-size rewrite in
-the same timestamp tick would go unseen); it is read again next time."""
-
-Identity = tuple[str, int, int, int, int]
-"""(relative path in its tree, or "" for an object; inode, size, mtime_ns, ctime_ns)."""
-
-
-def _identities(files: list[tuple[str, str]]) -> list[Identity] | None:
-    """The identity of each (relative path, path); ``None`` when one of them is not a file."""
-    found = []
-    for relative, path in files:
-        try:
-            info = os.stat(path)
-        except OSError:
-            return None
-        if not stat.S_ISREG(info.st_mode):
-            return None
-        found.append((relative, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
-    return found
-
-
-def _read_marker(marker: str) -> list[Identity] | None:
-    """The identities an earlier verification remembered (``None``: none, or unreadable)."""
-    try:
-        with open(marker, encoding="utf-8") as handle:
-            lines = handle.read().split("\n")[:-1]
-        found = []
-        for line in lines:
-            relative, _, numbers = line.rpartition("\0")
-            ino, size, mtime, ctime = (int(n) for n in numbers.split(" "))
-            found.append((relative, ino, size, mtime, ctime))
-        return found
-    except (OSError, ValueError):
-        return None
-
-
-def _write_marker(marker: str, identities: list[Identity]) -> None:
-    """Remember a verification (atomically; best effort: a store that cannot be written is checked every time)."""
-    text = "".join(f"{relative}\0{ino} {size} {mtime} {ctime}\n" for relative, ino, size, mtime, ctime in identities)
-    tmp = f"{marker}.tmp-{uuid.uuid4().hex}"
-    try:
-        os.makedirs(os.path.dirname(marker), exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, marker)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
 
 
 def _actual(exc: ArtifactCorrupt) -> str:
@@ -410,11 +279,11 @@ class ArtifactStore:
         manifest_file = backend.object_file(digest)
         marker = f"{self.root}/verified/{'dir-' if is_dir else ''}{digest}"
         if not is_dir:
-            identities = _identities([("", manifest_file)])
+            identities = identities_of([("", manifest_file)])
             if identities is None:
                 raise ArtifactMissing.of(uri)
-            if _read_marker(marker) != identities:
-                self._verify_files(uri, [("", manifest_file, digest)], identities, marker)
+            if read_marker(marker) != identities:
+                verify_files(uri, [("", manifest_file, digest)], identities, marker)
             return Path(manifest_file)
         tree = f"{backend.root}/trees/{digest}"
         if not os.path.isdir(tree):  # laid out from the objects (checked below) the first time it is read
@@ -427,10 +296,10 @@ class ArtifactStore:
             except ArtifactError:
                 raise ArtifactMissing.of(uri) from None
         files = [(relative, absolute) for relative, absolute, _ in scan_tree(tree).files]
-        identities = _identities([("", manifest_file), *files])
+        identities = identities_of([("", manifest_file), *files])
         if identities is None:
             raise ArtifactMissing.of(uri)
-        if _read_marker(marker) == identities:
+        if read_marker(marker) == identities:
             return Path(tree)
         try:
             entries = self._manifest(digest)
@@ -444,27 +313,13 @@ class ArtifactStore:
             for relative, _ in entries:
                 if relative not in dict(files):
                     raise ArtifactMissing.of(uri, f"{tree}/{relative}")
-            self._verify_files(uri, [("", manifest_file, digest),
-                                     *((relative, absolute, expected[relative]) for relative, absolute in files)],
-                               identities, marker)
+            verify_files(uri, [("", manifest_file, digest),
+                               *((relative, absolute, expected[relative]) for relative, absolute in files)],
+                         identities, marker)
         except ArtifactError:  # the next read lays the tree out again from its objects (repaired by a rebuild)
             discard_tree(Path(tree))
             raise
         return Path(tree)
-
-    def _verify_files(self, uri: str, files: list[tuple[str, str, str]], identities: list[Identity],
-                      marker: str) -> None:
-        """Hash each (relative path, path, expected digest); remember ``identities`` when none changed meanwhile."""
-        started = time.time_ns()
-        for _, path, expected in files:
-            actual = hash_file(path)
-            if actual != expected:
-                raise ArtifactCorrupt.of(uri, path, actual)
-        if _identities([(relative, path) for relative, path, _ in files]) != identities:
-            return  # changed while it was read: checked this time, not remembered
-        if any(max(identity[3:]) >= started - VERIFY_RACY_WINDOW_NS for identity in identities):
-            return  # changed too recently to trust its timestamps (git's "racily clean"): read again next time
-        _write_marker(marker, identities)
 
     def verify(self, uri: str) -> None:
         """Re-read an artifact (every file of a directory) and raise :class:`ArtifactCorrupt` on a mismatch."""

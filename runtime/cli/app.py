@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 
 from compiler.errors import Diagnostic, MlopsError
+from runtime.cli.exit_codes import ExitCode
 
 
 class Exit(Exception):
@@ -65,13 +66,13 @@ class Application:
             self.err.print(diagnostic.render(), style=style, markup=False)
 
     def fail(self, error: MlopsError) -> NoReturn:
-        """Report a user error and exit 1 (JSON on stdout too in ``--json`` mode)."""
+        """Report a user error and exit ``FAILED`` (JSON on stdout too in ``--json`` mode)."""
         if self.json_output:
             self.emit_json({"ok": False, "diagnostics": [d.to_json() for d in error.diagnostics]})
         self.diagnostics(error.diagnostics)
-        raise Exit(1)
+        raise Exit(ExitCode.FAILED)
 
-    def exit(self, code: int = 0) -> NoReturn:
+    def exit(self, code: int = ExitCode.OK) -> NoReturn:
         raise Exit(code)
 
 

@@ -16,6 +16,7 @@ from compiler import load_project
 from compiler.errors import MlopsError
 from runtime.cli.app import Application, Exit
 from runtime.cli.commands import COMMANDS
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 from runtime.state.faults import os_line, shown, sqlite_line
 
@@ -54,26 +55,26 @@ def main(argv: list[str] | None = None) -> int:
         return done.code
     except MlopsError as error:  # a library error a command did not catch itself
         app.diagnostics(error.diagnostics)
-        return 1
+        return ExitCode.FAILED
     except click.exceptions.Abort:
         app.err.print("aborted")
-        return 130
+        return ExitCode.INTERRUPTED
     except click.ClickException as error:
         error.show()
-        return 1 if error.exit_code == 2 else error.exit_code
+        return ExitCode.FAILED if error.exit_code == 2 else error.exit_code  # click's usage errors
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     except OSError as error:  # a fault of the machine no command translated: one line naming the file
         app.err.print(f"error: {os_line(error)}", style="red")
-        return 1
+        return ExitCode.FAILED
     except sqlite3.Error as error:
         app.err.print(f"error: {sqlite_line(_state_path(app), error)}", style="red")
-        return 1
+        return ExitCode.FAILED
     except json.JSONDecodeError as error:  # a corrupted state record read outside the store's own methods
         app.err.print(f"error: {shown(_state_path(app))}: a record is not valid JSON ({error}); the state is"
                       " corrupted: restore it from a backup", style="red")
-        return 1
-    return 0
+        return ExitCode.FAILED
+    return ExitCode.OK
 
 
 def _state_path(app: Application) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.text import Text
 
-from runtime.apply.executor import ApplyResult
+from runtime.apply.outcomes import ApplyResult
 from runtime.plan.actions import Plan
 
 SYMBOLS = {"create": ("+", "green"), "update": ("~", "yellow"), "replace": ("-/+", "magenta"),

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from compiler.errors import MlopsError
+from runtime.errors import ClusterError
 
 DEFAULT_SERVE_PORT = 8000
 READY_LINE = b"Ray runtime started"
@@ -201,7 +201,7 @@ def _start(state_path: Path, num_cpus: int | None, serve_port: int | None, timeo
     deadline = time.time() + timeout
     while time.time() < deadline:
         if process.poll() is not None:
-            raise MlopsError.one(f"the local Ray head exited with {process.returncode}; see {log}")
+            raise ClusterError.one(f"the local Ray head exited with {process.returncode}; see {log}")
         with log.open("rb") as handle:
             handle.seek(offset)
             if READY_LINE in handle.read():
@@ -210,7 +210,7 @@ def _start(state_path: Path, num_cpus: int | None, serve_port: int | None, timeo
     else:
         down_pgid(process.pid)
         shutil.rmtree(temp_dir, ignore_errors=True)
-        raise MlopsError.one(f"the local Ray head did not start within {timeout:.0f}s; see {log}")
+        raise ClusterError.one(f"the local Ray head did not start within {timeout:.0f}s; see {log}")
     info = info_path(state_path)
     tmp = info.with_name(info.name + ".tmp")
     tmp.write_text(json.dumps(asdict(cluster)))

@@ -29,7 +29,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from runtime.compute.worker import TaskSpec, execute
+from runtime.compute.task import TaskResult, TaskSpec
+from runtime.compute.worker import execute
+from runtime.errors import TaskError
 
 LOG_SEPARATOR = "===== rank {rank} of {world_size} ====="
 
@@ -47,8 +49,8 @@ class RankFailed(RuntimeError):
         return RankFailed, (self.rank, self.error, self.log)
 
 
-def run_distributed(spec: TaskSpec) -> dict[str, Any]:
-    """Train ``spec`` on ``spec.workers`` Ray Train workers; the result dict :func:`execute` would return."""
+def run_distributed(spec: TaskSpec) -> TaskResult:
+    """Train ``spec`` on ``spec.workers`` Ray Train workers; rank 0's result, its ranks' logs stored together."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -71,11 +73,11 @@ def run_distributed(spec: TaskSpec) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - a failed training is this node's failure, reported
             error, log = _failure(exc)
             store = ArtifactStore(spec.artifact_root)
-            return {"status": "failed", "error": error, "log_uri": store.put_bytes(log.encode()), "steps": [],
-                    "started_at": started, "finished_at": time.time()}
+            return TaskResult.failed(error, log_uri=store.put_bytes(log.encode()), started_at=started,
+                                     finished_at=time.time())
     if not isinstance(value, dict) or value.get("status") != "succeeded":
-        raise RuntimeError(f"rank 0 of {spec.node_id} returned no result: {value!r}")
-    return {**value, "started_at": started}
+        raise TaskError(f"rank 0 of {spec.node_id} returned no result: {value!r}")
+    return TaskResult.of({**value, "started_at": started})
 
 
 def train_loop(config: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The one module that touches Ray: connecting, submitting tasks with resources, waiting, cancelling."""
+"""Ray's core API for the rest of mlops: connecting, reading resources, submitting tasks, waiting, cancelling."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from runtime.compute.worker import START_NAMESPACE, TaskSpec, run_task
+from runtime.compute.entry import START_NAMESPACE, run_task
+from runtime.compute.task import TaskResult, TaskSpec
 
 _REMOTE: Any = None
 _DISTRIBUTED: set[str] = set()
@@ -75,6 +76,28 @@ def cluster_resources() -> dict[str, float]:
 
 
 STARTED_PREFIX = "started/"
+
+
+GCS_TIMEOUT_S = 5.0
+
+
+def resources_at(address: str, timeout: float = GCS_TIMEOUT_S) -> dict[str, float]:
+    """CPUs and GPUs of the alive nodes of the cluster at ``address``, read from its control store (GCS)
+    without joining it as a driver (planning need not start a Ray session)."""
+    from ray._raylet import InnerGcsClient  # type: ignore[attr-defined]
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo  # type: ignore[attr-defined]
+
+    try:
+        client = InnerGcsClient.standalone(address, None, int(timeout * 1000))
+        nodes = client.get_all_node_info(timeout=timeout)
+    except Exception as error:  # noqa: BLE001 - Ray's RPC errors: one line naming the cluster
+        raise ConnectionError(f"cannot read the resources of the Ray cluster at {address}: {error}") from None
+    totals = {"CPU": 0.0, "GPU": 0.0}
+    for node in nodes.values():
+        if node.state == GcsNodeInfo.ALIVE:
+            for key in totals:
+                totals[key] += float(node.resources_total.get(key, 0.0))
+    return totals
 
 
 def started(prefix: str, run_ids: set[str]) -> dict[str, float]:
@@ -167,12 +190,12 @@ def wait(refs: Sequence[Any], timeout: float) -> tuple[list[Any], list[Any]]:
     return ready, pending
 
 
-def results(refs: Sequence[Any]) -> list[dict[str, Any]]:
+def results(refs: Sequence[Any]) -> list[TaskResult]:
     """:func:`result` of finished tasks, fetched together."""
     import ray
 
     try:
-        values: list[dict[str, Any]] = ray.get(list(refs))
+        values: list[TaskResult] = ray.get(list(refs))
         for ref in refs:
             _DISTRIBUTED.discard(ref.hex())
         return values
@@ -180,16 +203,16 @@ def results(refs: Sequence[Any]) -> list[dict[str, Any]]:
         return [result(ref) for ref in refs]
 
 
-def result(ref: Any) -> dict[str, Any]:
-    """The task's returned dict; a task whose worker kept dying becomes a failure dict."""
+def result(ref: Any) -> TaskResult:
+    """The task's result; a task whose worker kept dying is a failed one."""
     import ray
 
     _DISTRIBUTED.discard(ref.hex())
     try:
-        value: dict[str, Any] = ray.get(ref)
+        value: TaskResult = ray.get(ref)
         return value
     except ray.exceptions.RayError as exc:
-        return {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+        return TaskResult.failed(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
 
 
 def cancel(ref: Any) -> None:

@@ -1,77 +1,36 @@
 """What runs inside a Ray task: import the user's callable, give it a RunContext, store what it made.
 
-Everything here executes in a Ray worker process. It returns a plain dict (never raises for a
-failure of the user's code) so the driver can record the log and decide about retries.
+Everything here executes in a Ray worker process. :func:`execute` returns a plain dict (never raises for
+a failure of the user's code) so the driver can record the log and decide about retries; the task's
+entry point (:mod:`runtime.compute.entry`) turns it into a :class:`~runtime.compute.task.TaskResult`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import importlib
 import io
 import logging
 import os
-import queue
 import socket
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runtime.compute.containment import contained
+from runtime.compute.task import TaskSpec
 from runtime.context import RunContext, TrainResult
 from runtime.endpoint.signature import of_training
+from runtime.errors import TaskError
 
 _HOST = socket.gethostname()
-START_NAMESPACE = "mlops"
-"""Ray key-value namespace of the tasks' start reports."""
-REPORT_AFTER_S = 1.0
-"""A task reports its start once it has run this long (the driver looks for reports after 2 s)."""
-_REPORTS: queue.SimpleQueue[tuple[str, float]] = queue.SimpleQueue()
-_RUNNING: set[str] = set()
-"""Start keys of the tasks this worker process runs now."""
-_REPORTER: threading.Thread | None = None
 _LOADED_CODE: dict[str, str] = {}
 """module name -> code hash it was imported at (a worker process is reused across applies)."""
-
-
-@dataclass
-class TaskSpec:
-    """The picklable description of one node's work."""
-
-    node_id: str
-    kind: str
-    """transform | trial | evaluate"""
-    target: str
-    """``module:function``"""
-    code_hash: str | None
-    repo_root: str
-    artifact_root: str
-    inputs: dict[str, str]
-    """Input name -> artifact URI (a file, or ``dir:`` for a directory)."""
-    params: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    gpus: float = 0.0
-    model_uri: str | None = None
-    run_id: str = ""
-    workers: int = 1
-    """More than 1: a trial trained by that many Ray Train workers (:mod:`runtime.compute.distributed`)."""
-    worker_resources: dict[str, float] = field(default_factory=dict)
-    """Ray resources of each worker of a distributed trial (``CPU``, ``GPU``, ``memory``); set on submit."""
-    chained: dict[str, int] = field(default_factory=dict)
-    """Input name -> index of the upstream task result (passed to :func:`run_task`) that provides it."""
-    started_key: str = ""
-    """Where the task reports that it started (Ray's key-value store), so the driver can tell a run from a
-    task still waiting for resources."""
-    train_schema: dict[str, str] = field(default_factory=dict)
-    """A trial's training dataset's declared ``schema`` (column -> type), for its input signature."""
 
 
 def import_callable(target: str, code_hash: str | None, repo_root: str) -> Any:
@@ -133,73 +92,8 @@ def in_store(store: Any, inputs: dict[str, Path]) -> list[Path]:
     return [path for path in inputs.values() if str(path).startswith(root)]
 
 
-def run_task(fields: dict[str, Any], *upstream: dict[str, Any]) -> dict[str, Any]:
-    """Run one transform, trial or evaluation; store its outputs; return what the driver records.
-
-    ``fields`` are the :class:`TaskSpec`'s (Ray serializes a dict of plain values faster than a dataclass).
-
-    ``upstream`` holds the results of tasks this one was chained to (Ray passes them when they finish;
-    ``spec.chained`` says which input each one is). If one of them failed, nothing runs and the result
-    is ``upstream_failed``. A trial with ``workers > 1`` is handed to
-    :func:`runtime.compute.distributed.run_distributed`, which runs :func:`execute` on every Ray Train worker.
-    """
-    spec = TaskSpec(**fields)
-    if not spec.started_key:
-        return _run_task(spec, upstream)
-    _report_start(spec.started_key)
-    try:
-        return _run_task(spec, upstream)
-    finally:
-        _RUNNING.discard(spec.started_key)
-
-
-def _run_task(spec: TaskSpec, upstream: tuple[dict[str, Any], ...]) -> dict[str, Any]:
-    """:func:`run_task` once the task has reported its start."""
-    if spec.chained:
-        for name, index in spec.chained.items():
-            parent = upstream[index]
-            if parent.get("status") != "succeeded":
-                return {"status": "upstream_failed", "error": f"input {name}: {parent.get('error', 'failed')}"}
-        spec = dataclasses.replace(spec, inputs={**spec.inputs, **{name: str(upstream[index]["artifact"])
-                                                                  for name, index in spec.chained.items()}},
-                                   chained={})
-    if spec.kind == "trial" and spec.workers > 1:
-        from runtime.compute.distributed import run_distributed
-
-        return run_distributed(spec)
-    from runtime.artifacts.store import ArtifactError
-
-    try:
-        return execute(spec)
-    except ArtifactError as error:  # an input or the model is missing or corrupt: the node fails, naming it
-        return {"status": "failed", "error": "; ".join(d.message for d in error.diagnostics), "host": _HOST,
-                "pid": os.getpid()}
-
-
 class ContainmentError(Exception):
     """The user's code changed something outside ``ctx.output_dir`` that mlops can see."""
-
-
-def _report_start(key: str) -> None:
-    """Tell the driver this task runs, once it has run for :data:`REPORT_AFTER_S` (a task that ends sooner
-    reports by ending). A thread of the worker process writes the report, off the task's path."""
-    global _REPORTER
-    if _REPORTER is None:
-        _REPORTER = threading.Thread(target=_write_reports, name="mlops-start-reports", daemon=True)
-        _REPORTER.start()
-    _RUNNING.add(key)
-    _REPORTS.put((key, time.time()))
-
-
-def _write_reports() -> None:
-    from ray.experimental import internal_kv
-
-    while True:
-        key, at = _REPORTS.get()
-        time.sleep(max(0.0, at + REPORT_AFTER_S - time.time()))
-        if key in _RUNNING:
-            with contextlib.suppress(Exception):  # best effort: without it the driver cannot tell a run from a wait
-                internal_kv._internal_kv_put(key, repr(at).encode(), namespace=START_NAMESPACE)
 
 
 def execute(spec: TaskSpec, rank: int = 0, world_size: int = 1, device: str | None = None) -> dict[str, Any]:
@@ -286,7 +180,7 @@ def _store_outputs(spec: TaskSpec, ctx: RunContext, returned: Any, store: Any) -
     if spec.kind == "transform":
         scan = scan_tree(ctx.output_dir)
         if not scan.files:
-            raise RuntimeError(f"transform {spec.target} wrote nothing into ctx.output_dir")
+            raise TaskError(f"transform {spec.target} wrote nothing into ctx.output_dir")
         return {"artifact": store.adopt_dir(ctx.output_dir, scan), "metrics": last}
     if spec.kind == "trial":
         declared = None

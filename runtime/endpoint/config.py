@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from compiler.errors import MlopsError
 from compiler.resolve import Project
 from compiler.spec import Auth
 from runtime.endpoint.contract import ApiConfig, token_hash
 from runtime.endpoint.signature import Signature
+from runtime.errors import DeployError
 from runtime.state.records import ModelVersion
 
 ALL_COLUMNS = "*"
@@ -51,7 +51,7 @@ def tokens(project: Project, name: str, auth: Auth | None) -> list[str]:
         raw = os.environ.get(auth.token_env, "")
         found = [t.strip() for t in raw.split(",") if t.strip()]
         if not found:
-            raise MlopsError.one(f"deployments.{name}: auth.token_env {auth.token_env} is not set or empty in the "
+            raise DeployError.one(f"deployments.{name}: auth.token_env {auth.token_env} is not set or empty in the "
                                  "environment of this apply; set it to the token callers send", where)
         return found
     assert auth.token_file is not None
@@ -60,10 +60,10 @@ def tokens(project: Project, name: str, auth: Auth | None) -> list[str]:
     try:
         found = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as error:
-        raise MlopsError.one(f"deployments.{name}: auth.token_file {path} cannot be read: "
+        raise DeployError.one(f"deployments.{name}: auth.token_file {path} cannot be read: "
                              f"{getattr(error, 'strerror', None) or error}", where) from None
     if not found:
-        raise MlopsError.one(f"deployments.{name}: auth.token_file {path} holds no token", where)
+        raise DeployError.one(f"deployments.{name}: auth.token_file {path} holds no token", where)
     return found
 
 

@@ -193,8 +193,7 @@ class _Mirror:
         return found
 
     def _finished_runs(self) -> list[Run]:
-        rows = self.store.query("SELECT run_id FROM runs WHERE status != 'running' ORDER BY started_at, rowid")
-        return [run for row in rows if (run := self.store.get_run(row[0])) is not None]
+        return self.store.runs_not_running()
 
     def _create_run(self, experiment_id: str, run: Run, model_file: str | None) -> str:
         from mlflow.entities import Metric, Param, RunTag
@@ -254,11 +253,10 @@ class _Mirror:
     def _model_files(self, models: dict[str, list[ModelVersion]]) -> dict[str, str]:
         """Run id -> the model file it trained: a model version's artifact, else a trial's recorded output."""
         files: dict[str, str] = {}
-        for row in self.store.query("SELECT run_id, outputs FROM node_results"
-                                    " WHERE kind = 'trial' AND run_id IS NOT NULL ORDER BY id"):
-            artifact = json.loads(row["outputs"]).get("artifact")
-            if artifact:
-                files[row["run_id"]] = str(artifact)
+        for result in self.store.trial_results():
+            artifact = result.outputs.get("artifact")
+            if artifact and result.run_id:
+                files[result.run_id] = str(artifact)
         for versions in models.values():
             for version in versions:
                 if version.run_id:

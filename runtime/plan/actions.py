@@ -18,13 +18,16 @@ Reasons are for display only; decisions are made on fingerprints and gate decisi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from compiler.change_reasons import IN_PLACE_KEYS, config_reasons, strongest
 from compiler.content_hash import canonical_json, hash_value
 from compiler.graph import Graph, Node
 from runtime.apply.gates import failed_reasons
 from runtime.state.records import GateDecision, NodeResult
+
+if TYPE_CHECKING:
+    from runtime.compute.serving import ServeView
 
 Action = Literal["create", "update", "replace", "delete", "no-op", "blocked"]
 ACTIONS: tuple[Action, ...] = ("create", "update", "replace", "delete", "no-op", "blocked")
@@ -45,6 +48,11 @@ class NodeChange:
     """The desired fingerprint (``None`` for a delete)."""
     before: str | None
     """The recorded fingerprint (``None`` when nothing is recorded)."""
+
+    @property
+    def name(self) -> str:
+        """The resource's name: ``churn`` of ``models.churn``."""
+        return self.address.split(".", 1)[1]
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.node_id, "address": self.address, "kind": self.kind, "action": self.action,
@@ -76,6 +84,12 @@ class Plan:
     spec_digest: str
     """A hash of the desired graph's fingerprints."""
     targets: list[str] = field(default_factory=list)
+    recorded: dict[str, NodeResult] = field(default_factory=dict, repr=False, compare=False)
+    """The latest recorded results the plan compared with (apply's executor and status reuse them)."""
+    gates: dict[str, GateView] = field(default_factory=dict, repr=False, compare=False)
+    """Each gate's latest decision and approvals as the plan saw them."""
+    serving: ServeView | None = field(default=None, repr=False, compare=False)
+    """What Ray Serve ran when the plan was made (:func:`runtime.plan.project.observe_serving`)."""
 
     @property
     def summary(self) -> dict[str, int]:
@@ -200,7 +214,8 @@ def make_plan(graph: Graph, recorded: dict[str, NodeResult], gates: dict[str, Ga
         resources.append(ResourceChange(address, action, reasons if action != "no-op" else [], node_changes))
     state_digest = hash_value(sorted((r.node_id, r.fingerprint) for r in recorded.values()))
     spec_digest = hash_value(sorted((n.id, n.fingerprint) for n in nodes))
-    return Plan(resources, list(changes.values()), state_digest, spec_digest, list(targets or []))
+    return Plan(resources, list(changes.values()), state_digest, spec_digest, list(targets or []), dict(recorded),
+                dict(gates))
 
 
 def _targeted(graph: Graph, targets: list[str]) -> set[str]:

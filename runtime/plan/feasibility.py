@@ -6,21 +6,24 @@ one stops. So what training, transforms and evaluations may use is the cluster's
 the deployments hold minus the largest replica of one rollout (rollouts run one at a time).
 
 On the embedded default the long-lived local cluster is sized to the spec: its logical CPUs are this
-machine's CPUs plus what the deployments hold and one rollout's extra replica (:func:`local_cluster_cpus`).
+machine's CPUs plus what the deployments hold and one rollout's extra replica
+(:func:`runtime.compute.sizing.local_cluster_cpus`).
 Serve replicas mostly wait for requests, so training keeps the machine's CPUs and serving is
 accounted on top of them, instead of a second apply waiting forever behind its own deployments.
 """
 
 from __future__ import annotations
 
-import glob
-import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
-from compiler.errors import Diagnostic, MlopsError
+from compiler.errors import Diagnostic
 from compiler.resolve import Project
+from runtime.compute import cluster, ray_backend
+from runtime.compute.connect import total_resources
+from runtime.compute.sizing import Hold, holds, local_capacity, local_cluster_cpus, serving_need
+from runtime.errors import PlanError
+from runtime.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -35,20 +38,6 @@ class Capacity:
     """Whether the realtime deployments run on these resources too."""
 
 
-@dataclass(frozen=True)
-class Hold:
-    """What one realtime deployment holds while it serves."""
-
-    address: str
-    replicas: int
-    cpus: float
-    gpus: float
-
-    def each(self, key: str) -> float:
-        """What one replica reserves of ``CPU`` or ``GPU``."""
-        return self.cpus if key == "CPU" else self.gpus
-
-
 def asks(resources: dict[str, Any]) -> str:
     """What a node asks the cluster for, in words: ``2 CPU``, ``1 CPU and 1 GPU on each of 4 workers``."""
     gpus = float(resources.get("gpus", 0) or 0)
@@ -57,52 +46,20 @@ def asks(resources: dict[str, Any]) -> str:
             + (f" on each of {workers} workers" if workers > 1 else ""))
 
 
-def local_capacity() -> dict[str, float]:
-    """CPUs and GPUs of this machine, without starting Ray or importing torch."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        gpus = len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    else:
-        gpus = len(glob.glob("/dev/nvidia[0-9]*"))
-    return {"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)}
-
-
-def holds(project: Project) -> list[Hold]:
-    """What each realtime deployment of the spec holds while it serves."""
-    return [Hold(f"deployments.{name}", max(1, d.replicas), d.resources.cpus, d.resources.gpus)
-            for name, d in project.spec.deployments.items() if d.mode == "realtime"]
-
-
-def serving_need(project: Project) -> dict[str, float]:
-    """What serving needs at its peak: every deployment's replicas plus one rollout's extra replica."""
-    held = holds(project)
-    if not held:
-        return {"CPU": 0.0, "GPU": 0.0}
-    return {"CPU": sum(h.replicas * h.cpus for h in held) + max(h.cpus for h in held),
-            "GPU": sum(h.replicas * h.gpus for h in held) + max(h.gpus for h in held)}
-
-
-def local_cluster_cpus(project: Project) -> int:
-    """The logical CPUs of the local cluster for this spec: the machine's, plus serving's peak."""
-    return math.ceil(local_capacity()["CPU"] + serving_need(project)["CPU"])
-
-
 def capacity(project: Project) -> Capacity | None:
     """What the project's cluster offers, or ``None`` when it cannot be known here (KubeRay autoscales)."""
     cluster_spec = project.spec.cluster
     if cluster_spec.provider == "kuberay":
         return None  # checked against the worker groups at compile time
     if cluster_spec.address:
-        from runtime.compute import ray_backend
-
-        ray_backend.connect(cluster_spec.address)
-        return Capacity(ray_backend.cluster_resources(), f"the Ray cluster at {cluster_spec.address}", True)
+        try:
+            total = total_resources(project)
+        except ConnectionError as error:
+            raise PlanError.one(str(error), project.position("cluster", "address"), "cluster") from None
+        return Capacity(total, f"the Ray cluster at {cluster_spec.address}", True)
     machine = local_capacity()
     if not holds(project):
         return Capacity(machine, "this machine", False)
-    from runtime.compute import cluster
-    from runtime.workspace import Workspace
-
     local = cluster.running(Workspace.of(project).state_path)
     if local is not None:
         cpus = float(local.num_cpus) if local.num_cpus is not None else machine["CPU"]
@@ -148,7 +105,7 @@ def check(project: Project, available: Capacity | None) -> None:
                 + (f" and the other deployments hold {others:g}" if others else ""),
                 project.position(hold.address, "replicas"), hold.address))
     if problems:
-        raise MlopsError(problems)
+        raise PlanError(problems)
 
 
 def _holders(held: list[Hold], key: str) -> str:
@@ -160,8 +117,6 @@ def _holders(held: list[Hold], key: str) -> str:
 
 def describe_free(project: Project) -> str:
     """What the connected cluster has free now and what the deployments hold (for a waiting task)."""
-    from runtime.compute import ray_backend
-
     try:
         free = ray_backend.available_resources()
         total = ray_backend.cluster_resources()

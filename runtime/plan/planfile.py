@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compiler.errors import MlopsError, Position
+from compiler.errors import Position
+from runtime.errors import PlanError
 from runtime.plan.actions import FORMAT_VERSION, Plan
 
 
@@ -41,13 +42,13 @@ def load(path: Path) -> SavedPlan:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise MlopsError.one(f"no such plan file: {path}", where) from None
+        raise PlanError.one(f"no such plan file: {path}", where) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MlopsError.one(f"not a saved plan: {exc}", where) from None
+        raise PlanError.one(f"not a saved plan: {exc}", where) from None
     if not isinstance(data, dict) or data.get("kind") != "mlops-plan":
-        raise MlopsError.one("not a saved plan (written by `mlops plan --out`)", where)
+        raise PlanError.one("not a saved plan (written by `mlops plan --out`)", where)
     if data.get("format_version") != FORMAT_VERSION:
-        raise MlopsError.one(f"plan format {data.get('format_version')!r} is not supported "
+        raise PlanError.one(f"plan format {data.get('format_version')!r} is not supported "
                              f"(expected {FORMAT_VERSION})", where)
     body = data["plan"]
     return SavedPlan(data["spec"], body["spec_digest"], body["state_digest"], list(body.get("targets", [])), body)
@@ -56,8 +57,8 @@ def load(path: Path) -> SavedPlan:
 def check_fresh(saved: SavedPlan, current: Plan, plan_path: Path) -> None:
     """Refuse a saved plan made against another spec or state."""
     if saved.spec_digest != current.spec_digest:
-        raise MlopsError.one("plan is stale: the spec, its code or its data changed since the plan was made; "
+        raise PlanError.one("plan is stale: the spec, its code or its data changed since the plan was made; "
                              "run `mlops plan` again", Position(str(plan_path), 1, 1))
     if saved.state_digest != current.state_digest:
-        raise MlopsError.one("plan is stale: the state changed since the plan was made (another apply ran); "
+        raise PlanError.one("plan is stale: the state changed since the plan was made (another apply ran); "
                              "run `mlops plan` again", Position(str(plan_path), 1, 1))

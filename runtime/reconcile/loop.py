@@ -27,30 +27,35 @@ Ray; a process already connected keeps its connection.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
-import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from compiler import check_policies, load_project
 from compiler.errors import Diagnostic, MlopsError
+from compiler.graph import Graph
 from compiler.resolve import Project
-from runtime.apply.operations import ApplyOutcome, apply_project, opened, plan_project
+from runtime.apply.operations import ApplyOutcome, apply_project
+from runtime.compute import connect, ray_backend
+from runtime.errors import ReconcileError
+from runtime.monitor import run as monitoring
+from runtime.monitor.results import check_errors
 from runtime.plan.actions import Plan
-from runtime.provenance import git_state
+from runtime.plan.project import plan_project
+from runtime.provenance import actor, git_state
 from runtime.reconcile import gitsync
-from runtime.reconcile.gitsync import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_REPO_BYTES
 from runtime.reconcile.metrics import Metrics
+from runtime.reconcile.source import Source, sync_branch
+from runtime.state import audit
+from runtime.state.lock import exclusive
 from runtime.state.records import MonitorResult, ReconcilerStatus
 from runtime.state.store import StateStore
+from runtime.views.status import project_status
 from runtime.workspace import Workspace
 
 logger = logging.getLogger("mlops.reconcile")
@@ -62,118 +67,6 @@ WORK_ACTIONS = ("create", "replace", "update", "delete")
 
 
 # --- where the desired state comes from ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Source:
-    """The spec on disk, or the spec at ``spec`` inside ``branch`` of the git repository ``repo``."""
-
-    spec: Path
-    repo: str | None = None
-    branch: str = "main"
-    checkout: Path | None = None
-    """Where the repository is cloned; default ``.mlops/checkouts/NAME-BRANCH-HASH`` under the current directory."""
-    fetch_timeout: float = DEFAULT_FETCH_TIMEOUT
-    """Seconds a clone or fetch may take; then the tick fails (and the loop backs off)."""
-    max_repo_bytes: int = DEFAULT_MAX_REPO_BYTES
-    """A repository larger than this (its objects, or the files at the tip) is refused."""
-
-    def checkout_dir(self) -> Path:
-        if self.checkout is not None:
-            return self.checkout.resolve()
-        url = (self.repo or "").rstrip("/")
-        name = re.sub(r"[^A-Za-z0-9._-]+", "-", url.rsplit("/", 1)[-1].removesuffix(".git"))[:40] or "repo"
-        digest = hashlib.sha256(f"{url}#{self.branch}".encode()).hexdigest()[:8]
-        branch = re.sub(r"[^A-Za-z0-9._-]+", "-", self.branch)[:40]
-        return (Path(".mlops") / "checkouts" / f"{name}-{branch}-{digest}").resolve()
-
-    def spec_path(self) -> Path:
-        return self.checkout_dir() / self.spec if self.repo else self.spec
-
-
-@dataclass(frozen=True)
-class Synced:
-    """The commit a sync checked out, and the one checked out before (``None`` the first time)."""
-
-    commit: str
-    previous: str | None = None
-    rewritten: bool = False
-    """History was rewritten: ``commit`` does not descend from ``previous`` (a force push)."""
-
-
-def sync_checkout(url: str, branch: str, checkout: Path, *, timeout: float = DEFAULT_FETCH_TIMEOUT,
-                  max_bytes: int = DEFAULT_MAX_REPO_BYTES) -> str:
-    """Fetch ``branch`` of ``url`` into the clone at ``checkout`` and hard-reset its work tree; the commit id."""
-    return sync_branch(url, branch, checkout, timeout=timeout, max_bytes=max_bytes).commit
-
-
-def sync_branch(url: str, branch: str, checkout: Path, *, timeout: float = DEFAULT_FETCH_TIMEOUT,
-                max_bytes: int = DEFAULT_MAX_REPO_BYTES, stopping: Callable[[], bool] | None = None) -> Synced:
-    """Fetch ``url`` into the clone at ``checkout`` (made the first time), pruning the branches it deleted, in
-    at most ``timeout`` seconds; refuse a repository over ``max_bytes``; then hard-reset the clone's detached
-    work tree to ``origin/BRANCH``. Untracked files (the state) are kept. ``stopping()`` true abandons the
-    fetch (:class:`runtime.reconcile.gitsync.FetchStopped`)."""
-    import pygit2
-
-    repo = _open_clone(checkout)
-    previous = None
-    if repo is not None and not repo.head_is_unborn:
-        previous = str(repo.head.target)
-    fresh = repo is None
-    if fresh:
-        checkout.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        gitsync.fetch(checkout, url, timeout=timeout, max_bytes=max_bytes, stopping=stopping)
-    except gitsync.FetchStopped:
-        if fresh:
-            shutil.rmtree(checkout, ignore_errors=True)
-        raise
-    except gitsync.FetchError as error:
-        if fresh:
-            shutil.rmtree(checkout, ignore_errors=True)
-        raise MlopsError.one(f"cannot {'clone' if fresh else 'fetch'} {url}: {error}") from None
-    repo = pygit2.Repository(str(checkout))
-    try:
-        reference = repo.references[f"refs/remotes/origin/{branch}"]
-    except KeyError:
-        if previous is None:
-            raise MlopsError.one(f"--branch {branch}: {url} has no such branch") from None
-        raise MlopsError.one(f"branch {branch} no longer exists on origin ({url}); nothing is undeployed, "
-                             f"the last synced commit {previous[:12]} stays") from None
-    commit = repo[reference.target].peel(pygit2.Commit)
-    stored = gitsync.objects_size(checkout)
-    files = gitsync.tree_size(repo, commit.tree, max_bytes) if stored <= max_bytes else 0
-    if max(stored, files) > max_bytes:
-        what = f"its objects take {gitsync.human_size(stored)}" if stored > max_bytes else \
-            f"the files of {str(commit.id)[:12]} take over {gitsync.human_size(files)}"
-        raise MlopsError.one(f"{url}: the repository is over the {gitsync.human_size(max_bytes)} cap "
-                             f"(--max-repo-size): {what}")
-    rewritten = previous is not None and previous != str(commit.id) and \
-        not (pygit2.Oid(hex=previous) in repo and repo.descendant_of(commit.id, pygit2.Oid(hex=previous)))
-    repo.set_head(commit.id)
-    repo.reset(commit.id, pygit2.enums.ResetMode.HARD)
-    return Synced(str(commit.id), previous, rewritten)
-
-
-def _open_clone(checkout: Path) -> Any:
-    """The clone at ``checkout``; ``None`` when there is none (a broken one is removed)."""
-    import pygit2
-
-    if not (checkout / ".git").exists():
-        if checkout.exists() and any(checkout.iterdir()):
-            raise MlopsError.one(f"{checkout} exists and is not a clone; remove it or pick another --checkout")
-        return None
-    try:
-        repo = pygit2.Repository(str(checkout))
-        repo.remotes["origin"]  # noqa: B018 - raises KeyError on a clone without its remote
-        return repo
-    except (pygit2.GitError, KeyError):
-        logger.warning("%s is not a usable clone; cloning again", checkout)
-        shutil.rmtree(checkout, ignore_errors=True)
-        return None
-
-
-# --- one tick -----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -315,10 +208,13 @@ class Reconciler:
         except Exception as error:  # noqa: BLE001 - a failed tick is reported and retried, never fatal
             logger.exception("tick failed")
             result.error = f"{type(error).__name__}: {error}"
-        if project is not None:
-            self._converge(project, result)
+        store = self._converge(project, result) if project is not None else None
         result.seconds = time.perf_counter() - started
-        self._record(project, result)
+        try:
+            self._record(project, result, store)
+        finally:
+            if store is not None:
+                store.close()
         return result
 
     def _stopping(self, result: TickResult, step: str) -> bool:
@@ -350,20 +246,41 @@ class Reconciler:
         if not report.ok:
             diagnostics = [Diagnostic(f"{r.policy.id} {r.message}", r.position, r.address) for r in report.errors]
             diagnostics += [d for d in report.waiver_problems if d.severity == "error"]
-            raise MlopsError(diagnostics)
+            raise ReconcileError(diagnostics)
         return project
 
-    def _converge(self, project: Project, result: TickResult) -> None:
-        """Plan, apply when there is work, then run the due monitors (also after a failed apply: they
-        watch what is live)."""
-        name = project.spec.project
+    def _converge(self, project: Project, result: TickResult) -> StateStore | None:
+        """Under the state lock and with one open store: plan, apply when there is work, run the due
+        monitors (also after a failed apply: they watch what is live), and observe sync and health.
+        Returns the store, still open, for :meth:`_record` (``None`` when it could not be opened)."""
+        workspace = Workspace.of(project)
+        try:
+            store = StateStore.open(workspace.state_path)
+        except Exception as error:  # noqa: BLE001 - reported as the tick's error; the loop goes on
+            result.error = error.render() if isinstance(error, MlopsError) else f"{type(error).__name__}: {error}"
+            return None
         try:
             self._connect(project)
-            with opened(project) as (_, store):
-                _, plan = plan_project(project, store)
-            result.plan = plan
-            if not self._stopping(result, "apply") and has_work(plan):
-                self._apply(project, result)
+            with exclusive(workspace.state_path, "reconcile", actor(project.root), timeout=self.lock_timeout):
+                self._under_lock(project, store, result)
+        except MlopsError as error:
+            result.error = result.error or error.render()
+        except Exception as error:  # noqa: BLE001
+            logger.exception("plan or apply failed")
+            result.error = result.error or f"{type(error).__name__}: {error}"
+        if result.error is None:
+            self.metrics.observe_commit(project.spec.project, result.commit, self.source.repo,
+                                        self.source.branch if self.source.repo else None)
+        return store
+
+    def _under_lock(self, project: Project, store: StateStore, result: TickResult) -> None:
+        planned: tuple[Graph, Plan] | None = None
+        try:
+            planned = plan_project(project, store)
+            result.plan = planned[1]
+            if not self._stopping(result, "apply") and has_work(planned[1]):
+                self._apply(project, store, planned, result)
+                planned = None  # the state changed: status plans again
         except MlopsError as error:
             result.error = error.render()
         except Exception as error:  # noqa: BLE001
@@ -372,29 +289,24 @@ class Reconciler:
         if self._stopping(result, "the monitors"):
             return
         try:
-            with opened(project) as (_, store):
-                self._monitor(project, store, result)
-                self._observe_state(project, store, result)
+            self._monitor(project, store, result)
+            self._observe_state(project, store, result, planned)
         except Exception as error:  # noqa: BLE001
             logger.exception("monitors failed")
             result.error = result.error or f"{type(error).__name__}: {error}"
-        if result.error is None:
-            self.metrics.observe_commit(name, result.commit, self.source.repo, self.source.branch
-                                        if self.source.repo else None)
 
-    def _apply(self, project: Project, result: TickResult) -> None:
+    def _apply(self, project: Project, store: StateStore, planned: tuple[Graph, Plan], result: TickResult) -> None:
         name = project.spec.project
         started = time.time()
         outcome = apply_project(project, parallelism=self.parallelism, lock_timeout=self.lock_timeout,
-                                progress=_log_progress, allow_dirty=True)
+                                progress=_log_progress, allow_dirty=True, store=store, planned=planned)
         result.applied = outcome
         self.metrics.observe_apply(name, outcome.seconds, outcome.result.ok)
-        with opened(project) as (_, store):
-            decisions = []
-            for gate_name, gate in project.spec.gates.items():
-                decision = store.latest_gate_decision(gate_name, gate.model)
-                if decision is not None and decision.decided_at >= started:
-                    decisions.append((gate_name, decision.status))
+        decisions = []
+        for gate_name, gate in project.spec.gates.items():
+            decision = store.latest_gate_decision(gate_name, gate.model)
+            if decision is not None and decision.decided_at >= started:
+                decisions.append((gate_name, decision.status))
         self.metrics.observe_gates(name, decisions)
         failed = {nid: o.message for nid, o in outcome.result.outcomes.items() if o.status == "failed"}
         if failed:
@@ -406,8 +318,6 @@ class Reconciler:
     def _monitor(self, project: Project, store: StateStore, result: TickResult) -> None:
         if not project.spec.monitors:
             return
-        from runtime.monitor import run as monitoring
-
         now = self.clock()
         names = monitoring.due(project, store, now)
         if not names:
@@ -419,48 +329,36 @@ class Reconciler:
         for monitor in result.monitors:
             if monitor.breached:
                 logger.warning("monitors.%s breached: %s", monitor.monitor, ", ".join(monitor.actions) or "no action")
-        errors = [line for monitor in result.monitors for line in monitoring.check_errors(monitor)]
+        errors = [line for monitor in result.monitors for line in check_errors(monitor)]
         if errors:  # a check that cannot run is the tick's error (an apply's failure, if any, is named first)
             result.error = "; ".join([*([result.error] if result.error else []), *errors])
 
-    def _observe_state(self, project: Project, store: StateStore, result: TickResult) -> None:
-        """Sync and health per resource as ``mlops status`` reports them (after an apply: what is true now)."""
-        from runtime.views.status import project_status
-
+    def _observe_state(self, project: Project, store: StateStore, result: TickResult,
+                       planned: tuple[Graph, Plan] | None) -> None:
+        """Sync and health per resource as ``mlops status`` reports them (after an apply: what is true now;
+        else from this tick's plan)."""
         if result.plan is None:
             return
-        status = project_status(project, store)
+        status = project_status(project, store, planned)
         synced = {r.address: r.sync == "Synced" for r in status.resources}
         self.metrics.observe_resources(project.spec.project, synced, {r.address: r.health for r in status.resources})
         self.metrics.observe_live_versions(project.spec.project,
                                            {d.name: d.live_version for d in store.deployments()})
 
     def _connect(self, project: Project) -> None:
-        """Join the project's Ray cluster once; a process already connected keeps its connection."""
-        if not needs_ray(project):
+        """Join the project's Ray cluster once (:mod:`runtime.compute.connect`); a process already connected
+        keeps its connection. Realtime deployments need the long-lived local cluster: it is started."""
+        if not needs_ray(project) or ray_backend.connected():
             return
-        import ray
-
-        from runtime.compute import cluster, ray_backend
-
-        if ray.is_initialized():
-            return
-        spec = project.spec
-        address = spec.cluster.address
-        if address is None:
-            state_path = Workspace.of(project).state_path
-            local = cluster.running(state_path)
-            if local is None and any(d.mode == "realtime" for d in spec.deployments.values()):
-                local = cluster.up(state_path)  # deployments must outlive this process
-            address = local.address if local is not None else None
-        ray_backend.connect(address)
-        logger.info("connected to Ray at %s", address or "an embedded local cluster")
+        choice = connect.join(project, start_local=any(d.mode == "realtime"
+                                                       for d in project.spec.deployments.values()))
+        logger.info("connected to Ray at %s", choice.where if choice else "an embedded local cluster")
         if self._trap_signals:  # ray.init replaced the SIGTERM handler with its own
             self._install_signal_handlers()
 
     # --- recording ---------------------------------------------------------------------------------
 
-    def _record(self, project: Project | None, result: TickResult) -> None:
+    def _record(self, project: Project | None, result: TickResult, store: StateStore | None) -> None:
         self.failures = self.failures + 1 if result.error else 0
         target = project or self.last_good
         label = target.spec.project if target else "unknown"
@@ -474,28 +372,27 @@ class Reconciler:
             logger.info("synced %s in %.2fs%s", result.commit[:12] if result.commit else "the work tree",
                         result.seconds, "" if result.applied else " (no changes)")
         try:
-            store = self._status_store(target)
-            if store is None:
+            own = None if store is not None else self._status_store(target)
+            writing = store or own
+            if writing is None:
                 return
             try:
                 if result.rewritten is not None:
-                    self._audit_rewrite(store, result.rewritten)
-                previous = store.reconciler_status()
+                    self._audit_rewrite(writing, result.rewritten)
+                previous = writing.reconciler_status()
                 synced = result.error is None and not result.stopped
-                store.set_reconciler_status(ReconcilerStatus(
+                writing.set_reconciler_status(ReconcilerStatus(
                     commit=result.commit if synced else previous.commit,
                     synced_at=now if synced else previous.synced_at,
                     tick_at=now, error=result.error,
                     errors=previous.errors + 1 if result.error else 0))
             finally:
-                store.close()
+                if own is not None:
+                    own.close()
         except Exception:  # noqa: BLE001 - a status that cannot be written must not end the loop
             logger.exception("could not record the reconciler status")
 
     def _audit_rewrite(self, store: StateStore, rewritten: tuple[str, str]) -> None:
-        from runtime.provenance import actor
-        from runtime.state import audit
-
         old, new = rewritten
         audit.append(store, actor(self.source.checkout_dir()), HISTORY_REWRITTEN,
                      {"repo": self.source.repo, "branch": self.source.branch, "from": old, "to": new}, new)

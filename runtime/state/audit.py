@@ -31,17 +31,21 @@ import sqlite3
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compiler.content_hash import canonical_json
 from runtime.state import anchor
+from runtime.state.access import StateError, StoreAccess
 from runtime.state.records import AuditRecord
-from runtime.state.store import StateError, StateStore
+from runtime.state.rows import audit_record_of
+
+if TYPE_CHECKING:
+    from runtime.state.store import StateStore
 
 TRIGGERS = ("audit_no_update", "audit_no_delete")
 
 
-def head_path(store: StateStore) -> Path:
+def head_path(store: StoreAccess) -> Path:
     """The sidecar file that anchors the head of the log: ``<state file>.audit-head``."""
     return anchor.sidecar_path(store.path)
 
@@ -53,7 +57,7 @@ def record_hash(record: AuditRecord) -> str:
     return hashlib.sha256((record.prev_hash + canonical_json(body)).encode()).hexdigest()
 
 
-def append(store: StateStore, actor: str, action: str, payload: dict[str, Any], commit: str | None = None,
+def append(store: StoreAccess, actor: str, action: str, payload: dict[str, Any], commit: str | None = None,
            at: float | None = None) -> AuditRecord:
     """Append one record (atomically; inside the caller's transaction when there is one) and return it."""
     normal_payload = json.loads(canonical_json(payload))  # what reading it back will give, so the hash holds
@@ -93,22 +97,29 @@ def rollout_failed(store: StateStore, actor: str, deployment: str, model: str, v
 def of_actions(store: StateStore, actions: list[str]) -> list[AuditRecord]:
     """The records of these actions, oldest first."""
     marks = ",".join("?" * len(actions))
-    return [_record(row) for row in store.query(f"SELECT * FROM audit WHERE action IN ({marks}) ORDER BY seq",
-                                                tuple(actions))] if actions else []
+    if not actions:
+        return []
+    rows = store._rows(f"SELECT * FROM audit WHERE action IN ({marks}) ORDER BY seq", tuple(actions))
+    return [audit_record_of(row) for row in rows]
 
 
 def log(store: StateStore, limit: int | None = None) -> list[AuditRecord]:
     """The records in order (oldest first); with ``limit``, only the newest ``limit`` of them."""
     if limit is None:
-        rows = store.query("SELECT * FROM audit ORDER BY seq")
+        rows = store._rows("SELECT * FROM audit ORDER BY seq")
     else:
-        rows = store.query("SELECT * FROM (SELECT * FROM audit ORDER BY seq DESC LIMIT ?) ORDER BY seq", (limit,))
-    return [_record(row) for row in rows]
+        rows = store._rows("SELECT * FROM (SELECT * FROM audit ORDER BY seq DESC LIMIT ?) ORDER BY seq", (limit,))
+    return [audit_record_of(row) for row in rows]
+
+
+def record_count(store: StateStore) -> int:
+    """How many records the log holds (what is there, not what its head anchors)."""
+    return int(store._rows("SELECT COUNT(*) FROM audit")[0][0])
 
 
 def head(store: StateStore) -> tuple[int, str]:
     """The anchored head: (number of records, hash of the last one)."""
-    rows = store.query("SELECT count, hash FROM audit_head WHERE id = 1")
+    rows = store._rows("SELECT count, hash FROM audit_head WHERE id = 1")
     if not rows:
         raise StateError.of(f"{store.path}: its audit_head row is missing")
     count, last = rows[0]
@@ -121,7 +132,7 @@ def verify(store: StateStore) -> list[str]:
     First SQLite's ``PRAGMA quick_check``: a corrupt database is one problem, and nothing else is read.
     """
     try:
-        checked = [str(row[0]) for row in store.query("PRAGMA quick_check")]
+        checked = [str(row[0]) for row in store._rows("PRAGMA quick_check")]
     except sqlite3.DatabaseError as exc:
         checked = [str(exc)]
     if checked != ["ok"]:
@@ -137,7 +148,7 @@ def _verify(store: StateStore) -> list[str]:
     problems: list[str] = []
     hashes: dict[int, str] = {}
     expected_seq, prev_hash = 1, ""
-    for row in store.query("SELECT * FROM audit ORDER BY seq"):
+    for row in store._rows("SELECT * FROM audit ORDER BY seq"):
         seq = row["seq"]
         if seq != expected_seq:
             missing = f"record {expected_seq}" if seq == expected_seq + 1 else f"records {expected_seq}-{seq - 1}"
@@ -146,7 +157,7 @@ def _verify(store: StateStore) -> list[str]:
             problems.append(f"record {seq}: does not follow the record before it (a record was deleted, inserted "
                             "or reordered)")
         try:
-            record = _record(row)
+            record = audit_record_of(row)
         except ValueError:
             problems.append(f"record {seq}: edited (its payload is not valid JSON)")
         else:
@@ -163,7 +174,7 @@ def _verify(store: StateStore) -> list[str]:
         problems.append("the audit head in the database does not match the end of the log: the log was rewritten")
     lineage, serial, _ = store.identity()
     problems.extend(_check_sidecar(head_path(store), hashes, lineage, serial))
-    present = {row[0] for row in store.query(
+    present = {row[0] for row in store._rows(
         "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit'")}
     problems.extend(f"the append-only trigger {name} was dropped" for name in TRIGGERS if name not in present)
     problems.extend(f"the approval of models.{a.model} version {a.version} at gates.{a.gate} by {a.approver} has no "
@@ -196,12 +207,12 @@ def _check_sidecar(path: Path, hashes: dict[int, str], lineage: str, serial: int
     return []
 
 
-def _publish_head(store: StateStore) -> None:
+def _publish_head(store: StoreAccess) -> None:
     """Make the log durable, then anchor its head, lineage and serial in the sidecar (unless it disagrees).
 
     What is anchored is read first, then synced: everything the sidecar names is durable before it does.
     """
-    lineage, serial, count, last = store.query(
+    lineage, serial, count, last = store._rows(
         "SELECT m.lineage, m.serial, h.count, h.hash FROM state_meta m, audit_head h WHERE m.id = 1 AND h.id = 1")[0]
     store.sync()
     path = head_path(store)
@@ -209,7 +220,7 @@ def _publish_head(store: StateStore) -> None:
     if isinstance(current, anchor.Anchor):
         if current.lineage is not None and current.lineage != lineage:
             return  # keep the evidence for verify
-        rows = store.query("SELECT hash FROM audit WHERE seq = ?", (current.count,))
+        rows = store._rows("SELECT hash FROM audit WHERE seq = ?", (current.count,))
         if current.count > count or (current.count and (not rows or rows[0][0] != current.hash)):
             return  # keep the evidence for verify
         if current.count >= count and (current.serial or 0) >= serial:
@@ -260,9 +271,3 @@ def _write_atomically(path: Path, text: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def _record(row: sqlite3.Row) -> AuditRecord:
-    return AuditRecord(seq=row["seq"], at=row["at"], actor=row["actor"], action=row["action"],
-                       commit=row["git_commit"], payload=json.loads(row["payload"]), prev_hash=row["prev_hash"],
-                       hash=row["hash"])

@@ -28,6 +28,8 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,6 +130,32 @@ def acquire(state_path: Path | str, operation: str, who: str | None = None, time
     return StateLock(path, fd, info)
 
 
+_HELD: dict[Path, StateLock] = {}
+"""The locks this process holds through :func:`exclusive`, by lock file."""
+
+
+@contextmanager
+def exclusive(state_path: Path | str, operation: str, who: str | None = None,
+              timeout: float = 0.0) -> Iterator[StateLock]:
+    """Hold the state lock for one mutating verb (apply, rollback, approve, monitors that act, a reconcile tick).
+
+    The lock policy: every verb that writes takes the lock here, in the library, never in the CLI. A verb
+    run inside another's hold in this process (a monitor's rollback, the reconciler's apply) reuses that
+    hold instead of refusing itself; another process waits ``timeout`` seconds or gets :class:`LockHeld`.
+    """
+    path = lock_path(state_path).resolve()
+    held = _HELD.get(path)
+    if held is not None and held.held:
+        yield held
+        return
+    with acquire(state_path, operation, who, timeout) as taken:
+        _HELD[path] = taken
+        try:
+            yield taken
+        finally:
+            _HELD.pop(path, None)
+
+
 def read_info(state_path: Path | str) -> LockInfo | None:
     """The holder information in the lock file (possibly stale: see :func:`holder`); ``None`` if there is none."""
     path = lock_path(state_path)
@@ -216,3 +244,9 @@ def _held_message(info: LockInfo | None, path: Path) -> str:
                  "finish, or retry with --lock-timeout to wait for it. A lock is released when its holder exits, "
                  "even when it is killed.")
     return "\n".join(lines)
+
+
+def held_here(state_path: Path | str) -> bool:
+    """Whether this process holds the state's lock through :func:`exclusive`."""
+    held = _HELD.get(lock_path(state_path).resolve())
+    return held is not None and held.held

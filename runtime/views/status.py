@@ -25,15 +25,15 @@ from compiler.graph import Graph
 from compiler.resolve import Project
 from runtime.apply.gates import failed_reasons
 from runtime.artifacts.hashing import CachedHasher
+from runtime.compute.serving import Reach, ServeView
+from runtime.plan.actions import Plan
 from runtime.plan.feasibility import asks
+from runtime.plan.project import gate_views, observe_serving, plan_project
 from runtime.state.records import ReconcilerStatus
 from runtime.state.store import StateStore
-from runtime.workspace import Workspace
 
 Sync = Literal["Synced", "OutOfSync", "Unknown"]
-Serve = Literal["reachable", "down", "unreachable", "unused"]
-"""Ray Serve, seen from here: connected; the local cluster is not running; ``cluster.address`` cannot be reached;
-no realtime deployment to ask about."""
+Serve = Reach
 Health = Literal["Healthy", "Progressing", "Degraded", "Missing"]
 SECTIONS = ("datasets", "models", "gates", "deployments", "monitors")
 
@@ -80,19 +80,21 @@ class ProjectStatus:
                                "history_rewritten": self.history_rewritten}}
 
 
-def project_status(project: Project, store: StateStore) -> ProjectStatus:
-    """Sync and health of every resource in the spec (and of recorded ones the spec no longer has)."""
-    from runtime.apply.operations import plan_project
+def project_status(project: Project, store: StateStore, planned: tuple[Graph, Plan] | None = None) -> ProjectStatus:
+    """Sync and health of every resource in the spec (and of recorded ones the spec no longer has).
 
+    ``planned``: a plan just made with ``store`` (the reconciler's tick), reused with what it read.
+    """
     plan_error = None
+    plan: Plan | None = None
     try:
-        graph, plan = plan_project(project, store)
+        graph, plan = planned or plan_project(project, store)
         changes = {c.address: c for c in plan.resource_changes}
     except MlopsError as error:
         plan_error = "; ".join(d.message for d in error.diagnostics)
         graph, changes = build_graph(project, data_hasher=CachedHasher(store)), {}
-    serve = serve_state(project)
-    health = _Health(project, store, graph, serve)
+    view = plan.serving if plan is not None and plan.serving is not None else _serve_view(project)
+    health = _Health(project, store, graph, view, plan)
     addresses = [f"{section}.{name}" for section in SECTIONS for name in getattr(project.spec, section)]
     addresses += [a for a in changes if a not in addresses]
     resources = []
@@ -105,7 +107,7 @@ def project_status(project: Project, store: StateStore) -> ProjectStatus:
         if change is not None and change.action == "delete":
             detail = "not in the spec; apply deletes it"
         resources.append(ResourceStatus(address, sync, state, detail, reasons))
-    return ProjectStatus(project.spec.project, resources, store.reconciler_status(), serve, plan_error,
+    return ProjectStatus(project.spec.project, resources, store.reconciler_status(), view.reach, plan_error,
                          _last_rewrite(store))
 
 
@@ -120,29 +122,20 @@ def _last_rewrite(store: StateStore) -> dict[str, Any] | None:
             "to": last.payload.get("to")}
 
 
-def serve_state(project: Project) -> Serve:
-    """Whether this process is (or can get) connected to the cluster that hosts Ray Serve."""
-    if not any(d.mode == "realtime" for d in project.spec.deployments.values()):
-        return "unused"
-    from runtime.apply.operations import _serve_reachable
-    from runtime.compute import cluster
-
-    workspace = Workspace.of(project)
+def _serve_view(project: Project) -> ServeView:
+    """Ray Serve seen from here when no plan could be made (an unreachable cluster: ``unreachable``)."""
     try:
-        if _serve_reachable(project, workspace, cluster.running(workspace.state_path)):
-            return "reachable"
+        return observe_serving(project)
     except Exception:  # noqa: BLE001 - an unreachable cluster only means health comes from the state
-        return "unreachable"
-    return "down"  # no cluster.address and no local cluster running: nothing serves
+        return ServeView("unreachable")
 
 
 class _Health:
-    def __init__(self, project: Project, store: StateStore, graph: Graph, serve: Serve) -> None:
-        from runtime.apply.operations import gate_views
-
-        self.project, self.store, self.graph, self.serve = project, store, graph, serve
-        self.results = store.latest_results()
-        self.gates = gate_views(project, graph, store)
+    def __init__(self, project: Project, store: StateStore, graph: Graph, view: ServeView, plan: Plan | None) -> None:
+        self.project, self.store, self.graph, self.view = project, store, graph, view
+        self.serve: Serve = view.reach
+        self.results = plan.recorded if plan is not None else store.latest_results()
+        self.gates = plan.gates if plan is not None else gate_views(project, graph, store, self.results)
 
     def of(self, address: str) -> tuple[Health, str]:
         section, name = address.split(".", 1)
@@ -203,13 +196,10 @@ class _Health:
         state = self.store.get_deployment(name)
         where = "" if spec is None or spec.mode == "batch" else " (Ray Serve not reachable; from the state)"
         if spec is not None and spec.mode == "realtime" and self.serve == "reachable":
-            from runtime.compute import serving
-
-            try:
-                health, detail = _served(serving.live(name), state)
-            except Exception as exc:  # noqa: BLE001 - a Serve that does not answer: fall back to the state
-                where = f" (Ray Serve did not answer: {(str(exc).splitlines() or [type(exc).__name__])[0]})"
+            if self.view.snapshot is None:  # a Serve that did not answer: fall back to the state
+                where = f" (Ray Serve did not answer: {self.view.error})"
             else:
+                health, detail = _served(self.view.snapshot.live.get(name), state)
                 return health, detail + self._url(name, health)
         if state is None or (state.live_version is None and not state.status.startswith("Degraded")):
             return "Missing", "never deployed"

@@ -10,6 +10,7 @@ from compiler.errors import MlopsError
 from compiler.spec import duration_seconds
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import project_or_fail
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 from runtime.cli.plan_render import render_outcomes, render_plan
 from runtime.cli.progress import NodeProgress
@@ -28,7 +29,7 @@ from runtime.cli.progress import NodeProgress
 def apply_command(app: Application, plan_file: str | None, parallelism: int, targets: tuple[str, ...],
                   lock_timeout: str, allow_dirty: bool, resource_timeout: str) -> None:
     """Make the live state match the spec."""
-    from runtime.apply.operations import apply_project
+    from runtime import apply_project
 
     project = project_or_fail(app)
     try:
@@ -55,4 +56,4 @@ def apply_command(app: Application, plan_file: str | None, parallelism: int, tar
     else:
         render_plan(app.out, outcome.plan)
         render_outcomes(app.out, outcome.result, outcome.seconds)
-    app.exit(0 if outcome.result.ok else 1)
+    app.exit(ExitCode.OK if outcome.result.ok else ExitCode.FAILED)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import click
 
 from compiler.errors import MlopsError
+from compiler.spec import duration_seconds
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import project_or_fail
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 
 
@@ -14,16 +16,22 @@ from runtime.cli.options import global_options
 @click.argument("gate")
 @click.option("--version", "version", required=True, type=click.IntRange(1), help="The model version approved.")
 @click.option("--by", "by", default=None, help="The approver (default: git's user.email).")
+@click.option("--lock-timeout", default="30s", show_default=True,
+              help="Wait this long for an apply or a reconcile tick holding the state lock.")
 @global_options
 @pass_app
-def approve_command(app: Application, gate: str, version: int, by: str | None) -> None:
+def approve_command(app: Application, gate: str, version: int, by: str | None, lock_timeout: str) -> None:
     """Approve a model version at a gate."""
-    from runtime.apply.operations import approve
+    from runtime import approve
 
     project = project_or_fail(app)
     name = gate.removeprefix("gates.")
     try:
-        outcome = approve(project, name, version, by)
+        timeout = float(duration_seconds(lock_timeout))
+    except ValueError as error:
+        app.fail(MlopsError.one(f"--lock-timeout: {error}"))
+    try:
+        outcome = approve(project, name, version, by, lock_timeout=timeout)
     except MlopsError as error:
         app.fail(error)
     approval = outcome.approval
@@ -34,8 +42,8 @@ def approve_command(app: Application, gate: str, version: int, by: str | None) -
     elif outcome.new:
         app.print(f"Approved models.{approval.model} version {version} at gates.{name} as {approval.approver}.")
     else:
-        from runtime.views.inspect import when
+        from runtime.views.format import when
 
         app.print(f"models.{approval.model} version {version} was already approved at gates.{name} by "
                   f"{approval.approver} ({when(approval.approved_at)}); nothing recorded.")
-    app.exit(0)
+    app.exit(ExitCode.OK)

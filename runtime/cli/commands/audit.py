@@ -14,6 +14,7 @@ from compiler.errors import Diagnostic, MlopsError
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import project_or_fail
 from runtime.cli.commands.runs import print_wide
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 
 
@@ -29,27 +30,28 @@ def audit_group() -> None:
 @pass_app
 def log_command(app: Application, limit: int | None) -> None:
     """The audit records, oldest first."""
-    from runtime.apply.operations import opened
-    from runtime.views import inspect
+    from runtime import opened
+    from runtime.views.audit import audit_log
+    from runtime.views.format import short, when
 
     project = project_or_fail(app)
     try:
         with opened(project) as (_, store):
-            records = inspect.audit_log(store, limit)
+            records = audit_log(store, limit)
     except MlopsError as error:
         app.fail(error)
     if app.json_output:
         app.emit_json({"records": [asdict(r) for r in records]})
-        app.exit(0)
+        app.exit(ExitCode.OK)
     if not records:
         app.print("The audit trail is empty.")
-        app.exit(0)
+        app.exit(ExitCode.OK)
     table = Table("SEQ", "AT", "ACTOR", "ACTION", "COMMIT", "WHAT", box=None, header_style="bold")
     for record in records:
-        table.add_row(*map(Text, (str(record.seq), inspect.when(record.at), record.actor, record.action,
-                                  inspect.short(record.commit, 7), _summary(record.action, record.payload))))
+        table.add_row(*map(Text, (str(record.seq), when(record.at), record.actor, record.action,
+                                  short(record.commit, 7), _summary(record.action, record.payload))))
     print_wide(app, table)
-    app.exit(0)
+    app.exit(ExitCode.OK)
 
 
 def _summary(action: str, payload: dict[str, Any]) -> str:
@@ -76,9 +78,9 @@ def _summary(action: str, payload: dict[str, Any]) -> str:
 @pass_app
 def verify_command(app: Application) -> None:
     """Check the hash chain; exit 1 with one line per problem when a record was edited or deleted."""
-    from runtime.apply.operations import opened
+    from runtime import opened
     from runtime.state.anchor import refusal_before_open
-    from runtime.views import inspect
+    from runtime.views.audit import verify_audit
     from runtime.workspace import Workspace
 
     project = project_or_fail(app)
@@ -86,13 +88,13 @@ def verify_command(app: Application) -> None:
         if (emptied := refusal_before_open(Workspace.of(project).state_path)) is not None:
             raise MlopsError.one(emptied)
         with opened(project, check=False) as (_, store):  # report what is wrong with the state, never refuse it
-            check = inspect.verify_audit(store)
+            check = verify_audit(store)
     except MlopsError as error:
         app.fail(error)
     if app.json_output:
         app.emit_json(check.to_json())
     if not check.ok:
         app.diagnostics([Diagnostic(problem, address="audit") for problem in check.problems])
-        app.exit(1)
+        app.exit(ExitCode.FAILED)
     app.print(f"audit trail intact: {check.records} records")
-    app.exit(0)
+    app.exit(ExitCode.OK)

@@ -12,6 +12,7 @@ from compiler.errors import MlopsError
 from compiler.policy.render import render_text
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import policies_or_fail, project_or_fail
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options, policies_option
 
 
@@ -31,7 +32,7 @@ def compile_command(app: Application, out_dir: str, policy_dirs: tuple[str, ...]
 
             app.emit_json({"ok": False, "policy": to_json(report)})
         app.err.print(render_text(report).rstrip("\n"), markup=False)
-        app.exit(1)
+        app.exit(ExitCode.FAILED)
     try:
         graph = build_graph(project)
         outputs = emit(project, report, graph, Path(out_dir))
@@ -43,4 +44,4 @@ def compile_command(app: Application, out_dir: str, policy_dirs: tuple[str, ...]
     else:
         for path in written:
             app.print(f"wrote {path}")
-    app.exit(0)
+    app.exit(ExitCode.OK)

@@ -11,6 +11,7 @@ import click
 
 from compiler.diff import Diff, PolicyChange, ResourceDiff
 from runtime.cli.app import Application, pass_app
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options, policies_option
 
 SYMBOLS = {"added": "+", "changed": "~", "removed": "-"}
@@ -173,4 +174,4 @@ def diff_command(app: Application, base: str, head: str | None, fmt: str | None,
         app.err.print(f"wrote {output}", markup=False)
     else:
         app.write(text)
-    app.exit(2 if detailed_exitcode and result.has_changes else 0)
+    app.exit(ExitCode.CHANGES if detailed_exitcode and result.has_changes else ExitCode.OK)

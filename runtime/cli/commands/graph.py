@@ -9,6 +9,7 @@ from compiler.errors import MlopsError
 from compiler.graph_render import RENDERERS
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import project_or_fail
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 
 
@@ -25,4 +26,4 @@ def graph_command(app: Application, fmt: str | None) -> None:
     except MlopsError as error:
         app.fail(error)
     app.write(RENDERERS[fmt or ("json" if app.json_output else "mermaid")](graph))
-    app.exit(0)
+    app.exit(ExitCode.OK)

@@ -9,6 +9,7 @@ import click
 from compiler.errors import MlopsError
 from compiler.starter import create_starter
 from runtime.cli.app import Application, pass_app
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 
 
@@ -30,4 +31,4 @@ def init_command(app: Application, directory: str, name: str | None) -> None:
             app.print(f"created {path}")
         app.print(f"\nnext: cd {directory} && mlops validate && mlops plan "
                   "(README.md: apply, then ask the API)")
-    app.exit(0)
+    app.exit(ExitCode.OK)

@@ -12,10 +12,11 @@ from compiler.errors import MlopsError
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import project_or_fail
 from runtime.cli.commands.runs import print_wide
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 
 if TYPE_CHECKING:
-    from runtime.views.inspect import DataLineage, DatasetLineage, ModelLineage
+    from runtime.views.lineage import DataLineage, DatasetLineage, ModelLineage
 
 
 @click.command("lineage")
@@ -27,25 +28,25 @@ def lineage_command(app: Application, target: str) -> None:
 
     ADDR is models.NAME[@VERSION] (the newest version without @) or datasets.NAME[@SNAPSHOT].
     """
-    from runtime.apply.operations import opened
-    from runtime.views import inspect
+    from runtime import opened
+    from runtime.views.lineage import ModelLineage, lineage
 
     project = project_or_fail(app)
     try:
         with opened(project) as (_, store):
-            found = inspect.lineage(project, store, target)
+            found = lineage(project, store, target)
     except MlopsError as error:
         app.fail(error)
     if app.json_output:
         app.emit_json(found.to_json())
     else:
-        tree = _model_tree(found) if isinstance(found, inspect.ModelLineage) else _dataset_tree(found)
+        tree = _model_tree(found) if isinstance(found, ModelLineage) else _dataset_tree(found)
         print_wide(app, tree)
-    app.exit(0)
+    app.exit(ExitCode.OK)
 
 
 def _model_tree(found: ModelLineage) -> Tree:
-    from runtime.views import inspect
+    from runtime.views.format import key_metrics, number
 
     v = found.version
     tree = Tree(Text.assemble((f"{found.address}@{v.version}", "bold"), f"  {v.status}",
@@ -55,8 +56,8 @@ def _model_tree(found: ModelLineage) -> Tree:
                   f"run {v.run_id or '-'} (not recorded)"))
     params = tree.add("params")
     for key, value in sorted(v.params.items()):
-        params.add(Text(f"{key} = {inspect.number(value)}"))
-    tree.add(Text(f"metrics  {inspect.key_metrics(v.metrics, most=8)}"))
+        params.add(Text(f"{key} = {number(value)}"))
+    tree.add(Text(f"metrics  {key_metrics(v.metrics, most=8)}"))
     tree.add(Text(f"code hash  {v.code_hash or '-'}"))
     tree.add(Text(f"git commit  {v.git_commit or '-'}"))
     tree.add(Text(f"artifact  {v.artifact_uri}"))
@@ -68,18 +69,18 @@ def _model_tree(found: ModelLineage) -> Tree:
 
 
 def _data_node(parent: Tree, item: DataLineage) -> None:
-    from runtime.views import inspect
+    from runtime.views.format import when
 
     made = f"  (transform run {item.run_id})" if item.run_id else ""
     branch = parent.add(Text.assemble((item.address, "bold"), f"  {item.content_hash or 'unknown content'}",
-                                      (f"  {inspect.when(item.created_at)}" if item.created_at else "", "dim"),
+                                      (f"  {when(item.created_at)}" if item.created_at else "", "dim"),
                                       (made, "dim")))
     for upstream in item.upstream:
         _data_node(branch, upstream)
 
 
 def _dataset_tree(found: DatasetLineage) -> Tree:
-    from runtime.views import inspect
+    from runtime.views.format import when
 
     kind = f"source: {found.source}" if found.source else f"derived: {found.transform}" if found.transform else ""
     tree = Tree(Text.assemble((found.address, "bold"), f"  {kind}" if kind else ""))
@@ -90,7 +91,7 @@ def _dataset_tree(found: DatasetLineage) -> Tree:
         item = snapshot.lineage
         used = f"  used by {', '.join(snapshot.used_by)}" if snapshot.used_by else ""
         branch = snapshots.add(Text.assemble((f"#{snapshot.number}", "bold"), f"  {item.content_hash or '-'}",
-                                             (f"  {inspect.when(item.created_at)}", "dim"), used))
+                                             (f"  {when(item.created_at)}", "dim"), used))
         if item.run_id:
             branch.add(Text(f"transform run {item.run_id}"))
         for upstream in item.upstream:

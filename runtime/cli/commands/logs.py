@@ -7,6 +7,7 @@ import click
 from compiler.errors import MlopsError
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import project_or_fail
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 
 
@@ -22,7 +23,7 @@ def logs_command(app: Application, deployment: str, request_id: str | None, limi
 
     from compiler.suggest import did_you_mean
     from runtime.monitor.inference_log import error_dir, read_errors
-    from runtime.views.inspect import when
+    from runtime.views.format import when
     from runtime.workspace import Workspace
 
     project = project_or_fail(app)
@@ -35,12 +36,12 @@ def logs_command(app: Application, deployment: str, request_id: str | None, limi
         app.fail(MlopsError.one(f"deployments.{name} logged no failure of request {request_id}"))
     if app.json_output:
         app.emit_json({"deployment": f"deployments.{name}", "failures": [asdict(r) for r in records]})
-        app.exit(0)
+        app.exit(ExitCode.OK)
     if not records:
         app.print(f"deployments.{name}: the model's code failed on no request.")
-        app.exit(0)
+        app.exit(ExitCode.OK)
     for record in records:
         app.print(f"{when(record.at)}  version {record.version}  request {record.request_id}  {record.error}")
         if request_id is not None or len(records) == 1:
             app.print(record.traceback.rstrip())
-    app.exit(0)
+    app.exit(ExitCode.OK)

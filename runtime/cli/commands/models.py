@@ -13,10 +13,11 @@ from compiler.errors import MlopsError
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import project_or_fail
 from runtime.cli.commands.runs import print_wide
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 
 if TYPE_CHECKING:
-    from runtime.views.inspect import VersionDetail
+    from runtime.views.models import VersionDetail
 
 STATUS_STYLE = {"candidate": "yellow", "approved": "green", "rejected": "red", "passed": "green", "failed": "red",
                 "awaiting_approval": "yellow"}
@@ -33,21 +34,22 @@ def models_group() -> None:
 @pass_app
 def list_command(app: Application) -> None:
     """Every model: its versions, the newest one and where it is deployed."""
-    from runtime.apply.operations import opened
-    from runtime.views import inspect
+    from runtime import opened
+    from runtime.views.format import key_metrics
+    from runtime.views.models import list_models
 
     project = project_or_fail(app)
     try:
         with opened(project) as (_, store):
-            models = inspect.list_models(project, store)
+            models = list_models(project, store)
     except MlopsError as error:
         app.fail(error)
     if app.json_output:
         app.emit_json({"models": [m.to_json() for m in models]})
-        app.exit(0)
+        app.exit(ExitCode.OK)
     if not models:
         app.print("No models in the spec or the state.")
-        app.exit(0)
+        app.exit(ExitCode.OK)
     table = Table("MODEL", "VERSIONS", "NEWEST", "STATUS", "METRICS", "DEPLOYMENTS", box=None, header_style="bold")
     for model in models:
         newest = model.newest
@@ -56,9 +58,9 @@ def list_command(app: Application) -> None:
         name = f"models.{model.name}" + ("" if model.in_spec else " (not in spec)")
         table.add_row(Text(name), str(model.versions), str(newest.version) if newest else "-",
                       Text(newest.status, STATUS_STYLE.get(newest.status, "")) if newest else "-",
-                      Text(inspect.key_metrics(newest.metrics) if newest else "-"), Text(deployed))
+                      Text(key_metrics(newest.metrics) if newest else "-"), Text(deployed))
     print_wide(app, table)
-    app.exit(0)
+    app.exit(ExitCode.OK)
 
 
 @models_group.command("show")
@@ -68,35 +70,36 @@ def list_command(app: Application) -> None:
 @pass_app
 def show_command(app: Application, name: str, version: int | None) -> None:
     """A model's versions with status and reason, metrics, params, gate decisions and approvals."""
-    from runtime.apply.operations import opened
-    from runtime.views import inspect
+    from runtime import opened
+    from runtime.views.format import key_metrics, number, when
+    from runtime.views.models import show_model
 
     project = project_or_fail(app)
     try:
         with opened(project) as (_, store):
-            detail = inspect.show_model(project, store, name, version)
+            detail = show_model(project, store, name, version)
     except MlopsError as error:
         app.fail(error)
     if app.json_output:
         app.emit_json(detail.to_json())
-        app.exit(0)
+        app.exit(ExitCode.OK)
     if not detail.versions:
         app.print(f"models.{detail.name} has no versions yet.")
-        app.exit(0)
+        app.exit(ExitCode.OK)
     table = Table("VERSION", "STATUS", "CREATED", "METRICS", "PARAMS", "RUN", "DEPLOYED", box=None,
                   header_style="bold", title=f"models.{detail.name}", title_justify="left", title_style="bold")
     for item in detail.versions:
         v = item.version
         deployed = [f"{d} (desired)" for d in item.desired_in if d not in item.live_in] + \
                    [f"{d} (live)" for d in item.live_in]
-        params = " ".join(f"{k}={inspect.number(p)}" for k, p in sorted(v.params.items())) or "-"
-        table.add_row(str(v.version), Text(v.status, STATUS_STYLE.get(v.status, "")), inspect.when(v.created_at),
-                      *map(Text, (inspect.key_metrics(v.metrics, most=4), params, v.run_id or "-",
+        params = " ".join(f"{k}={number(p)}" for k, p in sorted(v.params.items())) or "-"
+        table.add_row(str(v.version), Text(v.status, STATUS_STYLE.get(v.status, "")), when(v.created_at),
+                      *map(Text, (key_metrics(v.metrics, most=4), params, v.run_id or "-",
                                   ", ".join(deployed) or "-")))
     print_wide(app, table)
     for item in detail.versions:
         _render_version(app.out, item)
-    app.exit(0)
+    app.exit(ExitCode.OK)
 
 
 def signature_line(record: dict[str, Any] | None) -> str:
@@ -111,24 +114,24 @@ def signature_line(record: dict[str, Any] | None) -> str:
 
 
 def _render_version(out: Console, item: VersionDetail) -> None:
-    from runtime.views import inspect
+    from runtime.views.format import short, when
 
     v = item.version
     out.print()
     out.print(Text.assemble((f"version {v.version}", "bold"), "  ", (v.status, STATUS_STYLE.get(v.status, "")),
                             f": {v.reason}" if v.reason else ""))
-    out.print(Text(f"  artifact {v.artifact_uri}  code {inspect.short(v.code_hash)}  "
-                   f"commit {inspect.short(v.git_commit, 7)}"))
+    out.print(Text(f"  artifact {v.artifact_uri}  code {short(v.code_hash)}  "
+                   f"commit {short(v.git_commit, 7)}"))
     out.print(Text(f"  {signature_line(v.signature)}"))
     for decision in item.decisions:
         out.print(Text.assemble(f"  gates.{decision.gate}: ",
                                 (decision.status, STATUS_STYLE.get(decision.status, "")),
-                                f"  ({inspect.when(decision.decided_at)})"))
+                                f"  ({when(decision.decided_at)})"))
         for check in decision.checks:
             mark, style = ("✓", "green") if check.get("passed") else ("✗", "red")
             out.print(Text(f"    {mark} {check.get('reason', '')}", style))
     for approval in item.approvals:
         out.print(Text(f"  approved at gates.{approval.gate} by {approval.approver} "
-                       f"({inspect.when(approval.approved_at)})"))
+                       f"({when(approval.approved_at)})"))
     if not item.decisions and not item.approvals:
         out.print(Text("  no gate decisions or approvals", "dim"))

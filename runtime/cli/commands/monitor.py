@@ -21,6 +21,7 @@ from compiler.spec import duration_seconds
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import project_or_fail
 from runtime.cli.commands.runs import print_wide
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 from runtime.state.records import MonitorResult
 
@@ -42,11 +43,8 @@ def monitor_group() -> None:
 @pass_app
 def run_command(app: Application, name: str | None, lock_timeout: str, detailed_exitcode: bool) -> None:
     """Evaluate every monitor (or NAME) now, and run the on_breach actions of those that breach."""
-    from runtime.apply.operations import opened
-    from runtime.monitor.run import check_errors, result_json, run_monitors
-    from runtime.provenance import actor
-    from runtime.state.lock import acquire
-    from runtime.workspace import Workspace
+    from runtime import opened, run_monitors
+    from runtime.monitor.results import check_errors, result_json
 
     project = project_or_fail(app)
     try:
@@ -55,9 +53,8 @@ def run_command(app: Application, name: str | None, lock_timeout: str, detailed_
         app.fail(MlopsError.one(f"--lock-timeout: {error}"))
     names = [name.removeprefix("monitors.")] if name else None
     try:
-        with acquire(Workspace.of(project).state_path, "monitor", actor(project.root), timeout=timeout), \
-                opened(project) as (_, store):
-            results = run_monitors(project, store, names)
+        with opened(project) as (_, store):
+            results = run_monitors(project, store, names, lock_timeout=timeout)
     except MlopsError as error:
         app.fail(error)
     breached = any(r.breached for r in results)
@@ -74,8 +71,8 @@ def run_command(app: Application, name: str | None, lock_timeout: str, detailed_
             render_result(app, result)
     if errors:
         app.diagnostics([Diagnostic(line) for line in errors])
-        app.exit(1)
-    app.exit(2 if breached and detailed_exitcode else 0)
+        app.exit(ExitCode.FAILED)
+    app.exit(ExitCode.CHANGES if breached and detailed_exitcode else ExitCode.OK)
 
 
 def render_result(app: Application, result: MonitorResult) -> None:
@@ -132,8 +129,8 @@ def _number(value: Any) -> str:
 @pass_app
 def feedback_command(app: Application, file: Path) -> None:
     """Store labels for logged predictions: a CSV (id,label) or JSONL ({"id", "label"}) FILE."""
-    from runtime.apply.operations import opened
-    from runtime.monitor.run import read_feedback, store_feedback
+    from runtime import opened
+    from runtime.monitor.feedback import read_feedback, store_feedback
 
     project = project_or_fail(app)
     try:
@@ -147,7 +144,7 @@ def feedback_command(app: Application, file: Path) -> None:
     else:
         unknown = f"; {stored - matched} match no logged prediction (yet)" if stored > matched else ""
         app.print(f"Stored {stored} label(s); {matched} match logged predictions{unknown}.")
-    app.exit(0)
+    app.exit(ExitCode.OK)
 
 
 @monitor_group.command("history")
@@ -157,8 +154,8 @@ def feedback_command(app: Application, file: Path) -> None:
 @pass_app
 def history_command(app: Application, name: str, limit: int) -> None:
     """A monitor's past results, oldest first."""
-    from runtime.apply.operations import opened
-    from runtime.views.inspect import when
+    from runtime import opened
+    from runtime.views.format import when
 
     project = project_or_fail(app)
     name = name.removeprefix("monitors.")
@@ -169,13 +166,13 @@ def history_command(app: Application, name: str, limit: int) -> None:
     with opened(project) as (_, store):
         results = store.monitor_results(name, limit)
     if app.json_output:
-        from runtime.monitor.run import result_json
+        from runtime.monitor.results import result_json
 
         app.emit_json({"monitor": f"monitors.{name}", "results": [result_json(r) for r in results]})
-        app.exit(0)
+        app.exit(ExitCode.OK)
     if not results:
         app.print(f"monitors.{name} has not run yet (mlops monitor run {name}).")
-        app.exit(0)
+        app.exit(ExitCode.OK)
     table = Table("AT", "VERSION", "RESULT", "CHECKS", "ACTIONS", box=None, header_style="bold",
                   title=f"monitors.{name}", title_justify="left", title_style="bold")
     for result in results:
@@ -188,4 +185,4 @@ def history_command(app: Application, name: str, limit: int) -> None:
                       else Text("ok", "green"),
                       Text(checks or "-"), Text("; ".join(result.actions) or "-"))
     print_wide(app, table)
-    app.exit(0)
+    app.exit(ExitCode.OK)

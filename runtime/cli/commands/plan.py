@@ -9,6 +9,7 @@ import click
 from compiler.errors import MlopsError
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import project_or_fail
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 from runtime.cli.plan_render import render_plan
 
@@ -21,7 +22,7 @@ from runtime.cli.plan_render import render_plan
 @pass_app
 def plan_command(app: Application, out_file: str | None, detailed_exitcode: bool, targets: tuple[str, ...]) -> None:
     """Show what apply would do."""
-    from runtime.apply.operations import opened, plan_project
+    from runtime import opened, plan_project
     from runtime.plan import planfile
 
     project = project_or_fail(app)
@@ -38,4 +39,4 @@ def plan_command(app: Application, out_file: str | None, detailed_exitcode: bool
         render_plan(app.out, plan)
         if out_file:
             app.print(f"\nSaved the plan to {out_file}: `mlops apply {out_file}` runs exactly this.")
-    app.exit(2 if detailed_exitcode and plan.has_changes else 0)
+    app.exit(ExitCode.CHANGES if detailed_exitcode and plan.has_changes else ExitCode.OK)

@@ -9,6 +9,7 @@ import click
 from compiler.policy.render import RENDERERS
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import policies_or_fail, project_or_fail
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options, policies_option
 
 
@@ -35,4 +36,4 @@ def check_command(app: Application, fmt: str | None, output: str | None, policy_
         app.err.print(f"wrote {output}", markup=False)
     else:
         app.write(text)
-    app.exit(0 if report.ok else 1)
+    app.exit(ExitCode.OK if report.ok else ExitCode.FAILED)

@@ -14,6 +14,7 @@ import click
 from compiler.errors import MlopsError
 from compiler.spec import duration_seconds
 from runtime.cli.app import Application, pass_app
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 
 if TYPE_CHECKING:
@@ -46,8 +47,8 @@ def reconcile_command(app: Application, watch: bool, interval: str, repo: str | 
     loop never ends on an error (it backs off and retries) and exits 0 on SIGTERM or SIGINT, after the
     step in progress (an apply finishes first).
     """
+    from runtime import Reconciler, Source
     from runtime.reconcile.gitsync import parse_size
-    from runtime.reconcile.loop import Reconciler, Source
     from runtime.reconcile.metrics import Metrics
 
     if branch is not None and repo is None:
@@ -89,11 +90,11 @@ def reconcile_command(app: Application, watch: bool, interval: str, repo: str | 
         if watch:
             gc.enable()  # a long-lived process: the CLI's one-shot GC pause does not fit it
             reconciler.run(seconds, on_tick=report, handle_signals=True)
-            app.exit(0)
+            app.exit(ExitCode.OK)
         reconciler.handle_signals()
         result = reconciler.tick()
         report(result)
-        app.exit(0 if result.ok else 1)
+        app.exit(ExitCode.OK if result.ok else ExitCode.FAILED)
     finally:
         if server is not None:
             server.shutdown()

@@ -9,6 +9,7 @@ import click
 from compiler.errors import MlopsError
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import policies_or_fail, project_or_fail
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options, policies_option
 
 
@@ -24,7 +25,7 @@ def report_command(app: Application, out_dir: Path, policy_dirs: tuple[str, ...]
     The page is self-contained (figures embedded, no network). Failing policies are reported, not fatal:
     the exit status is 0 once the report is written.
     """
-    from runtime.apply.operations import opened
+    from runtime import opened
     from runtime.export.report import write_report
     from runtime.workspace import Workspace
 
@@ -44,4 +45,4 @@ def report_command(app: Application, out_dir: Path, policy_dirs: tuple[str, ...]
         app.emit_json({"ok": True, "written": [str(path)]})
     else:
         app.print(f"wrote {path}")
-    app.exit(0)
+    app.exit(ExitCode.OK)

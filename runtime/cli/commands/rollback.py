@@ -8,6 +8,7 @@ from compiler.errors import MlopsError
 from compiler.spec import duration_seconds
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import project_or_fail
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 
 
@@ -25,10 +26,7 @@ def rollback_command(app: Application, deployment: str, to: int | None, reason: 
     It keeps serving until a version newer than the one rolled back from passes the gates; to make it
     last, pin it in the spec (the command prints the change).
     """
-    from runtime.apply.operations import rollback
-    from runtime.provenance import actor
-    from runtime.state.lock import acquire
-    from runtime.workspace import Workspace
+    from runtime import rollback
 
     project = project_or_fail(app)
     name = deployment.removeprefix("deployments.")
@@ -37,12 +35,9 @@ def rollback_command(app: Application, deployment: str, to: int | None, reason: 
     except ValueError as error:
         app.fail(MlopsError.one(f"--lock-timeout: {error}"))
     try:
-        with acquire(Workspace.of(project).state_path, "rollback", actor(project.root), timeout=timeout):
-            outcome = rollback(project, name, to, reason)
-    except MlopsError as error:
+        outcome = rollback(project, name, to, reason, lock_timeout=timeout)
+    except MlopsError as error:  # a rollout that failed too: the old version keeps serving
         app.fail(error)
-    except RuntimeError as error:  # a rollout that failed: the old version keeps serving
-        app.fail(MlopsError.one(str(error), address=f"deployments.{name}"))
     was = outcome.from_version if outcome.from_version is not None else "none"
     if app.json_output:
         app.emit_json({"ok": True, "deployment": f"deployments.{outcome.deployment}", "model": outcome.model,
@@ -51,4 +46,4 @@ def rollback_command(app: Application, deployment: str, to: int | None, reason: 
     else:
         app.print(f"deployments.{outcome.deployment} now serves version {outcome.to_version} (was {was}). "
                   f"To make it permanent: {outcome.permanent_change}")
-    app.exit(0)
+    app.exit(ExitCode.OK)

@@ -13,10 +13,11 @@ from rich.text import Text
 from compiler.errors import MlopsError
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import project_or_fail
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 
 if TYPE_CHECKING:
-    from runtime.views.inspect import RunDetail
+    from runtime.views.runs import RunDetail
 
 STATUS_STYLE = {"succeeded": "green", "failed": "red", "running": "yellow"}
 PIPED_WIDTH = 1000
@@ -46,33 +47,34 @@ def runs_group() -> None:
 @pass_app
 def list_command(app: Application, model: str | None, address: str | None, limit: int) -> None:
     """The newest runs first."""
-    from runtime.apply.operations import opened
-    from runtime.views import inspect
+    from runtime import opened
+    from runtime.views.format import key_metrics, short, took, when
+    from runtime.views.runs import duration, list_runs, run_json
 
     if model and address:
         app.fail(MlopsError.one("--model and --address cannot be used together"))
     project = project_or_fail(app)
     try:
         with opened(project) as (_, store):
-            runs = inspect.list_runs(project, store, f"models.{model.removeprefix('models.')}" if model else address,
-                                     limit)
+            runs = list_runs(project, store, f"models.{model.removeprefix('models.')}" if model else address,
+                             limit)
     except MlopsError as error:
         app.fail(error)
     if app.json_output:
-        app.emit_json({"runs": [inspect.run_json(r) for r in runs]})
-        app.exit(0)
+        app.emit_json({"runs": [run_json(r) for r in runs]})
+        app.exit(ExitCode.OK)
     if not runs:
         app.print("No runs recorded yet.")
-        app.exit(0)
+        app.exit(ExitCode.OK)
     table = Table(Column("RUN", no_wrap=True, min_width=16), "NODE", "STATUS", "ATTEMPT", "STARTED", "DURATION",
                   "METRICS", "DEVICE", "COMMIT", box=None, header_style="bold")
     for run in runs:
-        commit = inspect.short(run.git_commit, 7) + ("*" if run.git_dirty else "")
+        commit = short(run.git_commit, 7) + ("*" if run.git_dirty else "")
         table.add_row(*map(Text, (run.run_id, run.node_id)), Text(run.status, STATUS_STYLE.get(run.status, "")),
-                      *map(Text, (str(run.attempt), inspect.when(run.started_at), inspect.took(inspect.duration(run)),
-                                  inspect.key_metrics(run.metrics), run.device, commit)))
+                      *map(Text, (str(run.attempt), when(run.started_at), took(duration(run)),
+                                  key_metrics(run.metrics), run.device, commit)))
     print_wide(app, table)
-    app.exit(0)
+    app.exit(ExitCode.OK)
 
 
 @runs_group.command("show")
@@ -82,27 +84,28 @@ def list_command(app: Application, model: str | None, address: str | None, limit
 @pass_app
 def show_command(app: Application, run_id: str, no_log: bool) -> None:
     """One run: params, metrics, history, timings, provenance, error and log."""
-    from runtime.apply.operations import opened
+    from runtime import opened
     from runtime.artifacts.store import ArtifactStore
-    from runtime.views import inspect
+    from runtime.views.format import number, took, when
+    from runtime.views.runs import duration, run_detail
 
     project = project_or_fail(app)
     try:
         with opened(project) as (workspace, store):
-            detail = inspect.run_detail(store, None if no_log else ArtifactStore(workspace.artifact_root), run_id)
+            detail = run_detail(store, None if no_log else ArtifactStore(workspace.artifact_root), run_id)
     except MlopsError as error:
         app.fail(error)
     if app.json_output:
         app.emit_json(detail.to_json())
-        app.exit(0)
+        app.exit(ExitCode.OK)
     run = detail.run
     out = app.out
     out.print(Text.assemble(("Run ", "bold"), (run.run_id, "bold"), f"  {run.node_id}  ",
                             (run.status, STATUS_STYLE.get(run.status, ""))))
     facts = Table.grid(padding=(0, 2))
     for label, value in (
-            ("kind", run.kind), ("attempt", str(run.attempt)), ("started", inspect.when(run.started_at)),
-            ("finished", inspect.when(run.finished_at)), ("duration", inspect.took(inspect.duration(run))),
+            ("kind", run.kind), ("attempt", str(run.attempt)), ("started", when(run.started_at)),
+            ("finished", when(run.finished_at)), ("duration", took(duration(run))),
             ("host", f"{run.host} (pid {run.pid})" if run.pid else run.host or "-"), ("device", run.device),
             ("commit", (run.git_commit or "-") + (" (dirty work tree)" if run.git_dirty else "")),
             ("fingerprint", run.fingerprint)):
@@ -111,12 +114,12 @@ def show_command(app: Application, run_id: str, no_log: bool) -> None:
     if run.params:
         params = Table("PARAM", "VALUE", box=None, header_style="bold", title_justify="left")
         for key, param in sorted(run.params.items()):
-            params.add_row(Text(key), Text(inspect.number(param)))
+            params.add_row(Text(key), Text(number(param)))
         print_wide(app, params)
     if run.metrics:
         metrics = Table("METRIC", "FINAL", box=None, header_style="bold")
         for key, metric in sorted(run.metrics.items()):
-            metrics.add_row(Text(key), Text(inspect.number(metric)))
+            metrics.add_row(Text(key), Text(number(metric)))
         print_wide(app, metrics)
     if detail.history:
         print_wide(app, _history_table(detail))
@@ -128,11 +131,11 @@ def show_command(app: Application, run_id: str, no_log: bool) -> None:
             out.print(Text.from_ansi(detail.log.rstrip("\n") or "(empty)"), soft_wrap=True)
         else:
             out.print(Text(f"({detail.log_problem})", "dim"))
-    app.exit(0)
+    app.exit(ExitCode.OK)
 
 
 def _history_table(detail: RunDetail) -> Table:
-    from runtime.views import inspect
+    from runtime.views.format import number
 
     names = sorted(detail.history)
     by_step: dict[int, dict[str, float]] = {}
@@ -146,7 +149,7 @@ def _history_table(detail: RunDetail) -> Table:
         if step == -1:
             table.add_row(f"... {len(steps) - HISTORY_ROWS} more", *("" for _ in names))
             continue
-        table.add_row(str(step), *(Text(inspect.number(by_step[step].get(n))) for n in names))
+        table.add_row(str(step), *(Text(number(by_step[step].get(n))) for n in names))
     return table
 
 
@@ -156,22 +159,23 @@ def _history_table(detail: RunDetail) -> Table:
 @pass_app
 def compare_command(app: Application, run_ids: tuple[str, ...]) -> None:
     """Params and metrics of two or more runs side by side."""
-    from runtime.apply.operations import opened
-    from runtime.views import inspect
+    from runtime import opened
+    from runtime.views.format import number, took
+    from runtime.views.runs import compare_runs, duration
 
     project = project_or_fail(app)
     try:
         with opened(project) as (_, store):
-            comparison = inspect.compare_runs(store, list(run_ids))
+            comparison = compare_runs(store, list(run_ids))
     except MlopsError as error:
         app.fail(error)
     if app.json_output:
         app.emit_json(comparison.to_json())
-        app.exit(0)
+        app.exit(ExitCode.OK)
     table = Table("", "", *(r.run_id for r in comparison.runs), box=None, header_style="bold")
     for label, values in (("node", [r.node_id for r in comparison.runs]),
                           ("status", [r.status for r in comparison.runs]),
-                          ("duration", [inspect.took(inspect.duration(r)) for r in comparison.runs])):
+                          ("duration", [took(duration(r)) for r in comparison.runs])):
         table.add_row("", Text(label, "dim"), *map(Text, values))
     for section, rows in (("params", comparison.params), ("metrics", comparison.metrics)):
         table.add_section()
@@ -179,8 +183,8 @@ def compare_command(app: Application, run_ids: tuple[str, ...]) -> None:
         for row in rows:
             style = "yellow bold" if row.differs else ""
             table.add_row(Text("≠" if row.differs else "", "yellow"), Text(f"  {row.key}", style),
-                          *(Text(inspect.number(v), style) for v in row.values))
+                          *(Text(number(v), style) for v in row.values))
     print_wide(app, table)
     changed = sum(row.differs for row in [*comparison.params, *comparison.metrics])
     app.print(f"\n{changed} of {len(comparison.params) + len(comparison.metrics)} params and metrics differ (≠).")
-    app.exit(0)
+    app.exit(ExitCode.OK)

@@ -6,6 +6,7 @@ import click
 
 from compiler.schema_export import render
 from runtime.cli.app import Application, pass_app
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 
 
@@ -16,4 +17,4 @@ from runtime.cli.options import global_options
 def schema_command(app: Application, policy_pack: bool) -> None:
     """Print the JSON Schema (draft 2020-12) of mlops.yaml."""
     app.write(render("policy-pack.schema.json" if policy_pack else "mlops.schema.json"))
-    app.exit(0)
+    app.exit(ExitCode.OK)

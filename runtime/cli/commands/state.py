@@ -7,6 +7,7 @@ import click
 from compiler.errors import MlopsError
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import project_or_fail
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 
 
@@ -28,10 +29,7 @@ def reset_command(app: Application, understood: bool) -> None:
     history it anchored is appended to the audit trail, and the sidecar anchors this state from now on.
     Restoring the right state file from a backup is the better recovery when there is one.
     """
-    from runtime.provenance import provenance
-    from runtime.state import audit
-    from runtime.state.lock import acquire
-    from runtime.state.store import StateStore
+    from runtime import reset_state
     from runtime.workspace import Workspace
 
     project = project_or_fail(app)
@@ -39,12 +37,8 @@ def reset_command(app: Application, understood: bool) -> None:
         app.fail(MlopsError.one("state reset: pass --i-understand: the state file as it is now becomes the one "
                                 "its audit head anchors (restoring it from a backup is the better recovery)"))
     workspace = Workspace.of(project)
-    origin = provenance(project.root)
     try:
-        with acquire(workspace.state_path, "state reset", origin.actor), \
-                StateStore.open(workspace.state_path, check=False) as store:
-            record = audit.reset(store, origin.actor, origin.commit)
-            lineage, serial, count = store.identity()
+        record, (lineage, serial, count) = reset_state(project)
     except MlopsError as error:
         app.fail(error)
     if app.json_output:
@@ -53,4 +47,4 @@ def reset_command(app: Application, understood: bool) -> None:
     else:
         app.print(f"State {workspace.state_path} accepted: lineage {lineage}, serial {serial}, {count} audit "
                   f"records (record {record.seq} names the history it replaced).")
-    app.exit(0)
+    app.exit(ExitCode.OK)

@@ -10,6 +10,7 @@ from compiler.errors import MlopsError
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import project_or_fail
 from runtime.cli.commands.runs import print_wide
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 
 SYNC_STYLE = {"Synced": "green", "OutOfSync": "yellow", "Unknown": "red"}
@@ -21,9 +22,8 @@ HEALTH_STYLE = {"Healthy": "green", "Progressing": "cyan", "Degraded": "red", "M
 @pass_app
 def status_command(app: Application) -> None:
     """Sync and health of every resource, and the reconciler's last synced commit (exit 0 whatever they are)."""
-    from runtime.apply.operations import opened
-    from runtime.views.inspect import when
-    from runtime.views.status import project_status
+    from runtime import opened, project_status
+    from runtime.views.format import when
 
     project = project_or_fail(app)
     try:
@@ -33,7 +33,7 @@ def status_command(app: Application) -> None:
         app.fail(error)
     if app.json_output:
         app.emit_json(status.to_json())
-        app.exit(0)
+        app.exit(ExitCode.OK)
     table = Table("RESOURCE", "SYNC", "HEALTH", "DETAIL", box=None, header_style="bold")
     for resource in status.resources:
         detail = resource.detail
@@ -60,4 +60,4 @@ def status_command(app: Application) -> None:
         app.out.print(Text(f"reconciler: history of {rewrite['branch']} rewritten at {when(rewrite['at'])}: "
                            f"followed {str(rewrite['to'])[:12]}, which does not descend from "
                            f"{str(rewrite['from'])[:12]}", "yellow"))
-    app.exit(0)
+    app.exit(ExitCode.OK)

@@ -9,6 +9,7 @@ import click
 from compiler.errors import MlopsError
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import project_or_fail
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 
 
@@ -21,16 +22,17 @@ def force_unlock_command(app: Application, lock_id: str) -> None:
 
     Refused when LOCK_ID is not the lock's ID or its holder is still running (stop it instead).
     """
-    from runtime.views import inspect
+    from runtime.views.audit import force_unlock
+    from runtime.views.format import when
 
     project = project_or_fail(app)
     try:
-        cleared = inspect.force_unlock(project, lock_id)
+        cleared = force_unlock(project, lock_id)
     except MlopsError as error:
         app.fail(error)
     if app.json_output:
         app.emit_json({"ok": True, "lock": asdict(cleared)})
     else:
         app.print(f"The state has been unlocked: lock {cleared.id} ({cleared.operation} by {cleared.who}, "
-                  f"PID {cleared.pid} on {cleared.host}, since {inspect.when(cleared.since)}).")
-    app.exit(0)
+                  f"PID {cleared.pid} on {cleared.host}, since {when(cleared.since)}).")
+    app.exit(ExitCode.OK)

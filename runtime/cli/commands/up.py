@@ -12,6 +12,7 @@ import click
 from compiler.errors import MlopsError
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import project_or_fail
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 
 
@@ -45,7 +46,7 @@ def up_command(app: Application, num_cpus: int | None, serve_port: int | None) -
         verb = "is already running" if existing else "started"
         app.print(f"Local Ray cluster {verb} at {local.address}; deployments answer at {local.serve_url}.")
         app.print("`mlops apply` and `mlops reconcile` join it; `mlops down` stops it.")
-    app.exit(0)
+    app.exit(ExitCode.OK)
 
 
 @click.command("down")
@@ -65,4 +66,4 @@ def down_command(app: Application) -> None:
         app.emit_json({"ok": True, "stopped": stopped})
     else:
         app.print("Local Ray cluster stopped." if stopped else "No local Ray cluster was running.")
-    app.exit(0)
+    app.exit(ExitCode.OK)

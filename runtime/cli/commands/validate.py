@@ -9,6 +9,7 @@ from compiler.errors import MlopsError
 from compiler.policy.render import render_text, to_json
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import policies_or_fail, project_or_fail
+from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options, policies_option
 
 
@@ -33,4 +34,4 @@ def validate_command(app: Application, policy_dirs: tuple[str, ...]) -> None:
         verdict = "valid" if report.ok else "invalid"
         app.print(f"{app.spec_file}: {verdict} — {len(project.addresses())} resources, "
                   f"{graph.dag.number_of_nodes()} graph nodes")
-    app.exit(0 if report.ok else 1)
+    app.exit(ExitCode.OK if report.ok else ExitCode.FAILED)
