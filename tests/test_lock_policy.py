@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,24 @@ def test_a_verb_inside_another_s_hold_in_this_process_reuses_it(tmp_path: Path) 
     assert not lock.held_here(state) and lock.read_info(state) is None
     with pytest.raises(LockHeld), lock.acquire(state, "apply"):  # acquire itself stays exclusive
         lock.acquire(state, "apply")
+
+
+def test_another_thread_of_this_process_does_not_share_the_hold(tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    refused: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with lock.exclusive(state, "apply", "thread", timeout=0.0):
+                pass
+        except LockHeld as error:
+            refused.append(error)
+
+    with lock.exclusive(state, "reconcile", "me"):
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(10)
+    assert len(refused) == 1 and not thread.is_alive()
 
 
 def _counting(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:

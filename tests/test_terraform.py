@@ -1,4 +1,4 @@
-"""Terraform synthesis (compiler/terraform.py): each emitted resource, and why it is there.
+"""Terraform synthesis (compiler/terraform/): each emitted resource, and why it is there.
 
 Specs are written to tmp dirs and loaded through ``compiler.load_project``; the Terraform JSON is the
 one ``synthesize`` writes through cdktf (Node starts once per test session).

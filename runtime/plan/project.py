@@ -118,7 +118,7 @@ def serving_drift(project: Project, graph: Graph, store: StateStore, recorded: d
                              if f"deployments.{name}/deploy" in recorded
                              and (s := store.get_deployment(name)) is not None and s.live_version is not None}, {})
     if view.snapshot is None:
-        raise ConnectionError(f"Ray Serve did not answer: {view.error}")
+        raise PlanError.one(f"Ray Serve did not answer: {view.error}")
     replace: dict[str, str] = {}
     update: dict[str, str] = {}
     staging = view.snapshot.staging

@@ -1,7 +1,7 @@
 """What the reconciler exports to Prometheus (prometheus_client, on a registry of its own).
 
 Every series carries the ``project`` label. ``mlops_monitor_breach{project, monitor, check}`` is the gauge
-the alert rules of ``compiler/terraform.py`` fire on (``check`` is the check's index in the monitor)::
+the alert rules of ``compiler/terraform/monitoring.py`` fire on (``check`` is the check's index in the monitor)::
 
     mlops_resource_synced{project,address}            1 when the live state matches the spec, else 0
     mlops_resource_health{project,address,health}     1 for the resource's health (Healthy, Progressing,

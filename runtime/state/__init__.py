@@ -1,10 +1,11 @@
-"""What the runtime remembers: the SQLite state store, its audit trail and the apply lock.
+"""What the runtime remembers, and the only SQL: the SQLite state store (one module per table family),
+its migrations, its audit trail and the state lock.
 
 ::
 
     from runtime.state import StateStore, audit, lock
 
-    with lock.acquire(state_path, "apply", timeout=0) as held, StateStore.open(state_path) as store:
+    with lock.exclusive(state_path, "apply", timeout=0), StateStore.open(state_path) as store:
         store.record_result(result)
         audit.append(store, actor, "apply", {"changes": [...]}, commit)
 """

@@ -26,6 +26,7 @@ import getpass
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -130,8 +131,15 @@ def acquire(state_path: Path | str, operation: str, who: str | None = None, time
     return StateLock(path, fd, info)
 
 
-_HELD: dict[Path, StateLock] = {}
-"""The locks this process holds through :func:`exclusive`, by lock file."""
+_HOLDS = threading.local()
+"""Per thread: the locks it holds through :func:`exclusive`, by lock file (``holds``)."""
+
+
+def _held() -> dict[Path, StateLock]:
+    holds: dict[Path, StateLock] | None = getattr(_HOLDS, "holds", None)
+    if holds is None:
+        holds = _HOLDS.holds = {}
+    return holds
 
 
 @contextmanager
@@ -140,20 +148,22 @@ def exclusive(state_path: Path | str, operation: str, who: str | None = None,
     """Hold the state lock for one mutating verb (apply, rollback, approve, monitors that act, a reconcile tick).
 
     The lock policy: every verb that writes takes the lock here, in the library, never in the CLI. A verb
-    run inside another's hold in this process (a monitor's rollback, the reconciler's apply) reuses that
-    hold instead of refusing itself; another process waits ``timeout`` seconds or gets :class:`LockHeld`.
+    run inside another's hold in the same thread (a monitor's rollback, the reconciler's apply) reuses that
+    hold instead of refusing itself; any other holder makes it wait ``timeout`` seconds or raise
+    :class:`LockHeld`.
     """
     path = lock_path(state_path).resolve()
-    held = _HELD.get(path)
+    holds = _held()
+    held = holds.get(path)
     if held is not None and held.held:
         yield held
         return
     with acquire(state_path, operation, who, timeout) as taken:
-        _HELD[path] = taken
+        holds[path] = taken
         try:
             yield taken
         finally:
-            _HELD.pop(path, None)
+            holds.pop(path, None)
 
 
 def read_info(state_path: Path | str) -> LockInfo | None:
@@ -247,6 +257,6 @@ def _held_message(info: LockInfo | None, path: Path) -> str:
 
 
 def held_here(state_path: Path | str) -> bool:
-    """Whether this process holds the state's lock through :func:`exclusive`."""
-    held = _HELD.get(lock_path(state_path).resolve())
+    """Whether this thread holds the state's lock through :func:`exclusive`."""
+    held = _held().get(lock_path(state_path).resolve())
     return held is not None and held.held

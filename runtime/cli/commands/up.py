@@ -33,7 +33,7 @@ def up_command(app: Application, num_cpus: int | None, serve_port: int | None) -
     try:
         state_path = Workspace.of(project).state_path
         existing = cluster.running(state_path)
-        from runtime.plan.feasibility import local_cluster_cpus
+        from runtime.compute.sizing import local_cluster_cpus
 
         cpus = num_cpus if num_cpus is not None else local_cluster_cpus(project)
         local = existing or cluster.up(state_path, num_cpus=cpus, serve_port=serve_port)
