@@ -18,7 +18,9 @@ and reports both, so the ratio comes from one run on one machine.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -96,7 +98,13 @@ def measure(repeat: int) -> dict[str, Any]:
     """Reconcile the bench project once, then count and time ``repeat`` no-op ticks (this source tree)."""
     import yaml
 
-    from bench.reconcile_bench import PIPELINE, _spec
+    spec_of = importlib.util.spec_from_file_location("reconcile_bench", ROOT / "bench" / "reconcile_bench.py")
+    assert spec_of is not None and spec_of.loader is not None
+    reconcile_bench = importlib.util.module_from_spec(spec_of)
+    path = list(sys.path)
+    spec_of.loader.exec_module(reconcile_bench)
+    sys.path[:] = path  # it puts its own tree first: the runtime measured is the one the caller chose
+    PIPELINE, _spec = reconcile_bench.PIPELINE, reconcile_bench._spec
 
     ray_backend = _module("runtime.compute.ray_backend", "runtime.ray_backend")
     cluster = _module("runtime.compute.cluster", "runtime.cluster")
@@ -132,9 +140,15 @@ def measure(repeat: int) -> dict[str, Any]:
 
 
 def _in_process_of_its_own(source: Path, repeat: int) -> dict[str, Any]:
-    code = (f"import sys; sys.path[:0] = [{str(source)!r}, {str(ROOT)!r}]; import json; "
-            f"from bench.tick_bench import measure; print('RESULT', json.dumps(measure({repeat})))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=source, capture_output=True, text=True, timeout=900)
+    """:func:`measure` in a fresh process whose ``runtime`` (and its Ray workers') is ``source``'s."""
+    code = ("import importlib.util, json, sys; "
+            f"sys.path.insert(0, {str(source)!r}); "
+            f"spec = importlib.util.spec_from_file_location('tick_bench', {str(Path(__file__).resolve())!r}); "
+            "bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench); "
+            f"print('RESULT', json.dumps(bench.measure({repeat})))")
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=source, capture_output=True, text=True, timeout=900,
+                          env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         raise SystemExit(f"the tick bench failed in {source}: {done.stderr.strip().splitlines()[-1:]}")

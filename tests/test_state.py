@@ -1,8 +1,13 @@
-"""The SQLite state store: settings, migrations, every record kind, transactions, locking contention, crashes."""
+"""The state store: settings, migrations, every record kind, transactions, locking contention, crashes.
+
+Every backend-neutral test runs twice, on a SQLite file and on a real PostgreSQL database (``state_location``
+in ``conftest.py``); SQLite's own settings, migrations, file faults and busy handling are tested on SQLite.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -12,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from postgres import raw
 
 from runtime.state import store as store_module
 from runtime.state.migrations import MIGRATIONS, migrate
@@ -31,8 +37,8 @@ URI = "sha256:" + "ab" * 32
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[StateStore]:
-    opened = StateStore.open(tmp_path / "state" / "state.db")
+def store(state_location: Path | str) -> Iterator[StateStore]:
+    opened = StateStore.open(state_location)
     yield opened
     opened.close()
 
@@ -64,8 +70,8 @@ def test_open_creates_parents_and_sets_wal_normal_sync_and_foreign_keys(tmp_path
         assert store.schema_version() == len(MIGRATIONS)
 
 
-def test_reopening_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
+def test_reopening_keeps_data_and_does_not_migrate_again(state_location: Path | str) -> None:
+    path = state_location
     with StateStore.open(path) as store:
         store.record_result(_result())
     with StateStore.open(path) as store:
@@ -90,12 +96,14 @@ def test_a_failing_migration_step_leaves_the_previous_version_intact(tmp_path: P
     assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == []
 
 
-def test_a_database_from_a_newer_mlops_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
+def test_a_database_from_a_newer_mlops_is_refused(state_location: Path | str) -> None:
+    path = state_location
     StateStore.open(path).close()
-    conn = sqlite3.connect(path)
-    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
-    conn.close()
+    with raw(path) as conn:
+        if isinstance(path, Path):
+            conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+        else:
+            conn.execute("UPDATE mlops_schema SET version = ?", (len(MIGRATIONS) + 1,))
     with pytest.raises(StateError, match="newer than this mlops"):
         StateStore.open(path)
 
@@ -257,8 +265,8 @@ def test_version_status_and_reason(store: StateStore) -> None:
         store.set_model_version_status("churn", 5, "approved")
 
 
-def test_concurrent_writers_on_two_connections_never_get_the_same_version(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
+def test_concurrent_writers_on_two_connections_never_get_the_same_version(state_location: Path | str) -> None:
+    path = state_location
     StateStore.open(path).close()
     got: list[int] = []
     errors: list[BaseException] = []
@@ -378,8 +386,8 @@ def test_after_commit_hooks_run_on_commit_only(store: StateStore) -> None:
     assert ran == ["outer", "now"]
 
 
-def test_readers_see_only_committed_data_while_a_transaction_is_open(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
+def test_readers_see_only_committed_data_while_a_transaction_is_open(state_location: Path | str) -> None:
+    path = state_location
     with StateStore.open(path) as writer, StateStore.open(path) as reader:
         with writer.transaction():
             writer.record_result(_result("a/x"))
@@ -387,8 +395,8 @@ def test_readers_see_only_committed_data_while_a_transaction_is_open(tmp_path: P
         assert set(reader.latest_results()) == {"a/x"}
 
 
-def test_a_killed_process_leaves_no_half_of_its_transaction(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
+def test_a_killed_process_leaves_no_half_of_its_transaction(state_location: Path | str) -> None:
+    path = state_location
     StateStore.open(path).close()
     code = f"""
 import os, signal
@@ -406,7 +414,8 @@ with store.transaction():
     with StateStore.open(path) as store:
         assert set(store.latest_results()) == {"done/x"}
         assert store.get_run("r1") is None
-        assert store.connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        if isinstance(path, Path):
+            assert store.connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 # --- contention -------------------------------------------------------------------------------------
@@ -452,6 +461,27 @@ def test_a_lock_held_past_every_retry_is_a_state_error(tmp_path: Path, monkeypat
 
 def test_a_database_url_is_refused_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(StateError, match="only a local SQLite file"):
-        StateStore.open("postgresql://db/mlops")
+    with pytest.raises(StateError, match="only a local SQLite file or a postgresql:// URL"):
+        StateStore.open("mysql://db/mlops")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_postgresql_server_that_cannot_be_reached_is_one_line_naming_it_without_the_password(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("PGPASSWORD", "hunter2")
+    for url in (f"postgresql://ml@127.0.0.1:{port}/db", f"postgresql://ml:hunter2@127.0.0.1:{port}/db"):
+        with pytest.raises(StateError) as caught:
+            StateStore.open(url)
+        [line] = str(caught.value).splitlines()
+        assert line.startswith(f"error: postgresql://ml@127.0.0.1:{port}/db: cannot connect: connection refused")
+        assert "hunter2" not in line
+
+
+def test_a_missing_postgresql_database_is_one_line(postgres_server: object) -> None:
+    url = postgres_server.url("no_such_db")  # type: ignore[attr-defined]
+    with pytest.raises(StateError) as caught:
+        StateStore.open(url)
+    assert str(caught.value).splitlines() == [f'error: {url}: database "no_such_db" does not exist']

@@ -9,6 +9,9 @@ Real SQLite files, and real ``mlops`` subprocesses where a user would run them:
   decision inserted or edited with plain SQL: it is never served, and decisions of an older schema are adopted
   into the chain once, at the migration;
 * ten concurrent ``mlops approve`` of one version by one principal make one row and one audit record.
+
+What does not depend on the backend runs on a SQLite file and on a real PostgreSQL database (``any_project``);
+the refusals of a state file emptied, replaced or restored, and its corruption, are SQLite's.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from conftest import with_version_one
+from postgres import raw
 
 from compiler import build_graph, load_project
 from compiler.resolve import Project
@@ -33,6 +37,7 @@ from runtime.plan.project import expected_version, gate_views
 from runtime.state import audit
 from runtime.state.records import ModelVersion, NodeResult
 from runtime.state.store import StateError, StateStore
+from runtime.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 RECOVERY = "mlops state reset --i-understand"
@@ -49,6 +54,19 @@ SPEC = {
 def project(tmp_path: Path, make_project: Callable[..., Path]) -> Project:
     """The project with version 1 of its model in the state, awaiting its 2-of-2 approval."""
     return with_version_one(load_project(make_project(tmp_path, SPEC, files={"data/raw.csv": "a\n1\n"})))
+
+
+@pytest.fixture
+def any_project(tmp_path: Path, make_project: Callable[..., Path], state_location: Path | str) -> Project:
+    """:func:`project`, its state the default SQLite file or a PostgreSQL database (``storage.state``)."""
+    spec = SPEC if isinstance(state_location, Path) else {**SPEC, "storage": {"state": state_location}}
+    return with_version_one(load_project(make_project(tmp_path, spec, files={"data/raw.csv": "a\n1\n"})))
+
+
+def location(project: Project) -> Path | str:
+    """The project's state as :func:`postgres.raw` takes it: the SQLite file, or the PostgreSQL URL."""
+    workspace = Workspace.of(project)
+    return workspace.state_path if workspace.local_state else workspace.state
 
 
 def mlops(project: Project, *args: str, actor: str = "ops@example.com") -> subprocess.CompletedProcess[str]:
@@ -144,15 +162,15 @@ def test_a_state_older_than_its_audit_head_is_refused(project: Project, tmp_path
     assert mlops(project, "audit", "verify").returncode == 0
 
 
-def test_the_serial_grows_with_every_write_and_is_anchored_with_the_lineage(tmp_path: Path) -> None:
-    with StateStore.open(tmp_path / "state.db") as store:
+def test_the_serial_grows_with_every_write_and_is_anchored_with_the_lineage(state_location: Path | str) -> None:
+    with StateStore.open(state_location) as store:
         lineage, serial, _ = store.identity()
         store.add_model_version(ModelVersion("m", 1, "fp", "sha256:" + "0" * 64))
         store.latest_results()  # a read does not count
         assert store.identity()[:2] == (lineage, serial + 1)
         audit.append(store, "me", "apply", {})
         assert store.identity() == (lineage, serial + 2, 1)
-    with StateStore.open(tmp_path / "state.db") as store:
+    with StateStore.open(state_location) as store:
         assert store.identity() == (lineage, serial + 2, 1)  # the lineage is the state's, for good
 
 
@@ -181,15 +199,16 @@ def test_a_corrupt_database_is_one_line_from_audit_verify(project: Project, dama
 
 
 def _forge(project: Project, *approvers: str) -> None:
-    """What user code did: plain SQL on state.db, behind mlops' back."""
-    with sqlite3.connect(state_path(project), isolation_level=None) as conn:
+    """What user code did: plain SQL on the state, behind mlops' back."""
+    with raw(location(project)) as conn:
         for who in approvers:
             conn.execute("INSERT INTO approvals (gate, model, version, approver, approved_at) VALUES (?,?,?,?,?)",
                          ("quality", "churn", 1, who, time.time()))
 
 
 def test_an_approval_written_behind_mlops_back_does_not_pass_the_gate_and_audit_verify_reports_it(
-        project: Project) -> None:
+        any_project: Project) -> None:
+    project = any_project
     _forge(project, "team:risk", "dpo@example.com")
     gate = project.spec.gates["quality"]
     with opened(project) as (_, store):
@@ -217,9 +236,10 @@ def test_an_approval_written_behind_mlops_back_does_not_pass_the_gate_and_audit_
     assert "by dpo@example.com" in mlops(project, "audit", "verify").stderr
 
 
-def test_an_approval_row_pointing_at_another_record_does_not_count(project: Project) -> None:
+def test_an_approval_row_pointing_at_another_record_does_not_count(any_project: Project) -> None:
+    project = any_project
     assert approve(project, "dpo@example.com").returncode == 0
-    with sqlite3.connect(state_path(project), isolation_level=None) as conn:  # reuse dpo's record for team:risk
+    with raw(location(project)) as conn:  # reuse dpo's record for team:risk
         seq, digest = conn.execute("SELECT audit_seq, audit_hash FROM approvals").fetchone()
         conn.execute("INSERT INTO approvals VALUES ('quality', 'churn', 1, 'team:risk', ?, ?, ?)",
                      (time.time(), seq, digest))
@@ -230,7 +250,7 @@ def test_an_approval_row_pointing_at_another_record_does_not_count(project: Proj
 
 def _forge_decision(project: Project, status: str) -> None:
     """What user code did: a gate decision inserted with plain SQL, behind mlops' back."""
-    with sqlite3.connect(state_path(project), isolation_level=None) as conn:
+    with raw(location(project)) as conn:
         conn.execute("INSERT INTO gate_decisions (gate, model, version, status, checks, decided_at)"
                      " VALUES ('quality', 'churn', 1, ?, '[]', ?)", (status, time.time()))
 
@@ -243,8 +263,11 @@ def _recorded_final_node(project: Project, store: StateStore) -> None:
 
 
 def test_a_gate_decision_written_behind_mlops_back_takes_no_effect_and_audit_verify_reports_it(
-        project: Project) -> None:
-    spec = {**SPEC, "deployments": {"api": {"model": "churn", "gates": ["quality"]}}}
+        any_project: Project) -> None:
+    project = any_project
+    state = location(project)
+    storage = {} if isinstance(state, Path) else {"storage": {"state": state}}
+    spec = {**SPEC, **storage, "deployments": {"api": {"model": "churn", "gates": ["quality"]}}}
     project.spec = type(project.spec).model_validate(spec)
     _forge_decision(project, "passed")
     with opened(project) as (_, store):
@@ -263,7 +286,8 @@ def test_a_gate_decision_written_behind_mlops_back_takes_no_effect_and_audit_ver
             "was written behind mlops' back and does not count") in line
 
 
-def test_a_recorded_gate_decision_edited_with_sql_takes_no_effect(project: Project) -> None:
+def test_a_recorded_gate_decision_edited_with_sql_takes_no_effect(any_project: Project) -> None:
+    project = any_project
     gate = project.spec.gates["quality"]
     with opened(project) as (_, store):
         store.record_gate_decision(decide("quality", gate, 1, {"auc": 0.5}, None, []), actor="ci@example.com")
@@ -271,12 +295,12 @@ def test_a_recorded_gate_decision_edited_with_sql_takes_no_effect(project: Proje
         assert decided is not None and decided.status == "failed"
         [record] = audit.log(store)
         assert (record.action, record.actor, record.payload["status"]) == ("decide", "ci@example.com", "failed")
-    with sqlite3.connect(state_path(project), isolation_level=None) as conn:  # fail -> pass, behind mlops' back
+    with raw(location(project)) as conn:  # fail -> pass, behind mlops' back
         conn.execute("UPDATE gate_decisions SET status = 'passed'")
     with opened(project) as (_, store):
         assert store.latest_gate_decision("quality", "churn", 1) is None
         assert [d.status for d in store.unchained_gate_decisions()] == ["passed"]
-    with sqlite3.connect(state_path(project), isolation_level=None) as conn:  # or its checks rewritten
+    with raw(location(project)) as conn:  # or its checks rewritten
         conn.execute("UPDATE gate_decisions SET status = 'failed', checks = '[]'")
     with opened(project) as (_, store):
         assert store.latest_gate_decision("quality", "churn", 1) is None
@@ -301,7 +325,8 @@ def test_decisions_recorded_before_they_were_chained_are_adopted_once_at_migrati
     assert "has no record in the audit chain" in mlops(project, "audit", "verify").stderr
 
 
-def test_ten_concurrent_approvals_by_one_principal_make_one_row_and_one_record(project: Project) -> None:
+def test_ten_concurrent_approvals_by_one_principal_make_one_row_and_one_record(any_project: Project) -> None:
+    project = any_project
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "runtime.cli.main", "-f", str(project.spec_path), "approve", "quality",
                "--version", "1", "--by", "dpo@example.com"]
@@ -318,7 +343,7 @@ def test_ten_concurrent_approvals_by_one_principal_make_one_row_and_one_record(p
     assert all(p.returncode == 0 for p in processes), outputs
     assert sum("Approved models.churn version 1" in out for out, _ in outputs) == 1
     assert sum("already approved" in out for out, _ in outputs) == 9
-    with sqlite3.connect(state_path(project)) as conn:
+    with raw(location(project)) as conn:
         assert conn.execute("SELECT COUNT(*) FROM approvals").fetchone()[0] == 1
         assert conn.execute("SELECT COUNT(*) FROM audit WHERE action = 'approve'").fetchone()[0] == 1
     assert mlops(project, "audit", "verify").returncode == 0
@@ -334,3 +359,24 @@ def test_a_library_open_of_an_emptied_state_raises_a_state_error_without_creatin
     with pytest.raises(StateError, match=f"state {path} is refused: it is missing"):
         StateStore.open(path)
     assert not path.exists()
+
+
+def test_an_unreachable_postgresql_state_is_one_line_naming_it_from_every_command(
+        tmp_path: Path, make_project: Callable[..., Path]) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql://ml@127.0.0.1:{port}/mlops"
+    project = load_project(make_project(tmp_path, {**SPEC, "storage": {"state": url}},
+                                        files={"data/raw.csv": "a\n1\n"}))
+    for command in (("plan",), ("status",), ("approve", "quality", "--version", "1", "--by", "team:risk"),
+                    ("audit", "verify"), ("force-unlock", "some-id")):
+        done = subprocess.run([sys.executable, "-m", "runtime.cli.main", "-f", str(project.spec_path), *command],
+                              cwd=project.root, env={**os.environ, "PYTHONPATH": str(ROOT), "PGPASSWORD": "hunter2"},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1, (command, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr and "hunter2" not in done.stderr + done.stdout
+        [line] = [text for text in done.stderr.splitlines() if text.strip()]
+        assert f"{url}: cannot connect: connection refused" in line, (command, line)

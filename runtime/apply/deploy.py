@@ -6,12 +6,13 @@ Apply's deploy step and ``mlops rollback`` both come here; the state records wha
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from typing import Any
 
 from compiler.graph import Graph
 from compiler.spec import memory_bytes
-from runtime.compute import connect, ray_backend
+from runtime.compute import connect, ray_backend, shipping
 from runtime.errors import ApplyError, DeployError
 from runtime.state.records import DeploymentState, ModelVersion
 from runtime.state.store import StateStore
@@ -48,6 +49,10 @@ def deploy_version(workspace: Workspace, store: StateStore, name: str, version: 
         choice = connect.join(project, start_local=True)  # deployments outlive this process
         assert choice is not None
         port = choice.serve_port
+        code_uri = shipping.package_for(project)
+        if code_uri:  # the replicas may run on nodes that cannot see this repository
+            spec = dataclasses.replace(spec, repo_root="", code_uri=code_uri)
+            before = dataclasses.replace(before, repo_root="", code_uri=code_uri) if before is not None else None
         try:
             serving.deploy(spec, route, deployment.replicas, resources, port, previous=before,
                            http_host=project.spec.cluster.serve_host)
@@ -79,7 +84,11 @@ def deploy_version(workspace: Workspace, store: StateStore, name: str, version: 
         batch = BatchSpec(name, version, model.train, model_version.code_hash, str(project.root),
                           workspace.artifact_root, model_version.artifact_uri, input_uri, dict(model_version.params))
         connect.join(project)
-        outputs.update(ray_backend.call(score, batch, deployment.resources.cpus, deployment.resources.gpus))
+        code_uri = shipping.package_for(project)
+        if code_uri:
+            batch = dataclasses.replace(batch, repo_root="", code_uri=code_uri)
+        outputs.update(ray_backend.call(score, batch, deployment.resources.cpus, deployment.resources.gpus,
+                                        code_uri))
     store.set_deployment(DeploymentState(name, deployment.model, desired, version, "Healthy", time.time(),
                                          version if pin is not None else None, pin[1] if pin else None))
     return outputs

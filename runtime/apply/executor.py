@@ -20,7 +20,7 @@ from compiler.spec import memory_bytes
 from runtime.apply.outcomes import ApplyResult, Outcome, ProgressHook
 from runtime.apply.steps import DriverSteps
 from runtime.artifacts.store import ArtifactStore
-from runtime.compute import connect, ray_backend
+from runtime.compute import connect, ray_backend, shipping
 from runtime.compute.task import TaskResult, TaskSpec
 from runtime.plan.actions import Plan
 from runtime.provenance import Provenance
@@ -89,6 +89,8 @@ class Executor(DriverSteps):
         self._pass: list[tuple[int, str]] | None = None
         """The pass under way: (graph order, node id), a heap."""
         self._running: dict[str, _Attempt] = {}
+        self._shipped: str | None = None
+        """The code package tasks run in (``""``: in place); made at the first submit."""
         """Node id -> its attempt running on Ray."""
 
     # --- the loop ------------------------------------------------------------------------------
@@ -303,6 +305,9 @@ class Executor(DriverSteps):
         if chain:
             spec = dataclasses.replace(spec, chained={name: i for i, name in enumerate(chain)})
         spec.started_key = self._starts + run.run_id
+        code_uri = self._code_package()
+        if code_uri:  # the nodes may not see this repository: the task runs in the shipped package
+            spec = dataclasses.replace(spec, repo_root="", code_uri=code_uri)
         memory = resources.get("memory")
         ref = ray_backend.submit(spec, float(resources.get("cpus", 1)), float(resources.get("gpus", 0)),
                                  memory_bytes(memory) if memory else None, refs)
@@ -310,6 +315,12 @@ class Executor(DriverSteps):
         self._touch(node.id)
         return _Attempt(node, attempt_no, run, time.time(), ref, chained=bool(chain), limit=self._timeout(node),
                         upstream=tuple(refs))
+
+    def _code_package(self) -> str:
+        """The shipped package of this apply's code (uploaded once, when the first task is submitted)."""
+        if self._shipped is None:
+            self._shipped = shipping.package_for(self.project)
+        return self._shipped
 
     def _launched(self, in_flight: dict[Any, _Attempt], attempt: _Attempt) -> None:
         in_flight[attempt.ref] = attempt

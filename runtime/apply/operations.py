@@ -1,7 +1,8 @@
-"""The verbs that change what runs: apply, approve, rollback.
+"""The verbs that change what runs: apply, approve, rollback, state reset.
 
-Each takes a resolved :class:`~compiler.resolve.Project` and returns data; the CLI only renders it. Each
-takes the state lock here, in the library (:func:`~runtime.state.lock.exclusive`).
+Each takes a resolved :class:`~compiler.resolve.Project` and returns data; the CLI only renders it. Apply,
+rollback and state reset take the state lock here, in the library (:func:`~runtime.state.lock.exclusive`);
+an approval is one atomic transaction instead (see :func:`approve`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def opened(project: Project, check: bool = True) -> Iterator[tuple[Workspace, St
     ``check=False`` opens a state its audit head does not vouch for (see :meth:`StateStore.open`).
     """
     workspace = Workspace.of(project)
-    store = StateStore.open(workspace.state_path, check=check)
+    store = StateStore.open(workspace.state, check=check)
     try:
         yield workspace, store
     finally:
@@ -84,8 +85,8 @@ def apply_project(project: Project, *, plan_path: Path | None = None, targets: l
                              "to .gitignore) or pass --allow-dirty")
     workspace = Workspace.of(project)
     saved = planfile.load(plan_path) if plan_path else None
-    reuse = planned is not None and held_here(workspace.state_path)
-    with exclusive(workspace.state_path, "apply", origin.actor, timeout=lock_timeout), \
+    reuse = planned is not None and held_here(workspace.state)
+    with exclusive(workspace.state, "apply", origin.actor, timeout=lock_timeout), \
             _given_or_opened(project, store) as store:
         close_interrupted_runs(store)
         graph, plan = planned if planned is not None and reuse else \
@@ -115,10 +116,6 @@ def _given_or_opened(project: Project, store: StateStore | None) -> Iterator[Sta
         yield own
 
 
-APPROVE_LOCK_TIMEOUT_S = 30.0
-"""How long an approval waits for an apply or a reconcile tick holding the state lock."""
-
-
 @dataclass
 class ApproveOutcome:
     approval: Approval
@@ -127,13 +124,15 @@ class ApproveOutcome:
     """False when the same principal had already approved this version at this gate: nothing was written."""
 
 
-def approve(project: Project, gate_name: str, version: int, by: str | None = None,
-            lock_timeout: float = APPROVE_LOCK_TIMEOUT_S) -> ApproveOutcome:
+def approve(project: Project, gate_name: str, version: int, by: str | None = None) -> ApproveOutcome:
     """Record a human approval of ``version`` at ``gate_name``; refuse a principal outside the gate's ``from``
     and a gate with ``approvals.signers`` (it counts signed tags only: :mod:`runtime.apply.signed_approvals`).
 
     Idempotent per (gate, model, version, principal): approving again writes no approval and no audit record.
-    Takes the state lock, waiting up to ``lock_timeout`` seconds for an apply or a reconcile tick to finish.
+
+    The one writing verb that does not take the apply lock: an approval is one atomic transaction (the
+    database's own write lock), and a gate awaiting approval must be approvable while an apply trains for
+    hours; the next apply uses it (``tests/test_crash_safety.py``).
     """
     gate = project.spec.gates.get(gate_name)
     if gate is None:
@@ -147,8 +146,7 @@ def approve(project: Project, gate_name: str, version: int, by: str | None = Non
         allowed = ", ".join(gate.approvals.from_) if gate.approvals else ""
         raise ApprovalError.one(f"{approver} may not approve gates.{gate_name} (allowed: {allowed})",
                              project.position(f"gates.{gate_name}", "approvals", "from"), f"gates.{gate_name}")
-    with exclusive(Workspace.of(project).state_path, "approve", origin.actor, timeout=lock_timeout), \
-            opened(project) as (_, store), store.transaction():  # BEGIN IMMEDIATE: check and insert at once
+    with opened(project) as (_, store), store.transaction():  # BEGIN IMMEDIATE: check and insert at once
         if store.get_model_version(gate.model, version) is None:
             raise ApprovalError.one(f"models.{gate.model} has no version {version}", address=f"gates.{gate_name}")
         approval = Approval(gate_name, gate.model, version, approver, time.time())
@@ -199,7 +197,7 @@ def rollback(project: Project, deployment: str, to: int | None = None, reason: s
         raise DeployError.one(f"unknown deployment '{deployment}'{did_you_mean(deployment, project.spec.deployments)}")
     origin = provenance(project.root)
     workspace = Workspace.of(project)
-    with exclusive(workspace.state_path, "rollback", origin.actor, timeout=lock_timeout), \
+    with exclusive(workspace.state, "rollback", origin.actor, timeout=lock_timeout), \
             _given_or_opened(project, store) as store:
         spec = project.spec.deployments[deployment]
         target = rollback_target(project, store, deployment, to)
@@ -219,7 +217,7 @@ def reset_state(project: Project) -> tuple[AuditRecord, tuple[str, int, int]]:
     the state lock; returns the ``state-reset`` record and the state's identity (lineage, serial, records)."""
     workspace = Workspace.of(project)
     origin = provenance(project.root)
-    with exclusive(workspace.state_path, "state reset", origin.actor), \
-            StateStore.open(workspace.state_path, check=False) as store:
+    with exclusive(workspace.state, "state reset", origin.actor), \
+            StateStore.open(workspace.state, check=False) as store:
         record = audit.reset(store, origin.actor, origin.commit)
         return record, store.identity()

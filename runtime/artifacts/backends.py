@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from compiler.content_hash import hash_file
 from compiler.errors import MlopsError
+from runtime.errors import StorageError
 
 CHUNK = 1 << 20
 
@@ -48,6 +49,24 @@ class ArtifactMissing(ArtifactError):
         error = cls.one(f"artifact missing: {uri}" + (f" ({path})" if path else ""))
         assert isinstance(error, ArtifactMissing)
         return error
+
+
+class ArtifactStoreUnavailable(StorageError):
+    """The artifact store cannot be used at all (no driver, credentials, endpoint or bucket, access denied): not a
+    fact about one artifact, so no :class:`ArtifactError` (a plan must not read it as a corrupt artifact)."""
+
+    @classmethod
+    def of(cls, url: str, problem: str) -> ArtifactStoreUnavailable:
+        error = cls.one(f"artifact store {url}: {problem}")
+        assert isinstance(error, ArtifactStoreUnavailable)
+        return error
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:  # crosses Ray's process boundary as its one line
+        return _unavailable, ("; ".join(diagnostic.message for diagnostic in self.diagnostics),)
+
+
+def _unavailable(message: str) -> MlopsError:
+    return ArtifactStoreUnavailable.one(message)
 
 
 @dataclass
@@ -135,6 +154,14 @@ class Backend:
     def open_read(self, digest: str) -> IO[bytes]:
         raise NotImplementedError
 
+    def location(self, digest: str) -> str:
+        """Where the object is, for messages."""
+        raise NotImplementedError
+
+    def intact(self, digest: str, size: int) -> bool:
+        """Whether the object is there whole (as far as the backend can tell without the store's help)."""
+        return self.exists(digest, size)
+
     def write_file(self, path: Path) -> str:
         """Store a file's bytes under their hash; returns the hash."""
         raise NotImplementedError
@@ -152,6 +179,9 @@ class LocalBackend(Backend):
 
     def object_path(self, digest: str) -> Path:
         return Path(self.object_file(digest))
+
+    def location(self, digest: str) -> str:
+        return self.object_file(digest)
 
     def object_file(self, digest: str) -> str:
         """:meth:`object_path` as a string (the hot paths make no :class:`Path` objects)."""
@@ -337,14 +367,24 @@ class LocalBackend(Backend):
 
 
 class FsspecBackend(Backend):
+    """Objects on any other fsspec filesystem (``memory://``, ``gs://`` with gcsfs, ...); S3 has its own
+    (:mod:`runtime.artifacts.s3`)."""
+
     def __init__(self, protocol: str, root: str, options: dict[str, Any]) -> None:
         import fsspec
 
-        self.fs = fsspec.filesystem(protocol, **options)
+        try:
+            self.fs = fsspec.filesystem(protocol, **options)
+        except (ImportError, ValueError) as exc:  # no driver installed for it, or an unknown protocol
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ArtifactStoreUnavailable.of(root, f"cannot open {protocol}:// storage ({detail})") from None
         self.base = str(self.fs._strip_protocol(root)).rstrip("/")
 
     def key(self, digest: str) -> str:
         return f"{self.base}/objects/{digest[:2]}/{digest[2:]}"
+
+    def location(self, digest: str) -> str:
+        return self.fs.unstrip_protocol(self.key(digest))
 
     def exists(self, digest: str, size: int | None = None) -> bool:
         return bool(self.fs.exists(self.key(digest)))  # a PUT is atomic: an object there is whole

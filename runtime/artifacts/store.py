@@ -15,7 +15,9 @@ their log). A killed process leaves nothing partial either way; an object a powe
 before its sync is never recorded, and is replaced when the same content is stored again.
 
 On object stores a single PUT is atomic by itself and the object is written to its final key
-directly. Every read that returns content (:meth:`~ArtifactStore.get_file`, :meth:`~ArtifactStore.read_bytes`,
+directly; on S3 (:mod:`runtime.artifacts.s3`) with its sha256 as the request's checksum and, for a new
+object, ``If-None-Match: *``, so neither a cut upload nor a concurrent writer ever leaves a wrong object.
+Every read that returns content (:meth:`~ArtifactStore.get_file`, :meth:`~ArtifactStore.read_bytes`,
 :meth:`~ArtifactStore.materialize_dir`, :meth:`~ArtifactStore.load_model`) checks the hash and
 raises :class:`ArtifactCorrupt` on a mismatch. :meth:`~ArtifactStore.verified_path` is the zero-copy
 path for local readers: checked against the hash before it is handed out, and remembered by each file's
@@ -44,24 +46,27 @@ from runtime.artifacts.backends import (
     ArtifactCorrupt,
     ArtifactError,
     ArtifactMissing,
+    ArtifactStoreUnavailable,
     Backend,
     FsspecBackend,
     LocalBackend,
     TreeScan,
-    check,
     chunks,
     discard_tree,
     remove_tree,
     scan_tree,
 )
+from runtime.artifacts.s3 import S3Backend
 from runtime.artifacts.state_dict import state_dict_problem
 from runtime.artifacts.uris import dir_uri, file_uri, parse_uri
 from runtime.artifacts.verify import identities_of, read_marker, verify_files
 
-__all__ = ["ArtifactCorrupt", "ArtifactError", "ArtifactMissing", "ArtifactStore", "TreeScan", "dir_uri", "file_uri",
+__all__ = ["ArtifactCorrupt", "ArtifactError", "ArtifactMissing", "ArtifactStore", "ArtifactStoreUnavailable",
+           "TreeScan", "dir_uri", "file_uri",
            "parse_uri", "remove_tree", "scan_tree", "state_dict_problem"]
 
 LOCAL_PROTOCOLS = ("", "file", "local")
+S3_PROTOCOLS = ("s3", "s3a")
 
 
 def _listing(path: Path) -> list[Path]:
@@ -70,8 +75,8 @@ def _listing(path: Path) -> list[Path]:
 
 
 def _actual(exc: ArtifactCorrupt) -> str:
-    """The digest a :func:`runtime.artifacts.backends.check` failure says the content hashes to."""
-    return str(exc).rsplit(" ", 1)[-1]
+    """The digest a failed check says the content hashes to."""
+    return str(exc).rsplit(" ", 1)[-1].removeprefix("sha256:")
 
 
 class ArtifactStore:
@@ -85,6 +90,9 @@ class ArtifactStore:
             local = Path(rest).expanduser()
             self.root = str(local if local.is_absolute() else (base_dir or Path.cwd()) / local)
             self._backend: Backend = LocalBackend(Path(self.root))
+        elif protocol in S3_PROTOCOLS:
+            self._backend = S3Backend(text, storage_options or {})
+            self.root = self._backend.url
         else:
             self.root = text.rstrip("/")
             self._backend = FsspecBackend(protocol, text, storage_options or {})
@@ -94,7 +102,7 @@ class ArtifactStore:
     def put_file(self, path: Path, sha256: str | None = None) -> str:
         """Store a file; returns ``sha256:<hex>``. With a known ``sha256`` an object already stored is not rewritten."""
         path = Path(path)
-        if sha256 is not None and self._backend.exists(sha256, os.stat(path).st_size) and self._intact(sha256):
+        if sha256 is not None and self._stored(sha256, os.stat(path).st_size):
             return file_uri(sha256)
         digest = self._backend.write_file(path)
         if sha256 is not None and digest != sha256:
@@ -104,7 +112,7 @@ class ArtifactStore:
     def put_bytes(self, data: bytes) -> str:
         """Store bytes; returns ``sha256:<hex>``."""
         digest = hashlib.sha256(data).hexdigest()
-        if not (self._backend.exists(digest, len(data)) and self._intact(digest)):
+        if isinstance(self._backend, S3Backend) or not self._stored(digest, len(data)):  # S3 checks as it writes
             self._backend.write_bytes(digest, data)
         return file_uri(digest)
 
@@ -353,6 +361,12 @@ class ArtifactStore:
 
     # --- internals -------------------------------------------------------------------------------
 
+    def _stored(self, digest: str, size: int) -> bool:
+        """Whether the object is there whole, so that storing its content again can be skipped."""
+        if isinstance(self._backend, LocalBackend):
+            return self._backend.exists(digest, size) and self._intact(digest)
+        return self._backend.intact(digest, size)
+
     def _intact(self, digest: str) -> bool:
         """Whether a stored object still holds its content (a tampered one is written again, not reused)."""
         try:
@@ -372,10 +386,15 @@ class ArtifactStore:
             entries.append((relative, file_digest))
         return entries
 
+    def _check(self, digest: str, actual: str) -> None:
+        """Refuse content that does not hash to its name, in one line naming the object."""
+        if actual != digest:
+            raise ArtifactCorrupt.of(file_uri(digest), self._backend.location(digest), actual)
+
     def _read_verified(self, digest: str) -> bytes:
         with self._backend.open_read(digest) as handle:
             data = handle.read()
-        check(digest, hashlib.sha256(data).hexdigest())
+        self._check(digest, hashlib.sha256(data).hexdigest())
         return data
 
     def _hash_object(self, digest: str) -> None:
@@ -383,7 +402,7 @@ class ArtifactStore:
         with self._backend.open_read(digest) as handle:
             for chunk in chunks(handle):
                 hasher.update(chunk)
-        check(digest, hasher.hexdigest())
+        self._check(digest, hasher.hexdigest())
 
     def _copy_verified(self, digest: str, dest: Path) -> None:
         tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex}")
@@ -393,7 +412,7 @@ class ArtifactStore:
                 for chunk in chunks(source):
                     hasher.update(chunk)
                     out.write(chunk)
-            check(digest, hasher.hexdigest())
+            self._check(digest, hasher.hexdigest())
             os.replace(tmp, dest)
         except BaseException:
             tmp.unlink(missing_ok=True)

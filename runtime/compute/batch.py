@@ -28,6 +28,8 @@ class BatchSpec:
     model_uri: str
     input_uri: str
     params: dict[str, Any]
+    code_uri: str = ""
+    """The shipped package of the project's code (:mod:`runtime.compute.shipping`); empty: ``repo_root``."""
 
 
 def _csv_of(path: Path) -> Path:

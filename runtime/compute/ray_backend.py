@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from runtime.compute.entry import START_NAMESPACE, run_task
+from runtime.compute.shipping import runtime_env
 from runtime.compute.task import TaskResult, TaskSpec
 
 _REMOTE: Any = None
@@ -145,11 +146,14 @@ def _remote() -> Any:
 
 
 @functools.lru_cache(maxsize=64)
-def _with_resources(cpus: float, gpus: float, memory_bytes: int | None) -> Any:
-    """The task function with these resources (made once per combination: ``.options`` is not free)."""
+def _with_resources(cpus: float, gpus: float, memory_bytes: int | None, code_uri: str = "") -> Any:
+    """The task function with these resources, run in the shipped code ``code_uri`` when given (made once per
+    combination: ``.options`` is not free)."""
     options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 3, "retry_exceptions": False}
     if memory_bytes:
         options["memory"] = memory_bytes
+    if code_uri:
+        options["runtime_env"] = runtime_env(code_uri)
     return _remote().options(**options)
 
 
@@ -167,7 +171,7 @@ def submit(spec: TaskSpec, cpus: float, gpus: float, memory_bytes: int | None, u
                       **({"memory": float(memory_bytes)} if memory_bytes else {})}
         spec = dataclasses.replace(spec, worker_resources=per_worker)
         cpus, gpus, memory_bytes = 0.0, 0.0, None
-    ref = _with_resources(cpus, gpus, memory_bytes).remote(vars(spec), *upstream)  # plain data: msgpack, not pickle
+    ref = _with_resources(cpus, gpus, memory_bytes, spec.code_uri).remote(vars(spec), *upstream)  # plain data
     if spec.workers > 1:
         _DISTRIBUTED.add(ref.hex())
     return ref
@@ -234,8 +238,12 @@ def cancel(ref: Any) -> None:
     ray.cancel(ref, force=True)
 
 
-def call(function: Any, argument: Any, cpus: float, gpus: float) -> Any:
-    """Run ``function(argument)`` as one Ray task with these resources and wait for its result."""
+def call(function: Any, argument: Any, cpus: float, gpus: float, code_uri: str = "") -> Any:
+    """Run ``function(argument)`` as one Ray task with these resources (in the shipped code ``code_uri`` when
+    given) and wait for its result."""
     import ray
 
-    return ray.get(ray.remote(function).options(num_cpus=cpus, num_gpus=gpus, max_retries=3).remote(argument))
+    options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 3}
+    if code_uri:
+        options["runtime_env"] = runtime_env(code_uri)
+    return ray.get(ray.remote(function).options(**options).remote(argument))

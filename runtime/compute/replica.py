@@ -43,10 +43,14 @@ class ServeSpec:
     api: ApiConfig
     """The HTTP contract: input signature, limits, accepted tokens (:mod:`runtime.endpoint.contract`)."""
     sample_rate: float = 1.0
+    code_uri: str = ""
+    """The shipped package of the project's code the replicas run in (:mod:`runtime.compute.shipping`); empty:
+    they import from ``repo_root`` on this machine."""
 
     def home(self) -> dict[str, str]:
         """What a replica is constructed with: the parts no version changes."""
-        return {"deployment": self.deployment, "repo_root": self.repo_root, "artifact_root": self.artifact_root}
+        return {"deployment": self.deployment, "repo_root": self.repo_root, "artifact_root": self.artifact_root,
+                "code_uri": self.code_uri}
 
     def user_config(self) -> dict[str, Any]:
         """The version-specific rest, as the JSON ``user_config`` Serve hands to :meth:`reconfigure` (a change of

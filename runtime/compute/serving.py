@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from runtime.compute.replica import ReplicaResources, ServeSpec, code_version, server_class
+from runtime.compute.shipping import runtime_env
 
 Health = Literal["Healthy", "Progressing", "Degraded", "Missing"]
 STAGING_PREFIX = "/_mlops/staging"
@@ -84,8 +85,11 @@ def _application(spec: ServeSpec, replicas: int, resources: ReplicaResources, st
     to another model version is a ``user_config`` change: Serve reconfigures the running replicas in place (no
     process start, no stall); when they must restart, ``max_surge_percent`` starts one replacement before an old
     replica stops."""
+    actor_options = resources.actor_options()
+    if spec.code_uri:
+        actor_options["runtime_env"] = runtime_env(spec.code_uri)
     server = server_class().options(
-        name=spec.deployment, num_replicas=max(1, replicas), ray_actor_options=resources.actor_options(),
+        name=spec.deployment, num_replicas=max(1, replicas), ray_actor_options=actor_options,
         health_check_period_s=1, user_config=spec.user_config(), graceful_shutdown_wait_loop_s=0.2,
         graceful_shutdown_timeout_s=2, max_surge_percent=1)
     home = {**spec.home(), "staging": "yes" if staging else ""}

@@ -43,6 +43,9 @@ class TaskSpec:
     task still waiting for resources."""
     train_schema: dict[str, str] = field(default_factory=dict)
     """A trial's training dataset's declared ``schema`` (column -> type), for its input signature."""
+    code_uri: str = ""
+    """The shipped package of the project's code the task runs in (:mod:`runtime.compute.shipping`); empty:
+    it imports from ``repo_root`` on this machine. Shipped, ``repo_root`` is empty too."""
 
 
 @dataclass

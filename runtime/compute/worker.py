@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.compute.containment import contained
+from runtime.compute.shipping import code_root
 from runtime.compute.task import TaskSpec
 from runtime.context import RunContext, TrainResult
 from runtime.endpoint.signature import of_training
@@ -33,19 +34,35 @@ _LOADED_CODE: dict[str, str] = {}
 """module name -> code hash it was imported at (a worker process is reused across applies)."""
 
 
-def import_callable(target: str, code_hash: str | None, repo_root: str) -> Any:
-    """The callable ``module:function`` of the repository at ``repo_root``, its module reloaded when its code
-    (``code_hash``) changed since this process last imported it."""
+def import_callable(target: str, code_hash: str | None, repo_root: str, *, planned: bool = False) -> Any:
+    """The callable ``module:function`` of the repository at ``repo_root`` (empty: the shipped code in the
+    working directory), its module reloaded when its code (``code_hash``) changed since this process last
+    imported it. ``planned``: ``code_hash`` is the plan's, and the module's file must hash to it (the code
+    a task runs is the code planned)."""
     module_name, _, function = target.partition(":")
-    if repo_root not in sys.path:
-        sys.path.insert(0, repo_root)
+    root = code_root(repo_root)
+    if root not in sys.path:
+        sys.path.insert(0, root)
     module = sys.modules.get(module_name)
     if module is None:
         module = importlib.import_module(module_name)
     elif _LOADED_CODE.get(module_name) != code_hash:
         module = importlib.reload(module)
+    if planned and code_hash and _LOADED_CODE.get(module_name) != code_hash:
+        _check_code(module, code_hash)
     _LOADED_CODE[module_name] = code_hash or ""
     return getattr(module, function)
+
+
+def _check_code(module: Any, code_hash: str) -> None:
+    """Refuse a module whose file is not the one planned (a node with other code on its path)."""
+    from compiler.content_hash import hash_file
+
+    path = Path(str(module.__file__))
+    found = hash_file(path)
+    if found != code_hash:
+        raise TaskError(f"{module.__name__} ({path}) hashes to {found[:19]}, not to the planned {code_hash[:19]}: "
+                        "this node runs other code than the plan was made for")
 
 
 @functools.lru_cache(maxsize=8)
@@ -132,8 +149,8 @@ def execute(spec: TaskSpec, rank: int = 0, world_size: int = 1, device: str | No
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 ctx.seed_everything()
-                with contained(spec.repo_root, in_store(store, inputs)) as watch:
-                    function = import_callable(spec.target, spec.code_hash, spec.repo_root)
+                with contained(code_root(spec.repo_root), in_store(store, inputs)) as watch:
+                    function = import_callable(spec.target, spec.code_hash, spec.repo_root, planned=True)
                     returned = function(ctx)
                 if watch.killed:
                     log.write(f"mlops: killed {len(watch.killed)} process(es) the task left running: "

@@ -62,7 +62,7 @@ def run_monitors(project: Project, store: StateStore, names: Iterable[str] | Non
         ready = set(due(project, store, at))
         chosen = [name for name in chosen if name in ready]
     workspace = Workspace.of(project)
-    with exclusive(workspace.state_path, "monitor", actor(project.root), timeout=lock_timeout):
+    with exclusive(workspace.state, "monitor", actor(project.root), timeout=lock_timeout):
         return [run_monitor(project, workspace, store, name, at) for name in chosen]
 
 

@@ -67,6 +67,28 @@ def capacity(project: Project) -> Capacity | None:
     return Capacity({**machine, "CPU": float(local_cluster_cpus(project))}, "the local Ray cluster", True)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def on_this_machine(address: str) -> bool:
+    """Whether a ``cluster.address`` names a cluster on this machine (``auto``, or a loopback host)."""
+    host = address.removeprefix("ray://").rsplit(":", 1)[0] if ":" in address else address
+    return address == "auto" or host in LOOPBACK_HOSTS
+
+
+def check_storage(project: Project) -> None:
+    """Refuse ``infeasible:`` a cluster on other machines with an artifact store in a folder of this one: its
+    tasks could neither read their inputs nor write their outputs there."""
+    address = project.spec.cluster.address
+    artifacts = project.spec.storage.artifacts
+    if not address or on_this_machine(address) or ("://" in artifacts and not artifacts.startswith("file://")):
+        return
+    raise PlanError.one(f"infeasible: cluster.address {address} is a Ray cluster on other machines, but "
+                        f"storage.artifacts {artifacts!r} is a folder on this one, which its nodes cannot read "
+                        "or write: use an object store (s3://bucket/prefix)",
+                        project.position("storage", "artifacts"), "storage")
+
+
 def check(project: Project, available: Capacity | None) -> None:
     """Raise a positioned ``infeasible: ...`` error for each request the cluster cannot satisfy."""
     if available is None:

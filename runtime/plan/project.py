@@ -68,6 +68,7 @@ def gate_views(project: Project, graph: Graph, store: StateStore,
 def plan_project(project: Project, store: StateStore, targets: list[str] | None = None) -> tuple[Graph, Plan]:
     """The desired graph (data hashed through the state's cache) and the plan against the recorded state
     and what Serve runs; the plan keeps what it read (the latest results, the gates, Serve's view)."""
+    feasibility.check_storage(project)
     feasibility.check(project, feasibility.capacity(project))
     unknown = [t for t in targets or [] if t not in project.views and "/" not in t]
     if unknown:

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +147,25 @@ REFSPECS = ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/approve/*:refs/ta
 pushed for a commit the clone already has arrives too, and a deleted one is pruned."""
 
 
+GIT_TOKEN_ENV = "MLOPS_GIT_TOKEN"
+GIT_USERNAME_ENV = "MLOPS_GIT_USERNAME"
+
+
+def git_credentials(url: str, env: Mapping[str, str] = os.environ) -> Any:
+    """How the fetch authenticates: the SSH agent for ``ssh://`` and ``git@`` URLs; for ``https://``, the token in
+    ``$MLOPS_GIT_TOKEN`` (a GitHub or GitLab access token; user ``$MLOPS_GIT_USERNAME``, default
+    ``x-access-token``, which GitHub expects and GitLab ignores for personal and project tokens), so the URL in
+    the spec and in the clone's config holds no secret; none otherwise (a public repository)."""
+    import pygit2
+
+    if url.startswith(("ssh://", "git@")):
+        return pygit2.KeypairFromAgent("git")
+    token = env.get(GIT_TOKEN_ENV)
+    if token and url.startswith("https://"):
+        return pygit2.UserPass(env.get(GIT_USERNAME_ENV) or "x-access-token", token)
+    return None
+
+
 def _child(checkout: Path, url: str, max_bytes: int) -> dict[str, Any]:
     import pygit2
 
@@ -156,7 +175,7 @@ def _child(checkout: Path, url: str, max_bytes: int) -> dict[str, Any]:
                 raise FetchError(f"the repository is over the {human_size(max_bytes)} cap (--max-repo-size): "
                                  f"{human_size(stats.received_bytes)} received before the transfer was stopped")
 
-    credentials = pygit2.KeypairFromAgent("git") if url.startswith(("ssh://", "git@")) else None
+    credentials = git_credentials(url)
     if (checkout / ".git").exists():
         repo = pygit2.Repository(str(checkout))
     else:

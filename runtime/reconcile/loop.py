@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -255,13 +256,13 @@ class Reconciler:
         Returns the store, still open, for :meth:`_record` (``None`` when it could not be opened)."""
         workspace = Workspace.of(project)
         try:
-            store = StateStore.open(workspace.state_path)
+            store = StateStore.open(workspace.state)
         except Exception as error:  # noqa: BLE001 - reported as the tick's error; the loop goes on
             result.error = error.render() if isinstance(error, MlopsError) else f"{type(error).__name__}: {error}"
             return None
         try:
             self._connect(project)
-            with exclusive(workspace.state_path, "reconcile", actor(project.root), timeout=self.lock_timeout):
+            with exclusive(workspace.state, "reconcile", actor(project.root), timeout=self.lock_timeout):
                 self._under_lock(project, store, result)
         except MlopsError as error:
             result.error = result.error or error.render()
@@ -400,8 +401,9 @@ class Reconciler:
     def _status_store(self, project: Project | None) -> StateStore | None:
         """The state of the last project that compiled; before any did, the default state next to the
         spec when it exists (a reconciler restarted on a broken commit)."""
+        path: Path | str
         if project is not None:
-            path = Workspace.of(project).state_path
+            path = Workspace.of(project).state
         else:
             path = self.source.spec_path().resolve().parent / ".mlops" / "state.db"
             if not path.exists():

@@ -20,15 +20,16 @@ Threat model, honestly:
 * After a crash between the database commit and the sidecar write, the sidecar may lag the log
   by a record; that is not reported (it is a prefix of the chain) and the next append catches up.
   The sidecar is never overwritten while it disagrees with the log, so evidence is not erased.
+
+On PostgreSQL the same holds with the ``audit_anchor`` table in place of the sidecar file (see
+:mod:`runtime.state.anchor` for what that anchor can and cannot tell), and PostgreSQL triggers
+(``TRUNCATE`` included) in place of SQLite's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sqlite3
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +47,10 @@ TRIGGERS = ("audit_no_update", "audit_no_delete")
 
 
 def head_path(store: StoreAccess) -> Path:
-    """The sidecar file that anchors the head of the log: ``<state file>.audit-head``."""
+    """The sidecar file that anchors the head of the log: ``<state file>.audit-head`` (SQLite states only)."""
+    if store.path is None:
+        raise StateError.of(f"{store.location}: a PostgreSQL state anchors its audit head in its "
+                            f"{anchor.TableAnchor.name} table, not in a file")
     return anchor.sidecar_path(store.path)
 
 
@@ -96,9 +100,9 @@ def rollout_failed(store: StateStore, actor: str, deployment: str, model: str, v
 
 def of_actions(store: StateStore, actions: list[str]) -> list[AuditRecord]:
     """The records of these actions, oldest first."""
-    marks = ",".join("?" * len(actions))
     if not actions:
         return []
+    marks = ",".join("?" * len(actions))
     rows = store._rows(f"SELECT * FROM audit WHERE action IN ({marks}) ORDER BY seq", tuple(actions))
     return [audit_record_of(row) for row in rows]
 
@@ -108,7 +112,8 @@ def log(store: StateStore, limit: int | None = None) -> list[AuditRecord]:
     if limit is None:
         rows = store._rows("SELECT * FROM audit ORDER BY seq")
     else:
-        rows = store._rows("SELECT * FROM (SELECT * FROM audit ORDER BY seq DESC LIMIT ?) ORDER BY seq", (limit,))
+        rows = store._rows("SELECT * FROM (SELECT * FROM audit ORDER BY seq DESC LIMIT ?) AS newest ORDER BY seq",
+                           (limit,))
     return [audit_record_of(row) for row in rows]
 
 
@@ -121,7 +126,7 @@ def head(store: StateStore) -> tuple[int, str]:
     """The anchored head: (number of records, hash of the last one)."""
     rows = store._rows("SELECT count, hash FROM audit_head WHERE id = 1")
     if not rows:
-        raise StateError.of(f"{store.path}: its audit_head row is missing")
+        raise StateError.of(f"{store.location}: its audit_head row is missing")
     count, last = rows[0]
     return int(count), str(last)
 
@@ -131,17 +136,20 @@ def verify(store: StateStore) -> list[str]:
 
     First SQLite's ``PRAGMA quick_check``: a corrupt database is one problem, and nothing else is read.
     """
-    try:
-        checked = [str(row[0]) for row in store._rows("PRAGMA quick_check")]
-    except sqlite3.DatabaseError as exc:
-        checked = [str(exc)]
-    if checked != ["ok"]:
-        more = f" (and {len(checked) - 1} more)" if len(checked) > 1 else ""
-        return [f"{store.path.name} is corrupt: SQLite's quick_check says: {' '.join(checked[0].split())}{more}"]
+    errors = store.dialect.database_errors
+    name = store.path.name if store.path is not None else store.location
+    if store.dialect.quick_check is not None:
+        try:
+            checked = [str(row[0]) for row in store._rows(store.dialect.quick_check)]
+        except errors as exc:
+            checked = [str(exc)]
+        if checked != ["ok"]:
+            more = f" (and {len(checked) - 1} more)" if len(checked) > 1 else ""
+            return [f"{name} is corrupt: SQLite's quick_check says: {' '.join(checked[0].split())}{more}"]
     try:
         return _verify(store)
-    except (sqlite3.DatabaseError, StateError, KeyError, IndexError) as exc:
-        return [f"{store.path.name} is not a usable state database: {' '.join(str(exc).split())}"]
+    except (StateError, KeyError, IndexError, *errors) as exc:  # type: ignore[misc]
+        return [f"{name} is not a usable state database: {' '.join(str(exc).split())}"]
 
 
 def _verify(store: StateStore) -> list[str]:
@@ -173,9 +181,8 @@ def _verify(store: StateStore) -> list[str]:
     elif (anchored_count, anchored_hash) != (last_seq, prev_hash):
         problems.append("the audit head in the database does not match the end of the log: the log was rewritten")
     lineage, serial, _ = store.identity()
-    problems.extend(_check_sidecar(head_path(store), hashes, lineage, serial))
-    present = {row[0] for row in store._rows(
-        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit'")}
+    problems.extend(_check_anchor(anchor.anchorage(store), hashes, lineage, serial))
+    present = {row[0] for row in store._rows(store.dialect.triggers)}
     problems.extend(f"the append-only trigger {name} was dropped" for name in TRIGGERS if name not in present)
     problems.extend(f"the approval of models.{a.model} version {a.version} at gates.{a.gate} by {a.approver} has no "
                     "record in the audit chain: it was written behind mlops' back and does not count"
@@ -186,23 +193,24 @@ def _verify(store: StateStore) -> list[str]:
     return problems
 
 
-def _check_sidecar(path: Path, hashes: dict[int, str], lineage: str, serial: int) -> list[str]:
-    sidecar = anchor.read(path)
+def _check_anchor(place: anchor.Anchorage, hashes: dict[int, str], lineage: str, serial: int) -> list[str]:
+    sidecar = place.read()
+    name = place.name
     if sidecar is None:
-        return [f"{path.name} is missing: the log's head is not anchored"] if hashes else []
+        return [f"{name} is missing: the log's head is not anchored"] if hashes else []
     if isinstance(sidecar, str):
-        return [f"{path.name} is unreadable ({sidecar})"]
+        return [f"{name} is unreadable ({sidecar})"]
     if sidecar.lineage is not None and sidecar.lineage != lineage:
-        return [f"{path.name} anchors another state (lineage {sidecar.lineage[:12]}, {sidecar.count} records) than "
+        return [f"{name} anchors another state (lineage {sidecar.lineage[:12]}, {sidecar.count} records) than "
                 f"this one (lineage {lineage[:12]}): the state file was replaced"]
     last_seq = max(hashes, default=0)
     if sidecar.count > last_seq:
-        return [f"{path.name} says the log has {sidecar.count} records but it ends at record {last_seq}: "
+        return [f"{name} says the log has {sidecar.count} records but it ends at record {last_seq}: "
                 "the last records were deleted"]
     if sidecar.count and hashes.get(sidecar.count) != sidecar.hash:
-        return [f"{path.name} does not match record {sidecar.count}: the log was rewritten"]
+        return [f"{name} does not match record {sidecar.count}: the log was rewritten"]
     if sidecar.serial is not None and sidecar.serial > serial:
-        return [f"{path.name} says the state was at serial {sidecar.serial} but it is at serial {serial}: "
+        return [f"{name} says the state was at serial {sidecar.serial} but it is at serial {serial}: "
                 "an older copy of the state"]
     return []
 
@@ -215,8 +223,8 @@ def _publish_head(store: StoreAccess) -> None:
     lineage, serial, count, last = store._rows(
         "SELECT m.lineage, m.serial, h.count, h.hash FROM state_meta m, audit_head h WHERE m.id = 1 AND h.id = 1")[0]
     store.sync()
-    path = head_path(store)
-    current = anchor.read(path)
+    place = anchor.anchorage(store)
+    current = place.read()
     if isinstance(current, anchor.Anchor):
         if current.lineage is not None and current.lineage != lineage:
             return  # keep the evidence for verify
@@ -225,7 +233,7 @@ def _publish_head(store: StoreAccess) -> None:
             return  # keep the evidence for verify
         if current.count >= count and (current.serial or 0) >= serial:
             return
-    _write_atomically(path, json.dumps({"count": count, "hash": last, "lineage": lineage, "serial": serial}) + "\n")
+    place.write(anchor.Anchor(int(count), str(last), str(lineage), int(serial)))
 
 
 RESET = "state-reset"
@@ -237,37 +245,18 @@ def reset(store: StateStore, actor: str, commit: str | None = None) -> AuditReco
 
     The old sidecar is kept as evidence (``<state file>.audit-head.replaced-<time>``); a ``state-reset``
     record naming the history it anchored (count, hash, lineage, serial) is appended; the sidecar then
-    anchors this state. Open ``store`` with ``check=False`` and hold the state lock.
+    anchors this state (on PostgreSQL: the ``audit_anchor`` row, which the record names). Open ``store``
+    with ``check=False`` and hold the state lock.
     """
-    path = head_path(store)
-    previous = anchor.read(path)
+    place = anchor.anchorage(store)
+    previous = place.read()
     before = None
     if isinstance(previous, anchor.Anchor):
         before = {"count": previous.count, "hash": previous.hash, "lineage": previous.lineage,
                   "serial": previous.serial}
     elif isinstance(previous, str):
         before = {"unreadable": previous}
-    if path.exists():
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        os.replace(path, path.with_name(f"{path.name}.replaced-{stamp}"))
+    place.set_aside()
     lineage, serial, count = store.identity()
     return append(store, actor, RESET, {"previous": before, "state": {"lineage": lineage, "serial": serial,
                                                                       "count": count}}, commit)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -12,6 +12,10 @@ file). Children forked while the lock is held share it until they exit; processe
 ``exec`` (``subprocess``, Ray's workers) do not inherit it (the descriptor is close-on-exec).
 On NFS, Linux maps flock to POSIX byte-range locks, which work when the server supports locking.
 
+A PostgreSQL state (``postgresql://...``) is locked with a PostgreSQL advisory lock instead, held on a
+connection of its own and freed by the server when that connection ends (:mod:`runtime.state.pglock`);
+the holder's information is a row in the database. Every function here takes either kind of state.
+
 >>> import tempfile, pathlib
 >>> state = pathlib.Path(tempfile.mkdtemp()) / "state.db"
 >>> with acquire(state, "apply", "me@host") as lock:
@@ -35,8 +39,10 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from compiler.errors import Diagnostic, MlopsError
+from runtime.state.pgurl import is_postgresql, shown
 from runtime.state.records import LockInfo
 
 POLL_S = 0.1
@@ -49,18 +55,23 @@ class LockError(MlopsError):
 class LockHeld(LockError):
     """The state is locked by another operation; ``info`` says by whom (``None`` if it could not be read)."""
 
-    def __init__(self, info: LockInfo | None, lock_path: Path) -> None:
+    def __init__(self, info: LockInfo | None, lock_path: Path | str) -> None:
         self.info = info
         self.lock_path = lock_path
         super().__init__([Diagnostic(_held_message(info, lock_path))])
 
-    def __reduce__(self) -> tuple[type[LockHeld], tuple[LockInfo | None, Path]]:
+    def __reduce__(self) -> tuple[type[LockHeld], tuple[LockInfo | None, Path | str]]:
         return LockHeld, (self.info, self.lock_path)
 
 
 def lock_path(state_path: Path | str) -> Path:
     """``<state file>.lock``."""
     return Path(f"{state_path}.lock")
+
+
+def _key(state_path: Path | str) -> str:
+    """What names a state's lock in this process: its lock file, or its URL (without a password)."""
+    return shown(str(state_path)) if is_postgresql(state_path) else str(lock_path(state_path).resolve())
 
 
 def default_who() -> str:
@@ -75,17 +86,26 @@ def default_who() -> str:
 class StateLock:
     """A held state lock; release it with :meth:`release` or by leaving the ``with`` block."""
 
-    def __init__(self, path: Path, fd: int, info: LockInfo) -> None:
+    def __init__(self, path: Path | str, fd: int, info: LockInfo, conn: Any = None) -> None:
         self.path = path
+        """The lock file, or the PostgreSQL URL (without a password)."""
         self.info = info
         self._fd = fd
+        self._conn = conn
+        """The connection holding a PostgreSQL state's advisory lock."""
 
     @property
     def held(self) -> bool:
-        return self._fd >= 0
+        return self._fd >= 0 or self._conn is not None
 
     def release(self) -> None:
         """Clear the holder information and unlock (idempotent)."""
+        if self._conn is not None:
+            from runtime.state import pglock
+
+            conn, self._conn = self._conn, None
+            pglock.release(conn, self.info.id)
+            return
         if self._fd < 0:
             return
         fd, self._fd = self._fd, -1
@@ -104,6 +124,8 @@ class StateLock:
 
 def acquire(state_path: Path | str, operation: str, who: str | None = None, timeout: float = 0.0) -> StateLock:
     """Lock the state for ``operation``; wait up to ``timeout`` seconds (0: fail at once) or raise :class:`LockHeld`."""
+    if is_postgresql(state_path):
+        return _acquire_postgresql(str(state_path), operation, who, timeout)
     path = lock_path(state_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -131,12 +153,31 @@ def acquire(state_path: Path | str, operation: str, who: str | None = None, time
     return StateLock(path, fd, info)
 
 
+def _acquire_postgresql(url: str, operation: str, who: str | None, timeout: float) -> StateLock:
+    from runtime.state import pglock
+
+    deadline = time.monotonic() + max(timeout, 0.0)
+    while (conn := pglock.try_lock(url)) is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise LockHeld(pglock.read_info(url), shown(url))
+        time.sleep(min(POLL_S, remaining))
+    info = LockInfo(id=str(uuid.uuid4()), operation=operation, who=who or default_who(), pid=os.getpid(),
+                    host=socket.gethostname(), since=time.time())
+    try:
+        pglock.write_info(conn, url, info)
+    except BaseException:
+        pglock.release(conn, info.id)
+        raise
+    return StateLock(shown(url), -1, info, conn)
+
+
 _HOLDS = threading.local()
 """Per thread: the locks it holds through :func:`exclusive`, by lock file (``holds``)."""
 
 
-def _held() -> dict[Path, StateLock]:
-    holds: dict[Path, StateLock] | None = getattr(_HOLDS, "holds", None)
+def _held() -> dict[str, StateLock]:
+    holds: dict[str, StateLock] | None = getattr(_HOLDS, "holds", None)
     if holds is None:
         holds = _HOLDS.holds = {}
     return holds
@@ -152,7 +193,7 @@ def exclusive(state_path: Path | str, operation: str, who: str | None = None,
     hold instead of refusing itself; any other holder makes it wait ``timeout`` seconds or raise
     :class:`LockHeld`.
     """
-    path = lock_path(state_path).resolve()
+    path = _key(state_path)
     holds = _held()
     held = holds.get(path)
     if held is not None and held.held:
@@ -168,6 +209,10 @@ def exclusive(state_path: Path | str, operation: str, who: str | None = None,
 
 def read_info(state_path: Path | str) -> LockInfo | None:
     """The holder information in the lock file (possibly stale: see :func:`holder`); ``None`` if there is none."""
+    if is_postgresql(state_path):
+        from runtime.state import pglock
+
+        return pglock.read_info(str(state_path))
     path = lock_path(state_path)
     for _ in range(20):  # the holder may be between truncating the file and writing its information
         try:
@@ -187,6 +232,10 @@ def read_info(state_path: Path | str) -> LockInfo | None:
 
 def holder(state_path: Path | str) -> LockInfo | None:
     """Who holds the lock right now, or ``None`` when it is free (stale information is ignored)."""
+    if is_postgresql(state_path):
+        from runtime.state import pglock
+
+        return pglock.read_info(str(state_path)) if pglock.is_held(str(state_path)) else None
     path = lock_path(state_path)
     if not path.exists():
         return None
@@ -204,21 +253,26 @@ def force_unlock(state_path: Path | str, lock_id: str) -> LockInfo:
     """Clear the lock information ``lock_id`` left by a holder that is gone; return what was cleared.
 
     Refuses when ``lock_id`` is not the lock's ID, and when the lock is still held by a live process
-    (a flock cannot be taken from its holder: stop that process and the kernel releases the lock).
+    (a flock cannot be taken from its holder: stop that process and the kernel releases the lock). On
+    PostgreSQL likewise: the advisory lock is its holder's connection's; ending it frees the lock.
     """
-    path = lock_path(state_path)
+    postgresql = is_postgresql(state_path)
+    path: Path | str = shown(str(state_path)) if postgresql else lock_path(state_path)
     info = read_info(state_path)
     if info is None:
         raise LockError.one(f"the state is not locked: {path} holds no lock information")
     if info.id != lock_id:
         raise LockError.one(f"lock ID {lock_id!r} does not match the lock's ID {info.id!r}; nothing was unlocked")
+    if postgresql:
+        from runtime.state import pglock
+
+        if not pglock.clear(str(state_path), lock_id):
+            raise _live(info)
+        return info
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
         if not _try_flock(fd):
-            raise LockError.one(
-                f"lock {info.id} is held by a live process (PID {info.pid} on {info.host}, {info.operation} by "
-                f"{info.who} since {_iso(info.since)}); a held lock cannot be broken from outside: stop that "
-                "process and the lock is released")
+            raise _live(info)
         try:
             current = read_info(state_path)
             if current is not None and current.id == lock_id:
@@ -228,6 +282,13 @@ def force_unlock(state_path: Path | str, lock_id: str) -> LockInfo:
     finally:
         os.close(fd)
     return info
+
+
+def _live(info: LockInfo) -> LockError:
+    return LockError.one(  # type: ignore[return-value]
+        f"lock {info.id} is held by a live process (PID {info.pid} on {info.host}, {info.operation} by "
+        f"{info.who} since {_iso(info.since)}); a held lock cannot be broken from outside: stop that "
+        "process and the lock is released")
 
 
 def _try_flock(fd: int) -> bool:
@@ -242,7 +303,7 @@ def _iso(since: float) -> str:
     return datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
 
 
-def _held_message(info: LockInfo | None, path: Path) -> str:
+def _held_message(info: LockInfo | None, path: Path | str) -> str:
     lines = ["Error acquiring the state lock: another operation holds it", "Lock Info:"]
     if info is None:
         lines.append("  (the holder wrote no lock information yet)")
@@ -258,5 +319,5 @@ def _held_message(info: LockInfo | None, path: Path) -> str:
 
 def held_here(state_path: Path | str) -> bool:
     """Whether this thread holds the state's lock through :func:`exclusive`."""
-    held = _held().get(lock_path(state_path).resolve())
+    held = _held().get(_key(state_path))
     return held is not None and held.held

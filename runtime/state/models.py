@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from typing import Any
 
@@ -46,7 +45,8 @@ class ModelRecords(StoreAccess):
         with self.transaction():
             rows = self._conn.execute(
                 "INSERT INTO model_counters (model, last_version) VALUES (?, 1)"
-                " ON CONFLICT (model) DO UPDATE SET last_version = last_version + 1 RETURNING last_version",
+                " ON CONFLICT (model) DO UPDATE SET last_version = model_counters.last_version + 1"
+                " RETURNING last_version",
                 (model,)).fetchall()
             return int(rows[0][0])
 
@@ -64,9 +64,10 @@ class ModelRecords(StoreAccess):
                      None if version.signature is None else dump_json(version.signature)))
                 self._conn.execute(
                     "INSERT INTO model_counters (model, last_version) VALUES (?, ?) ON CONFLICT (model)"
-                    " DO UPDATE SET last_version = MAX(last_version, excluded.last_version)",
+                    " DO UPDATE SET last_version = CASE WHEN excluded.last_version > model_counters.last_version"
+                    " THEN excluded.last_version ELSE model_counters.last_version END",
                     (version.model, version.version))
-        except sqlite3.IntegrityError as exc:
+        except self.dialect.integrity_errors as exc:
             raise StateError.of(f"model '{version.model}' already has a version {version.version}") from exc
 
     def model_versions(self, model: str) -> list[ModelVersion]:
@@ -109,7 +110,7 @@ class ModelRecords(StoreAccess):
                     " audit_hash) VALUES (?,?,?,?,?,?,?,?)",
                     (decision.gate, decision.model, decision.version, decision.status, dump_json(decision.checks),
                      at, record.seq, record.hash))
-        except sqlite3.IntegrityError as exc:
+        except self.dialect.integrity_errors as exc:
             raise StateError.of(f"model '{decision.model}' has no version {decision.version}") from exc
 
     def latest_gate_decision(self, gate: str, model: str, version: int | None = None) -> GateDecision | None:
@@ -177,7 +178,7 @@ class ModelRecords(StoreAccess):
                     " audit_hash = excluded.audit_hash",
                     (approval.gate, approval.model, approval.version, approval.approver, at, record.seq,
                      record.hash))
-        except sqlite3.IntegrityError as exc:
+        except self.dialect.integrity_errors as exc:
             raise StateError.of(f"model '{approval.model}' has no version {approval.version}") from exc
         return True
 
@@ -213,7 +214,7 @@ def _decision_payload(gate: str, model: str, version: int, status: str, checks: 
             "checks_sha256": hashlib.sha256(canonical_json(checks).encode()).hexdigest()}
 
 
-def _audited(row: sqlite3.Row, action: str) -> dict[str, Any] | None:
+def _audited(row: Any, action: str) -> dict[str, Any] | None:
     """The payload of the audit record a row names (seq and hash), when that record is in the anchored chain,
     hashes to its hash and is of ``action``; else ``None``."""
     from runtime.state.audit import record_hash
@@ -227,7 +228,7 @@ def _audited(row: sqlite3.Row, action: str) -> dict[str, Any] | None:
     return record.payload if record_hash(record) == record.hash and isinstance(record.payload, dict) else None
 
 
-def _decision_chained(row: sqlite3.Row) -> bool:
+def _decision_chained(row: Any) -> bool:
     """Whether a gate decision row's ``decide`` record is in the anchored chain and says what the row says."""
     payload = _audited(row, DECIDE)
     if payload is None:
@@ -240,7 +241,7 @@ def _decision_chained(row: sqlite3.Row) -> bool:
     return payload == _decision_payload(row["gate"], row["model"], row["version"], row["status"], checks)
 
 
-def _approval_chained(row: sqlite3.Row) -> bool:
+def _approval_chained(row: Any) -> bool:
     """Whether an approval row's audit record is in the anchored chain and says what the row says."""
     payload = _audited(row, "approve")
     return (payload is not None and row["actor"] == row["approver"]

@@ -8,7 +8,6 @@ A JSON column that does not parse raises :class:`CorruptRecord`, which the store
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any, cast
 
 from compiler.content_hash import canonical_json
@@ -29,6 +28,9 @@ from runtime.state.records import (
     Snapshot,
     VersionStatus,
 )
+
+Row = Any
+"""A ``sqlite3.Row`` or a :class:`runtime.state.pg.Row`: read by column name and by position."""
 
 
 class CorruptRecord(ValueError):
@@ -51,7 +53,7 @@ def load_json(text: str | None) -> Any:
         raise CorruptRecord(f"a record holds {shown}, which is not valid JSON ({exc})") from exc
 
 
-def node_result_of(row: sqlite3.Row) -> NodeResult:
+def node_result_of(row: Row) -> NodeResult:
     return NodeResult(
         node_id=row["node_id"], address=row["address"], kind=row["kind"], fingerprint=row["fingerprint"],
         config=load_json(row["config"]), code_hash=row["code_hash"], data_hash=row["data_hash"],
@@ -59,7 +61,7 @@ def node_result_of(row: sqlite3.Row) -> NodeResult:
         outputs=load_json(row["outputs"]), run_id=row["run_id"], finished_at=row["finished_at"])
 
 
-def run_of(row: sqlite3.Row) -> Run:
+def run_of(row: Row) -> Run:
     return Run(
         run_id=row["run_id"], node_id=row["node_id"], address=row["address"], kind=row["kind"],
         fingerprint=row["fingerprint"], params=load_json(row["params"]), status=cast(RunStatus, row["status"]),
@@ -68,16 +70,16 @@ def run_of(row: sqlite3.Row) -> Run:
         metrics=load_json(row["metrics"]), log_uri=row["log_uri"], error=row["error"])
 
 
-def metric_point_of(row: sqlite3.Row) -> MetricPoint:
+def metric_point_of(row: Row) -> MetricPoint:
     return MetricPoint(row["run_id"], row["name"], row["step"], row["value"])
 
 
-def snapshot_of(row: sqlite3.Row) -> Snapshot:
+def snapshot_of(row: Row) -> Snapshot:
     return Snapshot(address=row["address"], fingerprint=row["fingerprint"], content_hash=row["content_hash"],
                     artifact_uri=row["artifact_uri"], created_at=row["created_at"])
 
 
-def model_version_of(row: sqlite3.Row) -> ModelVersion:
+def model_version_of(row: Row) -> ModelVersion:
     return ModelVersion(
         model=row["model"], version=row["version"], fingerprint=row["fingerprint"], artifact_uri=row["artifact_uri"],
         run_id=row["run_id"], metrics=load_json(row["metrics"]), params=load_json(row["params"]),
@@ -86,37 +88,37 @@ def model_version_of(row: sqlite3.Row) -> ModelVersion:
         signature=load_json(row["signature"]))
 
 
-def gate_decision_of(row: sqlite3.Row) -> GateDecision:
+def gate_decision_of(row: Row) -> GateDecision:
     return GateDecision(gate=row["gate"], model=row["model"], version=row["version"],
                         status=cast(GateStatus, row["status"]), checks=load_json(row["checks"]),
                         decided_at=row["decided_at"])
 
 
-def approval_of(row: sqlite3.Row) -> Approval:
+def approval_of(row: Row) -> Approval:
     """An approval from an ``approvals`` row joined with its audit record (its ``git_commit``)."""
     return Approval(row["gate"], row["model"], row["version"], row["approver"], row["approved_at"], row["git_commit"])
 
 
-def deployment_of(row: sqlite3.Row) -> DeploymentState:
+def deployment_of(row: Row) -> DeploymentState:
     return DeploymentState(name=row["name"], model=row["model"], desired_version=row["desired_version"],
                            live_version=row["live_version"], status=row["status"], updated_at=row["updated_at"],
                            pinned_version=row["pinned_version"], pin_reason=row["pin_reason"])
 
 
-def monitor_result_of(row: sqlite3.Row) -> MonitorResult:
+def monitor_result_of(row: Row) -> MonitorResult:
     return MonitorResult(row["monitor"], row["deployment"], row["version"], row["at"], bool(row["breached"]),
                          load_json(row["checks"]), load_json(row["actions"]))
 
 
-def retrain_request_of(row: sqlite3.Row) -> RetrainRequest:
+def retrain_request_of(row: Row) -> RetrainRequest:
     return RetrainRequest(row["id"], row["model"], row["reason"], row["at"], row["consumed_by"])
 
 
-def reconciler_status_of(row: sqlite3.Row) -> ReconcilerStatus:
+def reconciler_status_of(row: Row) -> ReconcilerStatus:
     return ReconcilerStatus(row["commit_id"], row["synced_at"], row["tick_at"], row["error"], row["errors"])
 
 
-def audit_record_of(row: sqlite3.Row) -> AuditRecord:
+def audit_record_of(row: Row) -> AuditRecord:
     """An audit record (``ValueError`` when its payload is not JSON: an edit ``audit verify`` reports)."""
     return AuditRecord(seq=row["seq"], at=row["at"], actor=row["actor"], action=row["action"],
                        commit=row["git_commit"], payload=json.loads(row["payload"]), prev_hash=row["prev_hash"],

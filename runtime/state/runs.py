@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
 from runtime.state.access import StateError, StoreAccess
@@ -93,9 +92,10 @@ class RunRecords(StoreAccess):
         try:
             with self.transaction():
                 self._conn.executemany(
-                    "INSERT OR REPLACE INTO metrics (run_id, name, step, value) VALUES (?,?,?,?)",
+                    "INSERT INTO metrics (run_id, name, step, value) VALUES (?,?,?,?) ON CONFLICT (run_id, name, step)"
+                    " DO UPDATE SET value = excluded.value",
                     [(run_id, p.name, p.step, p.value) for p in points])
-        except sqlite3.IntegrityError as exc:
+        except self.dialect.integrity_errors as exc:
             raise StateError.of(f"cannot log metrics of unknown run '{run_id}'") from exc
 
     def get_run(self, run_id: str) -> Run | None:

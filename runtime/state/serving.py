@@ -51,14 +51,15 @@ class ServingRecords(StoreAccess):
     def monitor_results(self, monitor: str, limit: int = 100) -> list[MonitorResult]:
         """A monitor's results, oldest first (the newest ``limit``)."""
         rows = self._rows("SELECT * FROM (SELECT * FROM monitor_results WHERE monitor = ? ORDER BY id DESC LIMIT ?)"
-                          " ORDER BY id", (monitor, limit))
+                          " AS newest ORDER BY id", (monitor, limit))
         return [monitor_result_of(row) for row in rows]
 
     def add_feedback(self, labels: list[tuple[str, float]]) -> int:
         """Labels for logged predictions, by prediction id (a later label replaces an earlier one)."""
         now = time.time()
         with self.transaction():
-            self._conn.executemany("INSERT OR REPLACE INTO feedback (id, label, at) VALUES (?,?,?)",
+            self._conn.executemany("INSERT INTO feedback (id, label, at) VALUES (?,?,?) ON CONFLICT (id)"
+                                   " DO UPDATE SET label = excluded.label, at = excluded.at",
                                    [(pid, float(label), now) for pid, label in labels])
         return len(labels)
 

@@ -1,4 +1,5 @@
-"""The state store: one SQLite file holding what the runtime did (results, runs, versions, gates, ...).
+"""The state store: one SQLite file (or one PostgreSQL database) holding what the runtime did (results, runs,
+versions, gates, ...).
 
 Settings, chosen for a single-host embedded store that must survive ``kill -9`` of an apply:
 
@@ -19,6 +20,12 @@ Every method is atomic; :meth:`StateStore.transaction` groups several into one t
         store.record_result(result)
 
 A store is safe to share between threads of one process (calls are serialised); open one per process.
+
+``StateStore.open("postgresql://user@host:5432/db")`` opens the state in PostgreSQL instead (password from
+``PGPASSWORD`` or ``~/.pgpass``): the same tables and SQL (:mod:`runtime.state.pg`), write transactions
+serialised by a transaction-level advisory lock as ``BEGIN IMMEDIATE`` serialises them in SQLite, every
+commit durable (the server's ``synchronous_commit``), the audit head anchored in the database
+(:mod:`runtime.state.anchor`).
 """
 
 from __future__ import annotations
@@ -37,11 +44,12 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from runtime.state import anchor
-from runtime.state.access import StateError
+from runtime.state.access import SQLITE, Dialect, StateError
 from runtime.state.faults import os_line, sqlite_line
 from runtime.state.hashes import HashCache
-from runtime.state.migrations import SchemaTooNew, migrate, schema_version
+from runtime.state.migrations import MIGRATIONS, SchemaTooNew, migrate, schema_version
 from runtime.state.models import DECIDE, ModelRecords
+from runtime.state.pgurl import is_postgresql, shown
 from runtime.state.rows import CorruptRecord
 from runtime.state.runs import RunRecords
 from runtime.state.serving import ServingRecords
@@ -85,7 +93,7 @@ def _retry(operation: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def _identity(conn: sqlite3.Connection) -> tuple[str, int, int]:
+def _identity(conn: Any) -> tuple[str, int, int]:
     row = conn.execute("SELECT m.lineage, m.serial, h.count FROM state_meta m, audit_head h"
                        " WHERE m.id = 1 AND h.id = 1").fetchone()
     if row is None:
@@ -93,8 +101,19 @@ def _identity(conn: sqlite3.Connection) -> tuple[str, int, int]:
     return str(row[0]), int(row[1]), int(row[2])
 
 
-def _translated(path: Path, exc: BaseException) -> StateError | None:
-    """The one-line error naming the database for a fault SQLite or a damaged record raised, else ``None``."""
+def _translated(path: Path | str, exc: BaseException, dialect: Dialect = SQLITE) -> StateError | None:
+    """The one-line error naming the database for a fault of the database or a damaged record, else ``None``.
+
+    ``path`` is the SQLite file, or the PostgreSQL URL (shown without its password).
+    """
+    if dialect is not SQLITE:
+        if isinstance(exc, CorruptRecord):
+            return StateError.of(f"{shown(str(path))}: {exc}; the state is corrupted: restore it from a backup")
+        if isinstance(exc, dialect.database_errors) and not isinstance(exc, dialect.integrity_errors):
+            from runtime.state import pg
+
+            return StateError.of(pg.line(str(path), exc))
+        return None
     if isinstance(exc, CorruptRecord):
         return StateError.of(f"{sqlite_line(path, sqlite3.DatabaseError(str(exc)))}; the state is corrupted:"
                              " restore it from a backup")
@@ -111,9 +130,13 @@ class StateStore(RunRecords, ModelRecords, ServingRecords, HashCache):
     :mod:`~runtime.state.hashes`).
     """
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: Any, path: Path | None, *, url: str | None = None, dialect: Dialect = SQLITE) -> None:
         self._conn = conn
         self.path = path
+        self._url = url
+        """The PostgreSQL URL as given (``None`` for SQLite)."""
+        self.location = str(path) if url is None else shown(url)
+        self.dialect = dialect
         self._lock = threading.RLock()
         self._depth = 0
         self._after_commit: list[Callable[[], None]] = []
@@ -128,9 +151,14 @@ class StateStore(RunRecords, ModelRecords, ServingRecords, HashCache):
         replaced by another lineage, older than the head: :mod:`runtime.state.anchor`) is refused with a
         :class:`StateError` before anything is written to it. ``audit verify`` and ``state reset`` open
         without the check, to report and to recover.
+
+        ``path`` may be a ``postgresql://`` URL: the state is then that database (:meth:`_open_postgresql`).
         """
+        if is_postgresql(path):
+            return cls._open_postgresql(str(path), check)
         if "://" in str(path):
-            raise StateError.of(f"state {path}: only a local SQLite file is supported as the state store")
+            raise StateError.of(f"state {path}: only a local SQLite file or a postgresql:// URL is supported as the "
+                                "state store")
         path = Path(path)
         side = anchor.read(anchor.sidecar_path(path))  # before the state: see anchor.refusal
         if check and (why := anchor.refusal_before_open(path)) is not None:
@@ -172,6 +200,43 @@ class StateStore(RunRecords, ModelRecords, ServingRecords, HashCache):
             store._adopt_decisions()
         return store
 
+    @classmethod
+    def _open_postgresql(cls, url: str, check: bool) -> StateStore:
+        """Connect to the database at ``url``, migrate it, and (with ``check``) refuse it when its
+        ``audit_anchor`` does not vouch for it; every failure is one :class:`StateError` line naming ``url``."""
+        from runtime.state import pg
+
+        conn = pg.Connection(pg.connect(url), url)
+        location = shown(url)
+        try:
+            store = cls(conn, None, url=url, dialect=pg.POSTGRESQL)
+            now = pg.current(conn)  # an existing state: one round trip
+            side: anchor.Anchor | str | None
+            if now is not None and now[0] == len(MIGRATIONS):
+                before, (lineage, serial, count), side = now
+            else:
+                before = pg.schema_version(conn)
+                pg.migrate(conn)
+                side = anchor.TableAnchor(store).read()  # before the state, as the sidecar is
+                lineage, serial, count = _identity(conn)
+            if check and (why := anchor.refusal(location, side, lineage, serial, count)) is not None:
+                raise StateError.of(why)
+        except SchemaTooNew as exc:
+            conn.close()
+            raise StateError.of(f"{location}: {exc}") from exc
+        except pg.POSTGRESQL.database_errors as exc:
+            conn.close()
+            raise StateError.of(pg.line(url, exc)) from exc
+        except sqlite3.DatabaseError as exc:  # _identity: a row of its own tables is missing
+            conn.close()
+            raise StateError.of(f"{location}: not a usable state database: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        if 0 < before < DECISIONS_CHAINED_SINCE:
+            store._adopt_decisions()
+        return store
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -183,7 +248,7 @@ class StateStore(RunRecords, ModelRecords, ServingRecords, HashCache):
         self.close()
 
     @property
-    def connection(self) -> sqlite3.Connection:
+    def connection(self) -> Any:
         """The raw connection (for the audit module and tests); prefer the typed methods."""
         return self._conn
 
@@ -194,10 +259,17 @@ class StateStore(RunRecords, ModelRecords, ServingRecords, HashCache):
 
     def schema_version(self) -> int:
         with self._lock:
+            if self.path is None:
+                from runtime.state import pg
+
+                return pg.schema_version(self._conn)
             return schema_version(self._conn)
 
     def sync(self) -> None:
-        """Make every committed transaction durable now (fsync the WAL and the database file)."""
+        """Make every committed transaction durable now (fsync the WAL and the database file; on PostgreSQL
+        a commit is durable when it returns)."""
+        if self.path is None:
+            return
         with self._lock:
             for name in (f"{self.path}-wal", str(self.path)):
                 try:
@@ -213,7 +285,8 @@ class StateStore(RunRecords, ModelRecords, ServingRecords, HashCache):
 
     @contextmanager
     def transaction(self) -> Iterator[StateStore]:
-        """One atomic unit: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on an exception).
+        """One atomic unit: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on an exception); on PostgreSQL
+        ``BEGIN`` and the writers' advisory lock.
 
         Nested use makes a savepoint, so an inner failure the caller catches undoes only the inner part.
         """
@@ -225,9 +298,13 @@ class StateStore(RunRecords, ModelRecords, ServingRecords, HashCache):
 
     def _outer(self) -> Iterator[StateStore]:
         try:
-            _retry(lambda: self._conn.execute("BEGIN IMMEDIATE"))
-        except sqlite3.DatabaseError as exc:
-            translated = _translated(self.path, exc)
+            for statement in self.dialect.begin:
+                _retry(lambda statement=statement: self._conn.execute(statement))  # type: ignore[misc]
+        except self.dialect.database_errors as exc:
+            if self._conn.in_transaction:
+                with suppress(*self.dialect.database_errors):
+                    self._conn.execute("ROLLBACK")
+            translated = self._translated(exc)
             if translated is None:
                 raise
             raise translated from exc
@@ -241,9 +318,9 @@ class StateStore(RunRecords, ModelRecords, ServingRecords, HashCache):
         except BaseException as exc:
             self._after_commit.clear()
             if self._conn.in_transaction:
-                with suppress(sqlite3.Error):  # SQLite has rolled back itself (a full disk, an I/O error)
+                with suppress(*self.dialect.database_errors):  # SQLite has rolled back itself (a full disk, ...)
                     self._conn.execute("ROLLBACK")
-            translated = _translated(self.path, exc)
+            translated = self._translated(exc)
             if translated is not None:
                 raise translated from exc
             raise
@@ -282,26 +359,30 @@ class StateStore(RunRecords, ModelRecords, ServingRecords, HashCache):
             else:
                 self._after_commit.append(hook)
 
-    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        """Rows of one read statement, retried while locked; a SQLite fault is said as a :class:`StateError`."""
+    def _translated(self, exc: BaseException) -> StateError | None:
+        return _translated(self._url if self._url is not None else self.location, exc, self.dialect)
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        """Rows of one read statement, retried while locked; a database fault is said as a :class:`StateError`."""
         with self._lock:
             args = tuple(params)
             try:
-                return _retry(lambda: self._conn.execute(sql, args).fetchall())
-            except sqlite3.DatabaseError as exc:
-                translated = _translated(self.path, exc)
+                return cast(list[Any], _retry(lambda: self._conn.execute(sql, args).fetchall()))
+            except self.dialect.database_errors as exc:
+                translated = self._translated(exc)
                 if translated is None:
                     raise
                 raise translated from exc
 
-    def _row(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+    def _row(self, sql: str, params: Iterable[Any] = ()) -> Any | None:
         rows = self._rows(sql, params)
         return rows[0] if rows else None
 
-    def _exec(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+    def _exec(self, sql: str, params: Iterable[Any] = ()) -> Any:
         """Execute one write statement atomically (inside the current transaction when there is one).
 
-        Inside a transaction no savepoint is needed: SQLite undoes a failed statement by itself.
+        Inside a transaction no savepoint is needed: SQLite undoes a failed statement by itself (a failed
+        statement aborts a PostgreSQL transaction: the caller's ``transaction()`` rolls it back).
         """
         with self._lock:
             if self._depth:
@@ -317,7 +398,7 @@ def _naming_the_database(method: Callable[..., T]) -> Callable[..., T]:
         try:
             return method(self, *args, **kwargs)
         except CorruptRecord as exc:
-            translated = _translated(self.path, exc)
+            translated = self._translated(exc)
             assert translated is not None
             raise translated from exc
     return wrapper

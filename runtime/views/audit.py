@@ -47,8 +47,8 @@ def force_unlock(project: Project, lock_id: str) -> LockInfo:
     from runtime.workspace import Workspace
 
     workspace = Workspace.of(project)
-    cleared = lock.force_unlock(workspace.state_path, lock_id)
+    cleared = lock.force_unlock(workspace.state, lock_id)
     origin = provenance(project.root)
-    with StateStore.open(workspace.state_path) as store:
+    with StateStore.open(workspace.state) as store:
         audit.append(store, origin.actor, "force-unlock", {"lock": asdict(cleared)}, origin.commit)
     return cleared

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from compiler.errors import MlopsError
-from compiler.spec import duration_seconds
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import project_or_fail
 from runtime.cli.exit_codes import ExitCode
@@ -16,22 +15,16 @@ from runtime.cli.options import global_options
 @click.argument("gate")
 @click.option("--version", "version", required=True, type=click.IntRange(1), help="The model version approved.")
 @click.option("--by", "by", default=None, help="The approver (default: git's user.email).")
-@click.option("--lock-timeout", default="30s", show_default=True,
-              help="Wait this long for an apply or a reconcile tick holding the state lock.")
 @global_options
 @pass_app
-def approve_command(app: Application, gate: str, version: int, by: str | None, lock_timeout: str) -> None:
+def approve_command(app: Application, gate: str, version: int, by: str | None) -> None:
     """Approve a model version at a gate."""
     from runtime import approve
 
     project = project_or_fail(app)
     name = gate.removeprefix("gates.")
     try:
-        timeout = float(duration_seconds(lock_timeout))
-    except ValueError as error:
-        app.fail(MlopsError.one(f"--lock-timeout: {error}"))
-    try:
-        outcome = approve(project, name, version, by, lock_timeout=timeout)
+        outcome = approve(project, name, version, by)
     except MlopsError as error:
         app.fail(error)
     approval = outcome.approval

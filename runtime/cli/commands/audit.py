@@ -85,7 +85,9 @@ def verify_command(app: Application) -> None:
 
     project = project_or_fail(app)
     try:
-        if (emptied := refusal_before_open(Workspace.of(project).state_path)) is not None:
+        workspace = Workspace.of(project)
+        state = workspace.state_path if workspace.local_state else workspace.state  # a URL: checked once open
+        if (emptied := refusal_before_open(state)) is not None:
             raise MlopsError.one(emptied)
         with opened(project, check=False) as (_, store):  # report what is wrong with the state, never refuse it
             check = verify_audit(store)

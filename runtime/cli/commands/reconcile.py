@@ -1,4 +1,4 @@
-"""``mlops reconcile [--watch] [--interval D] [--repo URL --branch B]``: the GitOps loop."""
+"""``mlops reconcile [--watch] [--interval D] [--repo URL --branch B] [--metrics-port P]``: the GitOps loop."""
 
 from __future__ import annotations
 
@@ -33,14 +33,16 @@ if TYPE_CHECKING:
 @click.option("--max-repo-size", default="1GiB", show_default=True,
               help="Refuse a --repo larger than this (its objects, or its files at the tip).")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
-              help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics.")
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="The address --metrics-port listens on (0.0.0.0: every interface, as in a pod).")
 @click.option("--parallelism", default=4, show_default=True, type=click.IntRange(1), help="Nodes run at once.")
 @click.option("--lock-timeout", default="0s", show_default=True, help="Wait this long for the state lock (30s, 5m).")
 @global_options
 @pass_app
 def reconcile_command(app: Application, watch: bool, interval: str, repo: str | None, branch: str | None,
                       checkout: str | None, fetch_timeout: str, max_repo_size: str, metrics_port: int | None,
-                      parallelism: int, lock_timeout: str) -> None:
+                      metrics_host: str, parallelism: int, lock_timeout: str) -> None:
     """Make the live state match the spec: fetch, compile, plan, apply, run due monitors, repeat.
 
     Exit code without --watch: 0 when the tick succeeded, 1 when it failed (as apply). With --watch the
@@ -75,9 +77,9 @@ def reconcile_command(app: Application, watch: bool, interval: str, repo: str | 
     server = None
     if metrics_port is not None:
         try:
-            server = metrics.serve(metrics_port)
+            server = metrics.serve(metrics_port, metrics_host)
         except OSError as error:
-            app.fail(MlopsError.one(f"--metrics-port {metrics_port}: {error.strerror or error}"))
+            app.fail(MlopsError.one(f"--metrics-port {metrics_port} on {metrics_host}: {error.strerror or error}"))
     reconciler = Reconciler(source, metrics=metrics, parallelism=parallelism, lock_timeout=lock_seconds)
 
     def report(result: TickResult) -> None:

@@ -32,7 +32,7 @@ def report_command(app: Application, out_dir: Path, policy_dirs: tuple[str, ...]
     project = project_or_fail(app)
     report = policies_or_fail(app, project, policy_dirs)
     try:
-        if Workspace.of(project).state_path.exists():
+        if not (workspace := Workspace.of(project)).local_state or workspace.state_path.exists():
             with opened(project) as (_, store):
                 path = write_report(project, report, store, out_dir)
         else:

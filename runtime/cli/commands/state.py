@@ -30,6 +30,7 @@ def reset_command(app: Application, understood: bool) -> None:
     Restoring the right state file from a backup is the better recovery when there is one.
     """
     from runtime import reset_state
+    from runtime.state.pgurl import shown
     from runtime.workspace import Workspace
 
     project = project_or_fail(app)
@@ -45,6 +46,7 @@ def reset_command(app: Application, understood: bool) -> None:
         app.emit_json({"ok": True, "lineage": lineage, "serial": serial, "records": count,
                        "previous": record.payload["previous"]})
     else:
-        app.print(f"State {workspace.state_path} accepted: lineage {lineage}, serial {serial}, {count} audit "
+        where = workspace.state_path if workspace.local_state else shown(workspace.state)
+        app.print(f"State {where} accepted: lineage {lineage}, serial {serial}, {count} audit "
                   f"records (record {record.seq} names the history it replaced).")
     app.exit(ExitCode.OK)

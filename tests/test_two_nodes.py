@@ -1,0 +1,176 @@
+"""A Ray cluster of two nodes on this machine, one of which cannot see the repository.
+
+The head offers no CPUs; the only node that can run tasks is a worker started in a mount namespace of
+its own (``unshare --mount``) with a tmpfs over the project's folder: like a remote machine, it cannot
+read the driver's files. ``mlops apply`` with ``cluster.address`` set ships the work tree as a Ray
+``runtime_env`` package (``runtime/compute/shipping.py``), so the transform and the training run there,
+and a second apply whose code did not change uploads nothing. A worker that would run other code than the
+plan's is refused in one line. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compiler import load_project
+from runtime.apply.operations import apply_project, opened
+from runtime.compute import ray_backend
+from runtime.compute.cluster import READY_LINE, down_pgid
+
+pytestmark = pytest.mark.xdist_group("ray")
+
+START_TIMEOUT_S = 90.0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _ray_start(*options: str) -> list[str]:
+    return [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats",
+            "--node-ip-address=127.0.0.1", f"--dashboard-agent-listen-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}", *options]
+
+
+def _wait_for(log: Path, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"{what} exited with {process.returncode}: {log.read_text()[-2000:]}"
+        if READY_LINE in log.read_bytes():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not start within {START_TIMEOUT_S:.0f}s: {log.read_text()[-2000:]}")
+
+
+def _nodes(address: str) -> list[bool]:
+    from ray._raylet import InnerGcsClient  # type: ignore[attr-defined]
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo  # type: ignore[attr-defined]
+
+    client = InnerGcsClient.standalone(address, None, 5000)
+    return [node.state == GcsNodeInfo.ALIVE for node in client.get_all_node_info(timeout=5).values()]
+
+
+@pytest.fixture(scope="module")
+def hidden_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder the worker node cannot see: the projects live under it."""
+    return tmp_path_factory.mktemp("driver-only")
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory: pytest.TempPathFactory, hidden_root: Path) -> Iterator[str]:
+    """A head without CPUs and a 2-CPU worker node that cannot see ``hidden_root``; yields the GCS address."""
+    ray_backend.shutdown()  # this process joins the two-node cluster, not a Ray of its own
+    logs = tmp_path_factory.mktemp("ray-logs")
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}  # two nodes on one (loopback) address
+    from runtime.compute.cluster import _ensure_token
+
+    _ensure_token()
+    os.environ["RAY_AUTH_MODE"] = "token"  # this process joins it too
+    if "ray" in sys.modules:  # Ray read the mode when it was imported: make it read it again
+        from ray._raylet import Config  # type: ignore[attr-defined]
+
+        Config.initialize("")
+    session = Path(tempfile.mkdtemp(prefix="mlops-2n-", dir="/tmp"))  # short: unix socket paths are limited
+    head_log, worker_log = logs / "head.log", logs / "worker.log"
+    head = subprocess.Popen(_ray_start("--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
+                                       f"--ray-client-server-port={_free_port()}",
+                                       f"--temp-dir={session}"),
+                            stdout=head_log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    worker = None
+    try:
+        _wait_for(head_log, head, "the head node")
+        hide = f"mount -t tmpfs -o size=1m mlops-hidden {hidden_root} && exec \"$@\""
+        worker = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", hide, "sh",
+                                   *_ray_start(f"--address={address}", "--num-cpus=2")],
+                                  stdout=worker_log.open("wb"), stderr=subprocess.STDOUT, env=env,
+                                  start_new_session=True)
+        _wait_for(worker_log, worker, "the worker node")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while sum(_nodes(address)) < 2:
+            assert time.monotonic() < deadline, "the worker node never joined the head"
+            time.sleep(0.5)
+        yield address
+    finally:
+        ray_backend.shutdown()
+        for process in (worker, head):
+            if process is not None:
+                down_pgid(process.pid)
+
+
+def _spec(address: str, store: Path) -> dict[str, Any]:
+    return {"apiVersion": "mlops/v1", "project": "twonodes",
+            "storage": {"artifacts": str(store)},
+            "cluster": {"address": address},
+            "datasets": {"raw": {"path": "data/raw.csv"},
+                         "features": {"from": ["raw"], "transform": "pipeline:build_features"}},
+            "models": {"m": {"train": "pipeline:train", "data": {"train": "features"}, "params": {"lr": 0.5},
+                             "retries": 0}}}
+
+
+def test_an_apply_runs_on_a_node_that_cannot_see_the_repository(
+        two_nodes: str, hidden_root: Path, tmp_path_factory: pytest.TempPathFactory,
+        make_project: Callable[..., Path]) -> None:
+    store = tmp_path_factory.mktemp("shared-store")  # both nodes reach the artifact store
+    project = load_project(make_project(hidden_root / "p", _spec(two_nodes, store),
+                                        files={"data/raw.csv": "x\n1\n2\n"}))
+    outcome = apply_project(project)
+    assert outcome.result.ok, {k: (o.status, o.message) for k, o in outcome.result.outcomes.items()}
+    with opened(project) as (_, state):
+        runs = {r.node_id: r for r in state.list_runs(limit=10)}
+    assert set(runs) == {"datasets.features/transform", "models.m/train"}
+    assert all(r.status == "succeeded" for r in runs.values())
+
+    uploads = _uploads_counted()
+    again = apply_project(project)  # nothing changed: nothing runs, nothing is uploaded
+    assert again.result.ok and not again.plan.has_changes and uploads() == 0
+
+    (hidden_root / "p" / "data" / "raw.csv").write_text("x\n1\n2\n3\n")
+    new_data = apply_project(load_project(project.spec_path))  # the tasks run again on the same code package
+    assert new_data.result.ok and new_data.plan.has_changes and uploads() == 0, new_data.result.outcomes
+
+    pipeline = hidden_root / "p" / "pipeline.py"
+    pipeline.write_text(pipeline.read_text().replace("0.9", "0.8"))
+    new_code = apply_project(load_project(project.spec_path))  # the new code is shipped, and runs there
+    assert new_code.result.ok and uploads() == 1, new_code.result.outcomes
+    with opened(project) as (_, state):
+        assert state.list_runs("models.m", limit=1)[0].metrics.get("auc") == 0.8
+
+
+def _uploads_counted() -> Callable[[], int]:
+    """How many packages are uploaded to the cluster from now on."""
+    from ray._private.runtime_env import packaging
+
+    calls: list[str] = []
+    original = packaging.upload_package_to_gcs
+
+    def counted(uri: str, data: bytes) -> None:
+        calls.append(uri)
+        original(uri, data)
+
+    packaging.upload_package_to_gcs = counted  # type: ignore[assignment]
+    return lambda: len(calls)
+
+
+def test_a_task_refuses_code_other_than_the_plans() -> None:
+    from runtime.compute.worker import import_callable
+    from runtime.errors import TaskError
+
+    root = Path(os.environ.get("TMPDIR", "/tmp"))
+    with pytest.raises(TaskError, match="not to the planned 0000"):
+        import_callable("json:dumps", "0" * 64, str(root), planned=True)
