@@ -134,6 +134,37 @@ class WorkerGroup(Strict):
         return self
 
 
+GIT_URL_PATTERN = r"^(https://|ssh://|git@)[^\s@/]+(@[^\s@/]+)?[:/]\S+$"
+IMAGE_PATTERN = r"^[a-z0-9]([a-z0-9._/:-]*[a-z0-9])?(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+
+
+def _git_url(url: str) -> str:
+    if re.match(r"^[a-z+]+://[^/@\s]*:[^/@\s]*@", url):  # checked first: the message must not repeat the token
+        raise ValueError("the URL holds a password or token: the reconciler takes it from its Secret (MLOPS_GIT_TOKEN)")
+    if not re.fullmatch(GIT_URL_PATTERN, url):
+        raise ValueError(f"{_short(url)} is not a URL to clone from in Kubernetes (https://, ssh://, git@host:path)")
+    return url
+
+
+def _pinned_image(image: str) -> str:
+    name, _, digest = image.partition("@")
+    if not digest and not re.search(r":(?!latest$)[^:/]+$", name):
+        raise ValueError(f"image {_short(image)} is not pinned: give a version tag (not `latest`) or a digest")
+    return image
+
+
+class Reconciler(Strict):
+    """``mlops reconcile --watch`` as a Deployment next to the KubeRay cluster (emitted by ``mlops compile``)."""
+
+    repo: Annotated[str, StringConstraints(max_length=2048), AfterValidator(_git_url)] = Field(
+        json_schema_extra={"pattern": GIT_URL_PATTERN}, description="The git repository to follow.")
+    branch: str = Field("main", max_length=255, pattern=r"^[A-Za-z0-9._/-]+$")
+    image: Annotated[str, StringConstraints(max_length=512, pattern=IMAGE_PATTERN), AfterValidator(_pinned_image)] = \
+        Field(description="A pinned image with mlops-gitops, the pipeline's dependencies and the cluster's Ray.")
+    secret: str = Field("mlops-reconciler", max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                        description="An existing Secret of the namespace: the environment (PGPASSWORD, ...).")
+
+
 class Cluster(Strict):
     provider: Literal["local", "kuberay"] = "local"
     address: str | None = Field(None, description='An existing Ray cluster ("ray://host:10001" or "auto").')
@@ -143,6 +174,14 @@ class Cluster(Strict):
     namespace: str | None = None
     head: NodeShape = Field(default_factory=NodeShape)
     workers: dict[Name, WorkerGroup] = Field(default_factory=dict)
+    reconciler: Reconciler | None = Field(None, description="With `provider: kuberay`: the GitOps loop in the cluster.")
+
+    @model_validator(mode="after")
+    def _reconciler_on_kuberay(self) -> Cluster:
+        if self.reconciler is not None and (self.provider != "kuberay" or not self.address):
+            raise ValueError("`reconciler` needs `provider: kuberay` and `address`, ray://<project>-head-svc."
+                             "<namespace>.svc.cluster.local:10001 (the Terraform output `ray_address`)")
+        return self
 
 
 class Storage(Strict):

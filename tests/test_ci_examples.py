@@ -576,3 +576,130 @@ def load_env(workflow_text: str) -> dict[str, str]:
     env = yaml.safe_load(workflow_text)["env"]
     assert isinstance(env, dict)
     return env
+
+
+# --- hosted runners: the state from a secret --------------------------------------------------------------
+
+STATE_SECRETS = {"MLOPS_STATE_URL": "${{ secrets.MLOPS_STATE_URL }}", "PGPASSWORD": "${{ secrets.PGPASSWORD }}",
+                 "AWS_ACCESS_KEY_ID": "${{ secrets.AWS_ACCESS_KEY_ID }}",
+                 "AWS_SECRET_ACCESS_KEY": "${{ secrets.AWS_SECRET_ACCESS_KEY }}"}
+TINY_SPEC = "apiVersion: mlops/v1\nproject: tiny\ndatasets:\n  raw: {path: data/raw.csv}\n"
+
+
+def test_github_plans_and_applies_against_the_state_url_from_a_secret_and_shows_it_nowhere_else() -> None:
+    workflow = load(GITHUB)
+    with_state = [(job, step["name"]) for job, body in workflow["jobs"].items() for step in body["steps"]
+                  if "MLOPS_STATE_URL" in step.get("env", {})]
+    assert with_state == [("check", "Plan"), ("apply", "Plan"), ("apply", "Apply")]
+    for job, name in with_state:
+        assert step_named(workflow["jobs"][job], name)["env"] == STATE_SECRETS
+    # the secrets reach those steps only: not the installs, not the third-party actions
+    assert all("secrets." not in json.dumps(body.get("env", {})) for body in [workflow, *workflow["jobs"].values()])
+    steps = [step for body in workflow["jobs"].values() for step in body["steps"]]
+    assert sum("secrets." in json.dumps(step) for step in steps) == 3
+    # every run on a hosted runner: no self-hosted runner is needed for lasting state any more
+    assert workflow["jobs"]["check"]["runs-on"] == "ubuntu-latest"
+    assert "self-hosted runner for apply, for a\n# state, artifact store or cluster that only your network" in \
+        GITHUB.read_text()
+
+
+def test_gitlab_jobs_take_the_state_url_from_the_ci_cd_variables() -> None:
+    """GitLab puts a project's CI/CD variables in every job's environment: the pipeline must not shadow them."""
+    pipeline = load(GITLAB)
+    for scope in [pipeline, *gitlab_jobs(pipeline).values()]:
+        assert not set(scope.get("variables", {})) & set(STATE_SECRETS), scope.get("variables")
+    text = GITLAB.read_text()
+    assert "CI/CD variable\n# MLOPS_STATE_URL" in text and "leave them\n# unprotected" in text
+
+
+def run_step(step: dict[str, Any], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=180)
+
+
+def clone(origin: Path, into: Path) -> Path:
+    subprocess.run(["git", "clone", "-q", str(origin), str(into)], check=True, capture_output=True, timeout=60)
+    return into
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Path:
+    """A repository with a one-dataset spec (an apply takes a second and needs no Ray), cloned beside it."""
+    repo = tmp_path / "origin"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "raw.csv").write_text("a,b\n1,2\n")
+    # the artifact store both runners reach (an s3:// bucket on hosted runners): a folder beside the checkouts
+    (repo / "mlops.yaml").write_text(TINY_SPEC + "storage: {artifacts: ../artifacts}\n")
+    (repo / ".gitignore").write_text(".mlops/\nplan.txt\n")
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, timeout=60)
+    for args in (["add", "-A"], ["commit", "-q", "-m", "tiny"]):
+        subprocess.run(["git", "-c", "user.name=ci", "-c", "user.email=ci@example.com", *args], cwd=repo, check=True,
+                       capture_output=True, timeout=60)
+    return repo
+
+
+def test_a_pull_request_on_a_fresh_runner_plans_against_what_main_applied_even_while_it_is_locked(
+        origin: Path, tmp_path: Path) -> None:
+    """Two hosted runners share nothing but the state URL (here a SQLite file outside both checkouts; the same
+    code path takes a postgresql:// URL): the main branch's Plan and Apply steps on one, a pull request's Plan
+    step on a fresh clone. The pull request's plan is ``No changes``, made while another process holds the state's
+    lock, which an apply could not get."""
+    from runtime.state import lock
+
+    workflow = load(GITHUB)
+    shared = tmp_path / "shared" / "state.db"
+    runner_temp = tmp_path / "runner-temp"
+    runner_temp.mkdir()
+    base_env = {**os.environ, **workflow["env"], "PATH": f"{BIN}:{os.environ['PATH']}", "RUNNER_TEMP": str(runner_temp)}
+    secrets = {"MLOPS_STATE_URL": str(shared), "PGPASSWORD": "", "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
+
+    main = clone(origin, tmp_path / "runner-1")
+    for name in ("Plan", "Apply"):
+        result = run_step(step_named(workflow["jobs"]["apply"], name), main, {**base_env, **secrets})
+        assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
+    assert shared.is_file() and not (main / ".mlops" / "state.db").exists()
+
+    pull = clone(origin, tmp_path / "runner-2")
+    plan_step = step_named(workflow["jobs"]["check"], "Plan")
+
+    def plan(env: dict[str, str]) -> str:
+        output = tmp_path / "github-output"
+        output.write_text("")
+        result = run_step(plan_step, pull, {**env, "GITHUB_OUTPUT": str(output)})
+        assert result.returncode == 0, result.stdout + result.stderr
+        return output.read_text().strip()
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom runtime.state import lock\n"
+                               "held = lock.acquire(sys.argv[1], 'apply', 'other-runner@ci')\n"
+                               "print('held', flush=True)\ntime.sleep(120)", str(shared)],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(lock.LockHeld, match="other-runner@ci"):
+            lock.acquire(shared, "apply", "me@ci").release()
+        assert plan({**base_env, **secrets}) == "exitcode=0"  # what main applied: nothing to do
+        assert "No changes" in (pull / "plan.txt").read_text()
+    finally:
+        holder.kill()
+        holder.wait()
+    # without the secret (a pull request from a fork) the fresh runner's own empty state: everything to create
+    assert plan({**base_env, "MLOPS_STATE_URL": ""}) == "exitcode=2"
+    assert "1 to create" in (pull / "plan.txt").read_text()
+
+
+def test_mlops_state_url_takes_the_place_of_storage_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from compiler import load_project
+    from runtime.workspace import STATE_URL_ENV, Workspace
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "raw.csv").write_text("a\n1\n")
+    (tmp_path / "mlops.yaml").write_text(TINY_SPEC + "storage: {state: local/state.db}\n")
+    project = load_project(tmp_path / "mlops.yaml")
+    monkeypatch.delenv(STATE_URL_ENV, raising=False)
+    assert Workspace.of(project).state_path == tmp_path / "local" / "state.db"
+    monkeypatch.setenv(STATE_URL_ENV, "")  # an unset secret: the spec's
+    assert Workspace.of(project).state_path == tmp_path / "local" / "state.db"
+    monkeypatch.setenv(STATE_URL_ENV, str(tmp_path / "shared.db"))
+    assert Workspace.of(project).state_path == tmp_path / "shared.db"
+    monkeypatch.setenv(STATE_URL_ENV, "elsewhere/state.db")  # relative to the spec, as storage.state
+    assert Workspace.of(project).state_path == tmp_path / "elsewhere" / "state.db"

@@ -30,13 +30,17 @@ from compiler.terraform import (
     GPU_LABEL_GKE,
     GPU_TYPES,
     KUBERAY_CHART,
+    KUBERNETES_CHECKOV_EXEMPTIONS,
     MANIFESTS_CHART,
     MANIFESTS_CHART_FILES,
     MANIFESTS_CHART_PATH,
     PROMETHEUS_CRDS_CHART,
     PROVIDERS,
+    RECONCILER_METRICS_PORT,
+    RUN_AS,
     SPLICE_BYTES,
     TERRAFORM_FILE,
+    WORK_DIR,
     access_log_bucket,
     blueprint,
     k8s_name,
@@ -57,6 +61,9 @@ BASE: dict[str, Any] = {
             "gpu": {"gpus": 1, "gpu_type": "nvidia-h100", "cpus": 8, "memory": "64Gi", "min": 0, "max": 4},
             "cpu": {"cpus": 4, "memory": "16Gi", "min": 1, "max": 1},
         },
+        "address": "ray://churn-head-svc.mlops-churn.svc.cluster.local:10001",
+        "reconciler": {"repo": "https://github.com/acme/churn.git", "branch": "release",
+                       "image": "ghcr.io/acme/churn-mlops@sha256:" + "4" * 64, "secret": "churn-reconciler"},
     },
     "storage": {"artifacts": "s3://churn-artifacts/ml", "encryption": "kms"},
     "datasets": {
@@ -165,7 +172,7 @@ def test_same_spec_gives_byte_identical_output_without_local_paths(tmp_path: Pat
     out_b = synthesize(second, tmp_path / "b" / "out")[0].read_bytes()
     assert out_a == out_b
     assert str(tmp_path).encode() not in out_a
-    assert b"/tmp" not in out_a and os.getcwd().encode() not in out_a
+    assert b"/tmp/" not in out_a and os.getcwd().encode() not in out_a  # the reconciler's pod has a "/tmp"
     assert json.loads(out_a)["terraform"]["backend"] == {"local": {"path": "terraform.tfstate"}}
 
 
@@ -261,8 +268,11 @@ def test_no_crd_kind_is_a_kubernetes_manifest_and_each_waits_for_the_release_of_
         assert len(groups) == 1  # core kinds (apiVersion v1) need no CRD
         assert releases[name]["depends_on"] == [crd_release[groups.pop()]]
         kinds[name] = sorted(m["kind"] for m in release_manifests(s3_kuberay, name))
+    kinds["reconciler"] = sorted(m["kind"] for m in release_manifests(s3_kuberay, "reconciler"))
     assert kinds == {"ray_cluster": ["RayCluster"],
-                     "monitoring": ["PodMonitor", "PrometheusRule", "Service", "ServiceMonitor"]}
+                     "monitoring": ["PodMonitor", "PrometheusRule", "Service", "ServiceMonitor"],
+                     "reconciler": ["Deployment", "NetworkPolicy", "ServiceAccount"]}
+    assert all(m["apiVersion"] in CORE_API_VERSIONS for m in release_manifests(s3_kuberay, "reconciler"))
     assert "depends_on" not in releases["kuberay_operator"]
     # the local chart is written next to the Terraform, where the releases find it
     chart = tmp_path / "chart"
@@ -469,6 +479,204 @@ def test_manifests_are_valid_against_the_crd_schemas_of_kuberay_and_prometheus_o
     broken["spec"]["workerGroupSpecs"][0]["maxReplicas"] = "4"
     with pytest.raises(AssertionError, match="maxReplicas"):
         validate_against_crd(broken)
+
+
+CORE_API_VERSIONS = {"v1", "apps/v1", "networking.k8s.io/v1"}
+"""Kinds built into Kubernetes: no CRD to wait for; schemas of Kubernetes v1.30 in tests/schemas/kubernetes/."""
+
+
+def core_schema(kind: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(gzip.decompress((SCHEMAS / f"{kind.lower()}.json.gz").read_bytes()))
+    return document
+
+
+def validate_core(manifest: dict[str, Any]) -> None:
+    """Against the strict schema of its kind (``additionalProperties: false`` all the way down: an unknown or
+    misspelt field is an error, as ``kubectl apply --validate=strict`` makes it)."""
+    document = core_schema(manifest["kind"])
+    group = f"{document['group']}/" if document["group"] else ""
+    assert manifest["apiVersion"] == f"{group}{document['version']}"
+    validator = jsonschema.Draft202012Validator(document["jsonSchema"])
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(manifest)]
+    assert not errors, "\n".join(errors)
+
+
+def all_manifests(document: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for name in ("ray_cluster", "monitoring", "reconciler") for m in release_manifests(document, name)]
+
+
+def test_core_manifests_are_valid_against_the_kubernetes_schemas(s3_kuberay: dict[str, Any]) -> None:
+    manifests = [m for m in all_manifests(s3_kuberay) if m["apiVersion"] in CORE_API_VERSIONS]
+    assert sorted(m["kind"] for m in manifests) == ["Deployment", "NetworkPolicy", "Service", "ServiceAccount"]
+    for manifest in manifests:
+        validate_core(manifest)
+    # the schemas do catch a misspelt field and a wrong type
+    broken = copy.deepcopy(release_manifest(s3_kuberay, "reconciler", "Deployment"))
+    container = broken["spec"]["template"]["spec"]["containers"][0]
+    container["livenessProbe"]["httpGet"]["prot"] = "metrics"
+    with pytest.raises(AssertionError, match="'prot' was unexpected"):
+        validate_core(broken)
+    del container["livenessProbe"]["httpGet"]["prot"]
+    container["securityContext"]["runAsNonRoot"] = "true"
+    with pytest.raises(AssertionError, match="runAsNonRoot"):
+        validate_core(broken)
+
+
+# --- the reconciler --------------------------------------------------------------------------------------
+
+
+def reconciler_pod(document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod spec, its one container) of the reconciler's Deployment."""
+    pod: dict[str, Any] = release_manifest(document, "reconciler", "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return pod, container
+
+
+def parse_mlops(argv: list[str]) -> tuple[list[str], dict[str, Any], str]:
+    """``mlops ARGV`` parsed by the real command tree: (command path, the leaf's parameters, ``-f``)."""
+    from runtime.cli.app import Application
+    from runtime.cli.main import cli
+
+    app = Application()
+    ctx = cli.make_context("mlops", list(argv), obj=app)
+    command: Any = cli
+    path: list[str] = []
+    while hasattr(command, "resolve_command"):
+        name, sub, rest = command.resolve_command(ctx, [*ctx._protected_args, *ctx.args])
+        path.append(name)
+        command, ctx = sub, sub.make_context(name, rest, parent=ctx)
+    return path, ctx.params, app.spec_file
+
+
+def test_the_reconciler_runs_mlops_reconcile_watch_on_the_specs_repository(s3_kuberay: dict[str, Any]) -> None:
+    deployment = release_manifest(s3_kuberay, "reconciler", "Deployment")
+    assert deployment["metadata"]["namespace"] == "mlops-churn"  # the cluster's
+    pod, container = reconciler_pod(s3_kuberay)
+    assert container["command"] == ["mlops"]
+    path, params, spec_file = parse_mlops(container["args"])
+    assert path == ["reconcile"] and spec_file == "mlops.yaml"
+    assert params["watch"] is True
+    assert (params["repo"], params["branch"]) == ("https://github.com/acme/churn.git", "release")
+    assert (params["metrics_port"], params["metrics_host"]) == (RECONCILER_METRICS_PORT, "0.0.0.0")
+    assert params["checkout"] == f"{WORK_DIR}/checkout"
+    assert any(mount["mountPath"] == WORK_DIR for mount in container["volumeMounts"])
+    assert container["image"] == BASE["cluster"]["reconciler"]["image"]
+    # one loop at a time: never two pods while one is replaced
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # the Ray cluster it drives is the one next to it (the spec's cluster.address; the output says which)
+    assert s3_kuberay["output"]["ray_address"]["value"] == BASE["cluster"]["address"]
+
+
+def test_the_reconcilers_pods_are_what_the_metrics_service_selects(s3_kuberay: dict[str, Any]) -> None:
+    deployment = release_manifest(s3_kuberay, "reconciler", "Deployment")
+    service = release_manifest(s3_kuberay, "monitoring", "Service")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert reconciler_labels_of("churn").items() <= labels.items()
+    assert deployment["spec"]["selector"] == {"matchLabels": reconciler_labels_of("churn")}
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["metadata"]["name"] == deployment["metadata"]["name"]
+    _, container = reconciler_pod(s3_kuberay)
+    assert container["ports"] == [{"name": "metrics", "containerPort": RECONCILER_METRICS_PORT, "protocol": "TCP"}]
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    # other pods may reach the metrics port, and nothing else
+    policy = release_manifest(s3_kuberay, "reconciler", "NetworkPolicy")
+    assert policy["spec"]["podSelector"] == deployment["spec"]["selector"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": RECONCILER_METRICS_PORT, "protocol": "TCP"}]}]
+
+
+def reconciler_labels_of(project: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "mlops-reconciler", "app.kubernetes.io/instance": project}
+
+
+def test_the_reconcilers_credentials_come_from_an_existing_secret_never_from_terraform(
+        s3_kuberay: dict[str, Any]) -> None:
+    _, container = reconciler_pod(s3_kuberay)
+    assert container["envFrom"] == [{"secretRef": {"name": "churn-reconciler"}}]
+    assert all("valueFrom" not in variable for variable in container["env"])
+    assert {variable["name"] for variable in container["env"]} == {"HOME", "TMPDIR", "PYTHONUNBUFFERED"}
+    # no Secret is created: its values would sit in the Terraform state in clear
+    assert not any(t.endswith("secret") or t.endswith("secret_v1") for t in s3_kuberay["resource"])
+    assert all(m["kind"] != "Secret" for m in all_manifests(s3_kuberay))
+    assert s3_kuberay["output"]["reconciler_secret"]["value"] == "churn-reconciler"
+    # the release does not wait for the pod, which starts once the Secret is created; it comes after the cluster
+    release = resource(s3_kuberay, "helm_release", "reconciler")
+    assert release["wait"] is False and "atomic" not in release
+    assert release["depends_on"] == ["helm_release.ray_cluster"]
+
+
+def test_the_reconciler_needs_no_kubernetes_api_and_runs_hardened(s3_kuberay: dict[str, Any]) -> None:
+    account = release_manifest(s3_kuberay, "reconciler", "ServiceAccount")
+    pod, container = reconciler_pod(s3_kuberay)
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert account["automountServiceAccountToken"] is False and pod["automountServiceAccountToken"] is False
+    assert not any(m["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
+                   for m in all_manifests(s3_kuberay))
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == RUN_AS >= 10000
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    # what it writes goes to emptyDirs: the clone and $HOME, and /tmp
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert {m["mountPath"]: "emptyDir" in volumes[m["name"]] for m in container["volumeMounts"]} == {
+        WORK_DIR: True, "/tmp": True}
+    assert {"name": "HOME", "value": WORK_DIR} in container["env"]
+    assert set(container["resources"]["requests"]) >= {"cpu", "memory"}
+    assert set(container["resources"]["limits"]) >= {"cpu", "memory"}
+
+
+def test_without_cluster_reconciler_there_is_no_deployment(tmp_path: Path) -> None:
+    cluster = {key: value for key, value in BASE["cluster"].items() if key != "reconciler"}
+    document = synth(tmp_path, {"cluster": cluster, "storage": None})
+    assert "reconciler" not in document["resource"]["helm_release"]
+    assert "reconciler_secret" not in document["output"]
+    assert [m["kind"] for m in release_manifests(document, "monitoring") if m["kind"] == "Service"] == ["Service"]
+
+
+def test_the_reconcilers_spec_is_its_path_inside_the_git_repository(tmp_path: Path) -> None:
+    (tmp_path / ".git").mkdir()  # the work tree's root (compiler.repository.find_root)
+    # a spec with no pipeline code: modules are named from the repository's root
+    document = synth(tmp_path / "teams" / "churn", {"datasets": {"scratch": BASE["datasets"]["scratch"]},
+                                                    "models": None, "deployments": None, "monitors": None})
+    _, container = reconciler_pod(document)
+    assert parse_mlops(container["args"])[2] == "teams/churn/mlops.yaml"
+
+
+RECONCILER_ERRORS = [
+    ({"provider": "local"}, "`reconciler` needs `provider: kuberay` and `address`"),
+    ({"address": None}, "`reconciler` needs `provider: kuberay` and `address`, ray://<project>-head-svc."),
+    ({"reconciler": {"repo": "https://github.com/acme/churn.git", "image": "ghcr.io/acme/mlops"}},
+     "image ghcr.io/acme/mlops is not pinned"),
+    ({"reconciler": {"repo": "https://github.com/acme/churn.git", "image": "ghcr.io/acme/mlops:latest"}},
+     "is not pinned"),
+    ({"reconciler": {"repo": "https://x:ghp_secret@github.com/acme/churn.git", "image": "ghcr.io/acme/mlops:1.0"}},
+     "the URL holds a password or token"),
+    ({"reconciler": {"repo": "/srv/git/churn", "image": "ghcr.io/acme/mlops:1.0"}},
+     "/srv/git/churn is not a URL to clone from in Kubernetes"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), RECONCILER_ERRORS, ids=[m for _, m in RECONCILER_ERRORS])
+def test_a_reconciler_that_could_not_work_is_refused_at_validate_time(
+        tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    from compiler.errors import SpecError
+
+    cluster = {**BASE["cluster"], **change}
+    cluster = {key: value for key, value in cluster.items() if value is not None}
+    with pytest.raises(SpecError) as info:
+        load_spec(tmp_path, {"cluster": cluster})
+    assert message in "\n".join(d.message for d in info.value.diagnostics)
+
+
+def test_the_reconciler_accepts_a_version_tag_and_a_registry_port(tmp_path: Path) -> None:
+    image = "registry.internal:5000/ml/churn-mlops:2026.1"
+    cluster = {**BASE["cluster"], "reconciler": {"repo": "git@github.com:acme/churn.git", "image": image}}
+    _, container = reconciler_pod(synth(tmp_path, {"cluster": cluster, "storage": None}))
+    assert container["image"] == image and container["envFrom"] == [{"secretRef": {"name": "mlops-reconciler"}}]
+    assert parse_mlops(container["args"])[1]["branch"] == "main"
 
 
 # --- S3 -------------------------------------------------------------------------------------------------
@@ -735,3 +943,43 @@ def test_checkov_fails_only_the_listed_exemptions(checkov_report: dict[str, Any]
 
 def test_every_checkov_exemption_has_a_reason() -> None:
     assert CHECKOV_EXEMPTIONS and all(reason.strip() for reason in CHECKOV_EXEMPTIONS.values())
+    assert KUBERNETES_CHECKOV_EXEMPTIONS and all(reason.strip() for reason in KUBERNETES_CHECKOV_EXEMPTIONS.values())
+
+
+@pytest.fixture(scope="module")
+def checkov_kubernetes_report(tmp_path_factory: pytest.TempPathFactory, s3_kuberay: dict[str, Any]) -> dict[str, Any]:
+    """checkov's ``kubernetes`` framework on the reconciler's manifests and the Service in front of them, as
+    Helm renders them (``terraform_json`` sees a Helm release's values as one string)."""
+    checkov = _checkov()
+    if checkov is None:
+        message = "checkov not found at $CHECKOV or .venv-checkov/bin/checkov"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    root = tmp_path_factory.mktemp("checkov-kubernetes")
+    manifests = [*release_manifests(s3_kuberay, "reconciler"), release_manifest(s3_kuberay, "monitoring", "Service")]
+    for index, manifest in enumerate(manifests):
+        (root / f"{index}-{manifest['kind'].lower()}.yaml").write_text(yaml.safe_dump(manifest))
+    run = subprocess.run(
+        [checkov, "-d", str(root), "--framework", "kubernetes", "--skip-download", "--output", "json"],
+        capture_output=True, text=True, timeout=300)
+    assert run.returncode in (0, 1), run.stderr[-2000:]
+    report: dict[str, Any] = json.loads(run.stdout)
+    return report
+
+
+def test_checkov_kubernetes_fails_only_the_listed_exemptions_on_the_reconciler(
+        checkov_kubernetes_report: dict[str, Any]) -> None:
+    report = checkov_kubernetes_report
+    assert report["summary"]["parsing_errors"] == 0 and report["summary"]["resource_count"] == 5
+    # checkov names a resource KIND.NAMESPACE.NAME
+    failed = {(c["check_id"], c["resource"].split(".")[0]) for c in report["results"]["failed_checks"]}
+    assert failed == set(KUBERNETES_CHECKOV_EXEMPTIONS)
+    passed = {c["check_id"] for c in report["results"]["passed_checks"] if c["resource"].startswith("Deployment.")}
+    # it did check: non-root (and a high UID), no privilege escalation, capabilities dropped, seccomp, read-only
+    # root filesystem, probes, requests and limits, a pinned image, no service account token, not `default`,
+    # and (CKV2_K8S_6) a NetworkPolicy for the pod
+    assert {"CKV_K8S_23", "CKV_K8S_40", "CKV_K8S_20", "CKV_K8S_28", "CKV_K8S_37", "CKV_K8S_31", "CKV_K8S_22",
+            "CKV_K8S_8", "CKV_K8S_9", "CKV_K8S_10", "CKV_K8S_11", "CKV_K8S_12", "CKV_K8S_13", "CKV_K8S_43",
+            "CKV_K8S_38", "CKV_K8S_21"} <= passed
+    assert "CKV2_K8S_6" in {c["check_id"] for c in report["results"]["passed_checks"]}

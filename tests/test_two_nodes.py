@@ -70,13 +70,14 @@ def hidden_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory: pytest.TempPathFactory, hidden_root: Path) -> Iterator[str]:
-    """A head without CPUs and a 2-CPU worker node that cannot see ``hidden_root``; yields the GCS address."""
+def two_nodes(tmp_path_factory: pytest.TempPathFactory, hidden_root: Path, seaweedfs: Any) -> Iterator[str]:
+    """A head without CPUs and a 2-CPU worker node that cannot see ``hidden_root``; yields the GCS address.
+    The nodes hold the S3 server's credentials, as a cloud cluster's nodes hold theirs."""
     ray_backend.shutdown()  # this process joins the two-node cluster, not a Ray of its own
     logs = tmp_path_factory.mktemp("ray-logs")
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+    env = {**os.environ, **seaweedfs.env(), "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}  # two nodes on one (loopback) address
     from runtime.compute.cluster import _ensure_token
 
@@ -174,3 +175,45 @@ def test_a_task_refuses_code_other_than_the_plans() -> None:
     root = Path(os.environ.get("TMPDIR", "/tmp"))
     with pytest.raises(TaskError, match="not to the planned 0000"):
         import_callable("json:dumps", "0" * 64, str(root), planned=True)
+
+
+HOLDER = """
+import sys, time
+from runtime.state import lock
+held = lock.acquire(sys.argv[1], "apply", "runner-one@ci")
+print(held.info.id, flush=True)
+time.sleep(120)
+"""
+
+
+def test_two_ci_runners_share_postgresql_state_and_s3_artifacts(
+        two_nodes: str, hidden_root: Path, s3_url: str, postgres_server: Any,
+        make_project: Callable[..., Path]) -> None:
+    """The first runner applies on the cluster (its worker sees neither the repository nor any local
+    artifact folder); a second clone plans ``No changes`` against the same state, and its apply is refused
+    while the first holds the shared lock."""
+    from runtime.plan.project import plan_project
+    from runtime.state.lock import LockHeld
+
+    state = postgres_server.database("twonodes")
+    spec = {**_spec(two_nodes, Path("unused")), "storage": {"state": state, "artifacts": s3_url}}
+    files = {"data/raw.csv": "x\n1\n2\n"}
+    first = load_project(make_project(hidden_root / "runner-one", spec, files=files))
+    outcome = apply_project(first)
+    assert outcome.result.ok, {k: (o.status, o.message) for k, o in outcome.result.outcomes.items()}
+    assert not (hidden_root / "runner-one" / ".mlops" / "artifacts").exists()  # nothing on the driver's disk
+
+    second = load_project(make_project(hidden_root / "runner-two", spec, files=files))
+    with opened(second) as (_, store):
+        _, plan = plan_project(second, store)
+    assert not plan.has_changes, [(c.address, c.reasons) for c in plan.resource_changes if c.action != "no-op"]
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, state], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip(), "the first runner took no lock"
+        with pytest.raises(LockHeld) as refused:
+            apply_project(second)
+        assert refused.value.info is not None and refused.value.info.who == "runner-one@ci"
+    finally:
+        holder.kill()
+        holder.wait()

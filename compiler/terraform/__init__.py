@@ -23,7 +23,10 @@ What is emitted:
   (``ray.io/v1``) with a head group from ``cluster.head`` and a worker group per ``cluster.workers``
   entry, and a ``PodMonitor`` that scrapes the Ray pods' metrics (Ray and Ray Serve), a ``Service`` and
   ``ServiceMonitor`` for the reconciler's metrics (see :func:`reconciler_metrics`) plus, with monitors,
-  one ``PrometheusRule`` holding a rule per monitor check (see :func:`prometheus_rule`).
+  one ``PrometheusRule`` holding a rule per monitor check (see :func:`prometheus_rule`); with
+  ``cluster.reconciler``, the reconciler itself (``mlops reconcile --watch --repo ...``): a ``ServiceAccount``,
+  a ``Deployment`` whose environment comes from an existing Secret and a ``NetworkPolicy`` (see
+  :func:`reconciler_manifests`).
   A GPU group gets an ``nvidia.com/gpu`` limit, a toleration of the ``nvidia.com/gpu`` taint and a
   required node affinity from ``gpu_type`` (see :func:`gpu_node_affinity` and :data:`GPU_TYPES`).
   Names are valid Kubernetes names within their limits (see :class:`Names`). Images are
@@ -43,7 +46,8 @@ State stays local (``terraform.tfstate``); put a ``backend_override.tf.json`` ne
 remote backend. Cloud limits are checked here rather than at apply time (see :mod:`compiler.terraform.s3`).
 
 One module per concern: ``model`` (the blueprint), ``names`` (Kubernetes names and labels), ``gpu``
-(GPU node affinity), ``kuberay`` and ``monitoring`` (the cluster and what Prometheus scrapes),
+(GPU node affinity), ``kuberay``, ``monitoring`` and ``reconciler`` (the cluster, what Prometheus scrapes
+and the GitOps loop),
 ``storage``, ``s3`` and ``gcs`` (the artifact bucket), ``stack`` (cdktf) and ``synth`` (the pass
 and the files it writes).
 """
@@ -79,6 +83,14 @@ from compiler.terraform.names import (
     Names,
     k8s_name,
 )
+from compiler.terraform.reconciler import (
+    KUBERNETES_CHECKOV_EXEMPTIONS,
+    RUN_AS,
+    WORK_DIR,
+    ray_client_address,
+    reconciler_args,
+    reconciler_manifests,
+)
 from compiler.terraform.s3 import (
     ACCESS_LOG_PREFIX,
     ACCESS_LOG_RETENTION_DAYS,
@@ -100,11 +112,12 @@ from compiler.terraform.synth import blueprint, synthesize
 __all__ = [
     "ABORT_MULTIPART_DAYS", "ACCESS_LOG_PREFIX", "ACCESS_LOG_RETENTION_DAYS", "CHECKOV_EXEMPTIONS", "GPU_LABEL",
     "GPU_LABEL_GKE", "GPU_TYPES", "HELM_RELEASE_NAME_MAX", "K8S_LABEL_MAX", "KMS_ROTATION_SECONDS", "KUBERAY_CHART",
-    "LABEL_VALUE", "MANAGED_BY", "MANIFESTS_CHART", "MANIFESTS_CHART_FILES", "MANIFESTS_CHART_PATH",
-    "NONCURRENT_DAYS", "PROMETHEUS_CRDS_CHART", "PROVIDERS", "RAY_CLUSTER_NAME_MAX", "RAY_METRICS_PORT",
-    "RECONCILER_METRICS_PORT", "RFC1123_LABEL", "S3_BUCKET_NAME_MAX", "S3_MAX_LIFECYCLE_RULES", "S3_MAX_POLICY_BYTES",
-    "SPLICE_BYTES", "STACK_NAME", "TERRAFORM_FILE", "Block", "Blueprint", "GpuType", "Kind", "Names",
-    "access_log_bucket", "blueprint", "dataset_prefix", "gpu_node_affinity", "k8s_name", "prometheus_rule",
-    "ray_cluster", "ray_image", "ray_pod_monitor", "reconciler_labels", "reconciler_metrics", "render",
+    "KUBERNETES_CHECKOV_EXEMPTIONS", "LABEL_VALUE", "MANAGED_BY", "MANIFESTS_CHART", "MANIFESTS_CHART_FILES",
+    "MANIFESTS_CHART_PATH", "NONCURRENT_DAYS", "PROMETHEUS_CRDS_CHART", "PROVIDERS", "RAY_CLUSTER_NAME_MAX",
+    "RAY_METRICS_PORT", "RECONCILER_METRICS_PORT", "RFC1123_LABEL", "RUN_AS", "S3_BUCKET_NAME_MAX",
+    "S3_MAX_LIFECYCLE_RULES", "S3_MAX_POLICY_BYTES", "SPLICE_BYTES", "STACK_NAME", "TERRAFORM_FILE", "WORK_DIR",
+    "Block", "Blueprint", "GpuType", "Kind", "Names", "access_log_bucket", "blueprint", "dataset_prefix",
+    "gpu_node_affinity", "k8s_name", "prometheus_rule", "ray_client_address", "ray_cluster", "ray_image",
+    "ray_pod_monitor", "reconciler_args", "reconciler_labels", "reconciler_manifests", "reconciler_metrics", "render",
     "storage_location", "synthesize",
 ]

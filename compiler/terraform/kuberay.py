@@ -1,5 +1,6 @@
 """``cluster.provider: kuberay``: the namespace, the KubeRay operator, prometheus-operator's CRDs and the
-releases of the local chart :data:`MANIFESTS_CHART` that install the ``RayCluster`` and the monitoring."""
+releases of the local chart :data:`MANIFESTS_CHART` that install the ``RayCluster``, the monitoring and, with
+``cluster.reconciler``, the reconciler."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from compiler.terraform.gpu import gpu_node_affinity
 from compiler.terraform.model import Blueprint
 from compiler.terraform.monitoring import RAY_METRICS_PORT, prometheus_rule, ray_pod_monitor, reconciler_metrics
 from compiler.terraform.names import Names, k8s_labels, k8s_name
+from compiler.terraform.reconciler import ray_client_address, reconciler_manifests
 
 KUBERAY_CHART = {"repository": "https://ray-project.github.io/kuberay-helm/", "chart": "kuberay-operator",
                  "version": "1.5.1"}
@@ -67,7 +69,8 @@ def add_cluster(project: Project, plan: Blueprint, gke: bool) -> None:
     ``kubernetes_manifest`` needs its CRD at plan time, so nothing of a CRD-defined kind is one: the
     RayCluster, the PodMonitor and the PrometheusRule are installed by ``helm_release``s of the local
     chart :data:`MANIFESTS_CHART` (written next to the Terraform), which ``depends_on`` the release that
-    installs their CRDs (the KubeRay operator's chart; ``prometheus-operator-crds``).
+    installs their CRDs (the KubeRay operator's chart; ``prometheus-operator-crds``). The reconciler
+    (:mod:`compiler.terraform.reconciler`) is a release of the same chart, after the RayCluster's.
     """
     names = Names.of(project)
     kube = {"config_path": plan.variable("kubeconfig_path", "string", "Kubeconfig of the Kubernetes cluster",
@@ -95,15 +98,26 @@ def add_cluster(project: Project, plan: Blueprint, gke: bool) -> None:
     plan.add("resource", "helm_release", "prometheus_operator_crds", {
         "count": "${var.install_prometheus_operator_crds ? 1 : 0}", "name": "prometheus-operator-crds",
         "namespace": namespace, **PROMETHEUS_CRDS_CHART, "atomic": True, "wait": True})
-    manifests = [ray_pod_monitor(project, names.ray_cluster), *reconciler_metrics(project, names.ray_cluster)]
+    manifests = [ray_pod_monitor(project, names.ray_cluster),
+                 *reconciler_metrics(project, names.ray_cluster, names.namespace)]
     if any(monitor.checks for monitor in project.spec.monitors.values()):
         manifests.append(prometheus_rule(project, f"{names.ray_cluster}-monitors"))
     plan.add("resource", "helm_release", "monitoring", {
         "name": names.monitoring_release, "namespace": namespace, "chart": MANIFESTS_CHART_PATH,
         "values": [_helm_values({"manifests": manifests}), '${jsonencode({"labels" = var.prometheus_labels})}'],
         "atomic": True, "wait": True, "depends_on": ["helm_release.prometheus_operator_crds"]})
+    if project.spec.cluster.reconciler is not None:
+        # core kinds only, so no CRD to wait for; no wait for the pod either, whose Secret may come later
+        plan.add("resource", "helm_release", "reconciler", {
+            "name": names.reconciler_release, "namespace": namespace, "chart": MANIFESTS_CHART_PATH,
+            "values": [_helm_values({"manifests": reconciler_manifests(project, names)})],
+            "wait": False, "depends_on": ["helm_release.ray_cluster"]})
+        plan.output("reconciler_secret", project.spec.cluster.reconciler.secret,
+                    "The Secret (in the namespace) whose keys become the reconciler's environment; create it")
     plan.output("namespace", namespace, "Namespace of the Ray cluster")
     plan.output("ray_cluster", names.ray_cluster, "Name of the RayCluster")
+    plan.output("ray_address", ray_client_address(names),
+                "Ray Client address of the cluster from inside Kubernetes (cluster.address for the reconciler)")
 
 
 def _helm_values(values: dict[str, Any]) -> str:

@@ -13,23 +13,24 @@ RAY_METRICS_PORT = 8080
 RECONCILER_METRICS_PORT = 9464
 
 
-def reconciler_metrics(project: Project, cluster: str) -> list[dict[str, Any]]:
+def reconciler_metrics(project: Project, cluster: str, namespace: str) -> list[dict[str, Any]]:
     """A ``Service`` for the reconciler's metrics port and the ``ServiceMonitor`` that scrapes it.
 
     They select the pods labelled :func:`reconciler_labels` with a container port named ``metrics``
     (``mlops reconcile --watch --metrics-port`` :data:`RECONCILER_METRICS_PORT`), which is where the
-    alert rules' ``mlops_monitor_breach`` comes from. The reconciler's Deployment itself is not emitted
-    yet: until one runs with those labels, the Service has no endpoints and nothing is scraped.
+    alert rules' ``mlops_monitor_breach`` comes from. With ``cluster.reconciler`` that is the Deployment of
+    :func:`compiler.terraform.reconciler.reconciler_manifests` (same name, these labels); without it, the
+    Service has no endpoints until a reconciler of your own runs with those labels and that port.
     """
     name = k8s_name(f"{cluster}-reconciler")
     selector = reconciler_labels(project)
     return [
         {"apiVersion": "v1", "kind": "Service",
-         "metadata": {"name": name, "labels": {**k8s_labels(project), **selector}},
+         "metadata": {"name": name, "namespace": namespace, "labels": {**k8s_labels(project), **selector}},
          "spec": {"type": "ClusterIP", "selector": selector, "ports": [
              {"name": "metrics", "port": RECONCILER_METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]}},
         {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
-         "metadata": {"name": name, "labels": k8s_labels(project)},
+         "metadata": {"name": name, "namespace": namespace, "labels": k8s_labels(project)},
          "spec": {"selector": {"matchLabels": selector},
                   "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}]}},
     ]

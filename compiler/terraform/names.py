@@ -45,6 +45,9 @@ class Names:
     ray_cluster: str
     ray_release: str
     monitoring_release: str
+    reconciler: str
+    """The reconciler's Deployment, ServiceAccount and metrics Service."""
+    reconciler_release: str
 
     @classmethod
     def of(cls, project: Project) -> Names:
@@ -60,4 +63,6 @@ class Names:
         return cls(namespace=namespace,
                    ray_cluster=k8s_name(spec.project, RAY_CLUSTER_NAME_MAX),
                    ray_release=k8s_name(f"{spec.project}-ray-cluster", HELM_RELEASE_NAME_MAX),
-                   monitoring_release=k8s_name(f"{spec.project}-monitoring", HELM_RELEASE_NAME_MAX))
+                   monitoring_release=k8s_name(f"{spec.project}-monitoring", HELM_RELEASE_NAME_MAX),
+                   reconciler=k8s_name(f"{k8s_name(spec.project, RAY_CLUSTER_NAME_MAX)}-reconciler"),
+                   reconciler_release=k8s_name(f"{spec.project}-reconciler", HELM_RELEASE_NAME_MAX))
