@@ -4,7 +4,8 @@
 
 Each section is produced by one module under ``bench/`` (its ``run`` and ``markdown``); absolute
 times on a shared 2-core machine are noisy, so each section reports medians and, where it has a
-baseline, the ratio measured in the same run.
+baseline, the ratio measured in the same run. ``bench/state_bench.py`` and ``bench/artifact_bench.py`` start
+servers of their own (PostgreSQL, SeaweedFS) and are run by hand; add their tables to the file again.
 """
 
 from __future__ import annotations

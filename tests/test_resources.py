@@ -173,3 +173,27 @@ def test_the_progress_display_says_what_a_waiting_task_waits_for_even_without_a_
         progress.update("models.m/train", "running", "started")
         assert progress.waiting == {}
     assert "waiting models.m/train: asks 2 CPU; 0 of 5 CPU free (deployments.api holds 2 CPU)" in out.getvalue()
+
+
+@pytest.mark.parametrize(("address", "artifacts", "refused"), [
+    ("10.0.0.5:6379", ".mlops/artifacts", True),
+    ("ray://ray-head.ml.svc:10001", "/srv/artifacts", True),
+    ("10.0.0.5:6379", "file:///srv/artifacts", True),
+    ("10.0.0.5:6379", "s3://bucket/prefix", False),
+    ("127.0.0.1:6379", ".mlops/artifacts", False),
+    ("ray://localhost:10001", ".mlops/artifacts", False),
+])
+def test_a_cluster_on_other_machines_with_a_local_artifact_folder_is_infeasible_at_plan_time(
+        tmp_path: Path, make_project: Any, address: str, artifacts: str, refused: bool) -> None:
+    spec = {"apiVersion": "mlops/v1", "project": "remote", "cluster": {"address": address},
+            "storage": {"artifacts": artifacts}, "datasets": {"raw": {"path": "data/raw.csv"}}}
+    project = load_project(make_project(tmp_path, spec, files={"data/raw.csv": "x\n1\n"}))
+    if not refused:
+        feasibility.check_storage(project)
+        return
+    with pytest.raises(MlopsError) as caught:
+        feasibility.check_storage(project)
+    [diagnostic] = caught.value.diagnostics
+    assert diagnostic.message.startswith(f"infeasible: cluster.address {address} is a Ray cluster on other machines")
+    assert "use an object store (s3://bucket/prefix)" in diagnostic.message
+    assert diagnostic.position is not None and diagnostic.position.line > 0  # storage.artifacts in mlops.yaml
