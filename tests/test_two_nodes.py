@@ -11,57 +11,20 @@ plan's is refused in one line. Every wait is bounded.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ray_nodes import TwoNodes
 
 from compiler import load_project
 from runtime.apply.operations import apply_project, opened
 from runtime.compute import ray_backend
-from runtime.compute.cluster import READY_LINE, down_pgid
 
 pytestmark = pytest.mark.xdist_group("ray")
-
-START_TIMEOUT_S = 90.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-def _ray_start(*options: str) -> list[str]:
-    return [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats",
-            "--node-ip-address=127.0.0.1", f"--dashboard-agent-listen-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}", *options]
-
-
-def _wait_for(log: Path, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"{what} exited with {process.returncode}: {log.read_text()[-2000:]}"
-        if READY_LINE in log.read_bytes():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not start within {START_TIMEOUT_S:.0f}s: {log.read_text()[-2000:]}")
-
-
-def _nodes(address: str) -> list[bool]:
-    from ray._raylet import InnerGcsClient  # type: ignore[attr-defined]
-    from ray.core.generated.gcs_pb2 import GcsNodeInfo  # type: ignore[attr-defined]
-
-    client = InnerGcsClient.standalone(address, None, 5000)
-    return [node.state == GcsNodeInfo.ALIVE for node in client.get_all_node_info(timeout=5).values()]
-
 
 @pytest.fixture(scope="module")
 def hidden_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -74,44 +37,12 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory, hidden_root: Path, seawe
     """A head without CPUs and a 2-CPU worker node that cannot see ``hidden_root``; yields the GCS address.
     The nodes hold the S3 server's credentials, as a cloud cluster's nodes hold theirs."""
     ray_backend.shutdown()  # this process joins the two-node cluster, not a Ray of its own
-    logs = tmp_path_factory.mktemp("ray-logs")
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    env = {**os.environ, **seaweedfs.env(), "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}  # two nodes on one (loopback) address
-    from runtime.compute.cluster import _ensure_token
-
-    _ensure_token()
-    os.environ["RAY_AUTH_MODE"] = "token"  # this process joins it too
-    if "ray" in sys.modules:  # Ray read the mode when it was imported: make it read it again
-        from ray._raylet import Config  # type: ignore[attr-defined]
-
-        Config.initialize("")
-    session = Path(tempfile.mkdtemp(prefix="mlops-2n-", dir="/tmp"))  # short: unix socket paths are limited
-    head_log, worker_log = logs / "head.log", logs / "worker.log"
-    head = subprocess.Popen(_ray_start("--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
-                                       f"--ray-client-server-port={_free_port()}",
-                                       f"--temp-dir={session}"),
-                            stdout=head_log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    worker = None
+    nodes = TwoNodes(tmp_path_factory.mktemp("ray-logs"), hidden_root, seaweedfs.env()).start()
     try:
-        _wait_for(head_log, head, "the head node")
-        hide = f"mount -t tmpfs -o size=1m mlops-hidden {hidden_root} && exec \"$@\""
-        worker = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", hide, "sh",
-                                   *_ray_start(f"--address={address}", "--num-cpus=2")],
-                                  stdout=worker_log.open("wb"), stderr=subprocess.STDOUT, env=env,
-                                  start_new_session=True)
-        _wait_for(worker_log, worker, "the worker node")
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while sum(_nodes(address)) < 2:
-            assert time.monotonic() < deadline, "the worker node never joined the head"
-            time.sleep(0.5)
-        yield address
+        yield nodes.address
     finally:
         ray_backend.shutdown()
-        for process in (worker, head):
-            if process is not None:
-                down_pgid(process.pid)
+        nodes.stop()
 
 
 def _spec(address: str, store: Path) -> dict[str, Any]:
