@@ -367,3 +367,35 @@ def test_apply_keeps_every_artifact_in_the_bucket(s3_url: str, seaweedfs: Any, t
     assert refused.returncode != 0
     assert refused.stderr.strip() == (f"error: artifact store s3://no-such-bucket-{os.getpid()}/p: bucket "
                                       f"'no-such-bucket-{os.getpid()}' does not exist at {seaweedfs.endpoint}")
+
+
+def test_the_inference_log_of_replicas_on_other_machines_goes_to_the_object_store(s3_url: str) -> None:
+    """With S3 artifacts a replica may run where the driver's disk is not: each flush is an object under
+    ``<artifact root>/inference/<deployment>/``, and the monitors and ``mlops logs`` read them back."""
+    from runtime.monitor.inference_log import (
+        ErrorRecord,
+        InferenceRecord,
+        InferenceWriter,
+        error_dir,
+        log_dir,
+        read,
+        read_errors,
+        write_error,
+    )
+
+    where = log_dir(s3_url, "api")
+    assert where == f"{s3_url}/inference/api"
+    writer = InferenceWriter(where, "replica-a", flush_every=2, flush_seconds=60)
+    for index in range(3):
+        writer.write(InferenceRecord(f"id{index}", 1000.0 + index, 1, {"x": index}, index * 2.0, 4.0, "req", 1))
+    assert [r.id for r in read(where)] == ["id0", "id1"]  # the first flush; the third record is pending
+    writer.close()
+    assert [r.id for r in read(where)] == ["id0", "id1", "id2"]
+    assert [r.id for r in read(where, since=1000.5)] == ["id1", "id2"]
+
+    errors = error_dir(s3_url, "api")
+    write_error(errors, "replica-a", ErrorRecord("req-9", 1001.0, 1, "ValueError: boom", "Traceback ..."))
+    [failure] = read_errors(errors, "req-9")
+    assert failure.error == "ValueError: boom"
+    assert [r.id for r in read(where)] == ["id0", "id1", "id2"]  # the errors are not inference records
+    assert read(log_dir(s3_url, "other")) == []
