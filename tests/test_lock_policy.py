@@ -105,9 +105,16 @@ def test_an_approval_is_not_held_up_by_the_lock(project: Project, held_elsewhere
 
 
 def test_a_reconcile_tick_takes_the_lock_even_with_nothing_to_do(project: Project, held_elsewhere: str) -> None:
-    result = Reconciler(Source(project.spec_path)).tick()
-    assert result.error is not None and "Error acquiring the state lock" in result.error
-    assert result.plan is None and result.applied is None and result.monitors == []
+    from runtime.compute import cluster
+
+    state = Workspace.of(project).state_path
+    try:
+        result = Reconciler(Source(project.spec_path)).tick()
+        assert result.error is not None and "Error acquiring the state lock" in result.error
+        assert result.plan is None and result.applied is None and result.monitors == []
+        assert cluster.running(state) is None  # refused before it would start the local cluster for serving
+    finally:
+        cluster.down(state)
 
 
 def test_a_verb_inside_another_s_hold_in_this_process_reuses_it(tmp_path: Path) -> None:

@@ -261,8 +261,8 @@ class Reconciler:
             result.error = error.render() if isinstance(error, MlopsError) else f"{type(error).__name__}: {error}"
             return None
         try:
-            self._connect(project)
             with exclusive(workspace.state, "reconcile", actor(project.root), timeout=self.lock_timeout):
+                self._connect(project)  # after the lock: a refused tick starts no cluster
                 self._under_lock(project, store, result)
         except MlopsError as error:
             result.error = result.error or error.render()
