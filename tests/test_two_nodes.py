@@ -57,7 +57,7 @@ def _spec(address: str, store: Path) -> dict[str, Any]:
 
 def test_an_apply_runs_on_a_node_that_cannot_see_the_repository(
         two_nodes: str, hidden_root: Path, tmp_path_factory: pytest.TempPathFactory,
-        make_project: Callable[..., Path]) -> None:
+        make_project: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
     store = tmp_path_factory.mktemp("shared-store")  # both nodes reach the artifact store
     project = load_project(make_project(hidden_root / "p", _spec(two_nodes, store),
                                         files={"data/raw.csv": "x\n1\n2\n"}))
@@ -68,7 +68,7 @@ def test_an_apply_runs_on_a_node_that_cannot_see_the_repository(
     assert set(runs) == {"datasets.features/transform", "models.m/train"}
     assert all(r.status == "succeeded" for r in runs.values())
 
-    uploads = _uploads_counted()
+    uploads = _uploads_counted(monkeypatch)
     again = apply_project(project)  # nothing changed: nothing runs, nothing is uploaded
     assert again.result.ok and not again.plan.has_changes and uploads() == 0
 
@@ -84,8 +84,8 @@ def test_an_apply_runs_on_a_node_that_cannot_see_the_repository(
         assert state.list_runs("models.m", limit=1)[0].metrics.get("auc") == 0.8
 
 
-def _uploads_counted() -> Callable[[], int]:
-    """How many packages are uploaded to the cluster from now on."""
+def _uploads_counted(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    """How many packages are uploaded to the cluster from now on (until the test ends)."""
     from ray._private.runtime_env import packaging
 
     calls: list[str] = []
@@ -95,7 +95,7 @@ def _uploads_counted() -> Callable[[], int]:
         calls.append(uri)
         original(uri, data)
 
-    packaging.upload_package_to_gcs = counted  # type: ignore[assignment]
+    monkeypatch.setattr(packaging, "upload_package_to_gcs", counted)
     return lambda: len(calls)
 
 

@@ -396,11 +396,7 @@ class FsspecBackend(Backend):
             raise ArtifactError.one(f"artifact sha256:{digest} is not in {self.base}") from None
 
     def write_file(self, path: Path) -> str:
-        hasher = hashlib.sha256()
-        with open(path, "rb") as source:
-            for chunk in chunks(source):
-                hasher.update(chunk)
-        digest = hasher.hexdigest()
+        digest = hash_file(path)
         if not self.exists(digest):
             self.fs.put_file(str(path), self.key(digest))  # one PUT: visible only once complete
         return digest

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from compiler.content_hash import hash_file
 from runtime.artifacts.backends import ArtifactError, ArtifactStoreUnavailable, Backend, chunks
 
 MULTIPART_CHUNK = 50 << 20
@@ -235,11 +236,7 @@ class S3Backend(Backend):
     # --- writing ---------------------------------------------------------------------------------
 
     def write_file(self, path: Path) -> str:
-        hasher = hashlib.sha256()
-        with open(path, "rb") as source:
-            for chunk in chunks(source):
-                hasher.update(chunk)
-        digest = hasher.hexdigest()
+        digest = hash_file(path)
         size = os.stat(path).st_size
         if size > SINGLE_PUT_MAX:
             self._store(digest, size, lambda conditional: self._put_multipart(path, digest, size, conditional))
