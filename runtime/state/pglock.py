@@ -12,6 +12,9 @@ These are the primitives; :mod:`runtime.state.lock` gives them the file lock's i
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from typing import Any
 
 import psycopg
@@ -87,13 +90,34 @@ def _info(conn: psycopg.Connection[Any]) -> LockInfo | None:
                     since=float(row[5]))
 
 
+DEAD_HOLDER_GRACE_S = 5.0
+"""How long the server may take to end the session of a holder that died on this machine (kill -9): the kernel
+frees a file lock at once, PostgreSQL once its backend notices the dropped connection."""
+
+
 def is_held(url: str) -> bool:
-    """Whether a live session holds the state's advisory lock now."""
-    conn = try_lock(url)
-    if conn is None:
+    """Whether a live session holds the state's advisory lock now (a holder that died on this machine is
+    waited for, a few seconds at most, until the server lets its lock go)."""
+    deadline = time.monotonic() + DEAD_HOLDER_GRACE_S
+    while True:
+        conn = try_lock(url)
+        if conn is not None:
+            release(conn, "")
+            return False
+        info = read_info(url)
+        if info is None or info.host != socket.gethostname() or _alive(info.pid) or time.monotonic() > deadline:
+            return True
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
         return True
-    release(conn, "")
-    return False
+    return True
 
 
 def clear(url: str, lock_id: str) -> bool:
