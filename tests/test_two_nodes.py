@@ -34,10 +34,12 @@ def hidden_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory: pytest.TempPathFactory, hidden_root: Path, seaweedfs: Any) -> Iterator[str]:
-    """A head without CPUs and a 2-CPU worker node that cannot see ``hidden_root``; yields the GCS address.
-    The nodes hold the S3 server's credentials, as a cloud cluster's nodes hold theirs."""
+    """A head without CPUs and a worker node that cannot see ``hidden_root``; yields the GCS address. The
+    worker offers 5 logical CPUs, as ``mlops up`` sizes the local cluster: the example's training (2) beside
+    its two replicas and a rollout's extra one. The nodes hold the S3 server's credentials, as a cloud
+    cluster's nodes hold theirs."""
     ray_backend.shutdown()  # this process joins the two-node cluster, not a Ray of its own
-    nodes = TwoNodes(tmp_path_factory.mktemp("ray-logs"), hidden_root, seaweedfs.env()).start()
+    nodes = TwoNodes(tmp_path_factory.mktemp("ray-logs"), hidden_root, seaweedfs.env(), worker_cpus=5).start()
     try:
         yield nodes.address
     finally:
@@ -148,3 +150,59 @@ def test_two_ci_runners_share_postgresql_state_and_s3_artifacts(
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_example_applies_and_serves_on_two_nodes_from_a_checkout_the_worker_cannot_see(
+        two_nodes: str, hidden_root: Path, s3_url: str, postgres_server: Any, serve_port: int) -> None:
+    """The README's churn example, its spec changed in the three settings SPEC §4 names (state, artifacts,
+    cluster), applied by the CLI: the features, the training and both Serve replicas run on the worker node,
+    which sees no checkout; a request through Serve's proxy is answered by the version the apply recorded,
+    a malformed one gets a 4xx, and the plan after it shows no changes."""
+    import json
+    import shutil
+    import urllib.error
+    import urllib.request
+
+    import pygit2
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    repo = hidden_root / "example"
+    shutil.copytree(root / "examples" / "churn", repo / "examples" / "churn",
+                    ignore=shutil.ignore_patterns(".mlops", "__pycache__"))
+    shutil.copy(root / "examples" / "__init__.py", repo / "examples" / "__init__.py")
+    spec_path = repo / "examples" / "churn" / "mlops.yaml"
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["storage"] = {"state": postgres_server.database("example"), "artifacts": s3_url}
+    spec["cluster"] = {"address": two_nodes}
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    pygit2.init_repository(str(repo), initial_head="main")
+
+    def mlops(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "runtime.cli.main", "-f", str(spec_path), *args], cwd=repo,
+                              capture_output=True, text=True, timeout=timeout, env={**os.environ})
+        return done
+
+    applied = mlops("apply", "--allow-dirty")
+    assert applied.returncode == 0 and "0 failed" in applied.stdout, applied.stdout + applied.stderr
+    assert "serving deployments.churn-api/deploy" in applied.stdout, applied.stdout
+
+    sys.path.insert(0, str(repo))
+    try:
+        from examples.churn.pipeline import FEATURE_NAMES
+    finally:
+        sys.path.remove(str(repo))
+    url = f"http://127.0.0.1:{serve_port}/churn"
+    body = json.dumps({"instances": [{name: 0.5 for name in FEATURE_NAMES}]}).encode()
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        reply = json.loads(answer.read())
+    assert reply["version"] == 1 and len(reply["predictions"]) == 1 and 0 <= reply["predictions"][0] <= 1, reply
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(url, b"{not json", {"Content-Type": "application/json"}),
+                               timeout=30)
+    assert refused.value.code == 400 and "JSON" in refused.value.read().decode(), refused.value
+
+    replanned = mlops("plan", timeout=120)
+    assert replanned.returncode == 0 and "No changes" in replanned.stdout, replanned.stdout + replanned.stderr
