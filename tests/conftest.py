@@ -157,11 +157,10 @@ def make_project() -> MakeProject:
 def serve_port() -> int:
     """A free port for Ray Serve's HTTP proxy, fresh for each test module (``MLOPS_SERVE_PORT``)."""
     import os
-    import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
+    from ports import free_port
+
+    port = free_port()
     os.environ["MLOPS_SERVE_PORT"] = str(port)
     return port
 

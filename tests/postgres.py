@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ports import free_port
+
 USER = "mlops"
 
 
@@ -32,12 +34,6 @@ def binaries() -> Path | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
 
 class PostgresServer:
     """One temporary PostgreSQL cluster; :meth:`database` makes a fresh database and returns its URL."""
@@ -46,7 +42,7 @@ class PostgresServer:
         self.bin = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="mlops-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self._names = itertools.count(1)
         self._as: list[str] = []
         if os.geteuid() == 0:

@@ -8,29 +8,24 @@ The head offers no CPUs; the worker (``--num-cpus``) runs in a mount namespace o
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from ports import free_port
+
 from runtime.compute.cluster import READY_LINE, _ensure_token, down_pgid
 
 START_TIMEOUT_S = 90.0
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
 
 def _ray_start(*options: str) -> list[str]:
     return [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats",
-            "--node-ip-address=127.0.0.1", f"--dashboard-agent-listen-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}", *options]
+            "--node-ip-address=127.0.0.1", f"--dashboard-agent-listen-port={free_port()}",
+            f"--metrics-export-port={free_port()}", *options]
 
 
 def _wait_for(log: Path, process: subprocess.Popen[bytes], what: str) -> None:
@@ -58,7 +53,7 @@ class TwoNodes:
 
     def __init__(self, logs: Path, hidden: Path, env: dict[str, str] | None = None, worker_cpus: int = 2) -> None:
         self.logs, self.hidden, self.worker_cpus = logs, hidden, worker_cpus
-        self.address = f"127.0.0.1:{_free_port()}"
+        self.address = f"127.0.0.1:{free_port()}"
         self.env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
                     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}  # two nodes on one (loopback) address
         self._processes: list[subprocess.Popen[bytes]] = []
@@ -75,7 +70,7 @@ class TwoNodes:
             head_log = self.logs / "head.log"
             port = self.address.rsplit(":", 1)[1]
             self._spawn(_ray_start("--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
-                                   f"--ray-client-server-port={_free_port()}", f"--temp-dir={session}"), head_log)
+                                   f"--ray-client-server-port={free_port()}", f"--temp-dir={session}"), head_log)
             _wait_for(head_log, self._processes[-1], "the head node")
             worker_log = self.logs / "worker.log"
             hide = f"mount -t tmpfs -o size=1m mlops-hidden {self.hidden} && exec \"$@\""

@@ -15,7 +15,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import GitRemote
+from ports import free_port
 
 from runtime.compute import cluster
 from runtime.reconcile.source import sync_checkout
@@ -149,12 +149,6 @@ def metric(port: int, name: str, **labels: str) -> float | None:
                 return float(match.group(3))
     return None
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def mlops(*args: str, env: dict[str, str], cwd: Path) -> Any:

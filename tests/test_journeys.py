@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from typing import Any
 
 import pygit2
 import pytest
+from ports import free_port
 
 from runtime.compute import cluster
 
@@ -39,12 +39,6 @@ STEP_S = 180
 EXAMPLE_SPEC = "examples/churn/mlops.yaml"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
 
 class User:
     """Runs ``mlops`` as a person would, in one project, each command under a deadline."""
@@ -53,7 +47,7 @@ class User:
         self.cwd = cwd
         self.spec = ["-f", spec] if spec else []
         self.env = {"PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-                    "HOME": str(home), "MLOPS_SERVE_PORT": str(_free_port()), "COLUMNS": "300",
+                    "HOME": str(home), "MLOPS_SERVE_PORT": str(free_port()), "COLUMNS": "300",
                     "MLOPS_ACTOR": "journey@example.com"}
         self.steps: dict[str, float] = {}
 

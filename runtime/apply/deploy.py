@@ -6,8 +6,8 @@ Apply's deploy step and ``mlops rollback`` both come here; the state records wha
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 from compiler.graph import Graph
@@ -20,12 +20,15 @@ from runtime.workspace import Workspace
 
 
 def deploy_version(workspace: Workspace, store: StateStore, name: str, version: int,
-                   pin: tuple[int | None, str] | None = None, graph: Graph | None = None) -> dict[str, Any]:
+                   pin: tuple[int | None, str] | None = None, graph: Graph | None = None,
+                   code_package: Callable[[], str] | None = None) -> dict[str, Any]:
     """Make ``version`` the one deployment ``name`` serves, and record it.
 
     A realtime deployment is rolled out on Ray Serve (blue/green; a failed start leaves the old version
     serving and raises). ``pin`` = (the version rolled back from, why) marks a rollback: it is kept
-    until a version newer than the one rolled back from passes the gates.
+    until a version newer than the one rolled back from passes the gates. ``code_package`` gives the
+    shipped package of the project's code once joined (an apply packs its work tree once for all its steps);
+    by default it is packed here.
     """
     project = workspace.project
     deployment = project.spec.deployments[name]
@@ -49,10 +52,9 @@ def deploy_version(workspace: Workspace, store: StateStore, name: str, version: 
         choice = connect.join(project, start_local=True)  # deployments outlive this process
         assert choice is not None
         port = choice.serve_port
-        code_uri = shipping.package_for(project)
-        if code_uri:  # the replicas may run on nodes that cannot see this repository
-            spec = dataclasses.replace(spec, repo_root="", code_uri=code_uri)
-            before = dataclasses.replace(before, repo_root="", code_uri=code_uri) if before is not None else None
+        code_uri = (code_package or (lambda: shipping.package_for(project)))()
+        spec = spec.shipped(code_uri)  # the replicas may run on nodes that cannot see this repository
+        before = before.shipped(code_uri) if before is not None else None
         try:
             serving.deploy(spec, route, deployment.replicas, resources, port, previous=before,
                            http_host=project.spec.cluster.serve_host)
@@ -81,12 +83,12 @@ def deploy_version(workspace: Workspace, store: StateStore, name: str, version: 
         assert deployment.input is not None
         input_uri = dataset_uri(project, store, deployment.input)
         model = project.spec.models[deployment.model]
-        batch = BatchSpec(name, version, model.train, model_version.code_hash, str(project.root),
-                          workspace.artifact_root, model_version.artifact_uri, input_uri, dict(model_version.params))
         connect.join(project)
-        code_uri = shipping.package_for(project)
-        if code_uri:
-            batch = dataclasses.replace(batch, repo_root="", code_uri=code_uri)
+        code_uri = (code_package or (lambda: shipping.package_for(project)))()
+        batch = BatchSpec(deployment=name, version=version, target=model.train, code_hash=model_version.code_hash,
+                          repo_root=str(project.root), artifact_root=workspace.artifact_root,
+                          model_uri=model_version.artifact_uri, params=dict(model_version.params),
+                          input_uri=input_uri).shipped(code_uri)
         outputs.update(ray_backend.call(score, batch, deployment.resources.cpus, deployment.resources.gpus,
                                         code_uri))
     store.set_deployment(DeploymentState(name, deployment.model, desired, version, "Healthy", time.time(),
@@ -105,9 +107,10 @@ def serve_spec(workspace: Workspace, name: str, model_version: ModelVersion, gra
     code = model_version.code_hash
     if graph is not None:  # the trainer module's code now (serving code lives beside the trainer)
         code = next((n.code_hash for n in graph.by_address(f"models.{deployment.model}") if n.kind == "trial"), code)
-    return serving.ServeSpec(name, model_version.version, model.train, code, str(project.root),
-                             workspace.artifact_root, model_version.artifact_uri, dict(model_version.params),
-                             endpoint.api_config(project, name, model_version))
+    return serving.ServeSpec(deployment=name, version=model_version.version, target=model.train, code_hash=code,
+                             repo_root=str(project.root), artifact_root=workspace.artifact_root,
+                             model_uri=model_version.artifact_uri, params=dict(model_version.params),
+                             api=endpoint.api_config(project, name, model_version))
 
 
 def dataset_uri(project: Any, store: StateStore, name: str) -> str:

@@ -45,6 +45,8 @@ class DriverSteps:
     _order: dict[str, int]
     _dirty: set[str]
     _pass: list[tuple[int, str]] | None
+    _code_package: Callable[[], str]
+    """The shipped package of this apply's code (:meth:`~runtime.apply.executor.Executor._code_package`)."""
 
     def _finish(self, node_id: str, status: Outcome, message: str) -> None:
         self.result.outcomes[node_id] = NodeOutcome(node_id, status, message)
@@ -140,7 +142,8 @@ class DriverSteps:
         deployment = self.project.spec.deployments[name]
         newest = int(self.outputs[self._model_final(deployment.model)]["version"])
         version, pin = serving_target(deployment, newest, self.store.get_deployment(name))
-        return deploy_version(self.workspace, self.store, name, version, pin=pin, graph=self.graph)
+        return deploy_version(self.workspace, self.store, name, version, pin=pin, graph=self.graph,
+                              code_package=self._code_package)
 
     def _local_monitor(self, node: Node) -> dict[str, Any]:
         return {"deployment": node.config["deployment"]}

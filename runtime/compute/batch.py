@@ -13,23 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.compute.scoring import ScoringSpec, load_predictor
+
 CHUNK_ROWS = 4096
 
 
-@dataclass(frozen=True)
-class BatchSpec:
-    deployment: str
-    version: int
-    target: str
-    """The trainer ``module:function``; its module's ``load_predictor`` scores."""
-    code_hash: str | None
-    repo_root: str
-    artifact_root: str
-    model_uri: str
+@dataclass(frozen=True, kw_only=True)
+class BatchSpec(ScoringSpec):
+    """A version to score with and the dataset artifact to score."""
+
     input_uri: str
-    params: dict[str, Any]
-    code_uri: str = ""
-    """The shipped package of the project's code (:mod:`runtime.compute.shipping`); empty: ``repo_root``."""
 
 
 def _csv_of(path: Path) -> Path:
@@ -51,11 +44,10 @@ def _typed(value: str) -> Any:
 def score(spec: BatchSpec) -> dict[str, Any]:
     """Score every input row; returns ``{"predictions": uri, "rows": n}``."""
     from runtime.artifacts.store import ArtifactStore
-    from runtime.compute.worker import load_predictor_of
 
     store = ArtifactStore(spec.artifact_root)
     with tempfile.TemporaryDirectory(prefix="mlops-batch-") as scratch:
-        local_model = store.verified_path(spec.model_uri) or store.get_file(spec.model_uri, Path(scratch) / "model.pt")
+        predictor = load_predictor(spec, Path(scratch))
         local_input = store.verified_path(spec.input_uri)
         if local_input is None:
             local_input = Path(scratch) / "input"
@@ -63,8 +55,6 @@ def score(spec: BatchSpec) -> dict[str, Any]:
                 store.materialize_dir(spec.input_uri, local_input)
             else:
                 store.get_file(spec.input_uri, local_input)
-        load_predictor = load_predictor_of(spec.target, spec.code_hash, spec.repo_root)
-        predictor = load_predictor(Path(local_model), dict(spec.params))
         out = io.StringIO()
         rows_scored = 0
         with _csv_of(Path(local_input)).open(newline="", encoding="utf-8") as handle:

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from runtime.compute.scoring import ScoringSpec, load_predictor
 from runtime.endpoint.contract import ApiConfig, Problem
 from runtime.errors import TaskError
 
@@ -27,25 +28,13 @@ STAGING_NICENESS = 19
 """A staging replica yields the CPU to the live replicas while it starts (it only proves the version loads)."""
 
 
-@dataclass(frozen=True)
-class ServeSpec:
-    """Everything a replica needs, picklable."""
+@dataclass(frozen=True, kw_only=True)
+class ServeSpec(ScoringSpec):
+    """Everything a replica needs, picklable: the version to score with and the HTTP contract."""
 
-    deployment: str
-    version: int
-    target: str
-    """The trainer ``module:function``; ``load_predictor`` is looked up in that module."""
-    code_hash: str | None
-    repo_root: str
-    artifact_root: str
-    model_uri: str
-    params: dict[str, Any]
     api: ApiConfig
     """The HTTP contract: input signature, limits, accepted tokens (:mod:`runtime.endpoint.contract`)."""
     sample_rate: float = 1.0
-    code_uri: str = ""
-    """The shipped package of the project's code the replicas run in (:mod:`runtime.compute.shipping`); empty:
-    they import from ``repo_root`` on this machine."""
 
     def home(self) -> dict[str, str]:
         """What a replica is constructed with: the parts no version changes."""
@@ -161,19 +150,9 @@ def load(spec: ServeSpec) -> Loaded:
     import tempfile
     from pathlib import Path
 
-    from runtime.artifacts.store import ArtifactError, ArtifactStore
-    from runtime.compute.worker import load_predictor_of
     from runtime.endpoint.contract import openapi_document
 
-    store = ArtifactStore(spec.artifact_root)
-    try:  # exactly what the state names, or a one-line refusal naming the object
-        local = store.verified_path(spec.model_uri)
-    except ArtifactError as error:
-        raise TaskError("; ".join(d.message for d in error.diagnostics)) from None
-    if local is None:
-        local = store.get_file(spec.model_uri, Path(tempfile.mkdtemp()) / "model.pt")
-    module_loader = load_predictor_of(spec.target, spec.code_hash, spec.repo_root)
-    predictor = module_loader(Path(local), dict(spec.params))
+    predictor = load_predictor(spec, Path(tempfile.mkdtemp(prefix="mlops-model-")))
     return Loaded(spec, predictor, json.dumps(openapi_document(spec.api), separators=(",", ":")).encode())
 
 

@@ -33,7 +33,6 @@ from runtime.state.records import ReconcilerStatus
 from runtime.state.store import StateStore
 
 Sync = Literal["Synced", "OutOfSync", "Unknown"]
-Serve = Reach
 Health = Literal["Healthy", "Progressing", "Degraded", "Missing"]
 SECTIONS = ("datasets", "models", "gates", "deployments", "monitors")
 
@@ -57,7 +56,7 @@ class ProjectStatus:
     project: str
     resources: list[ResourceStatus]
     reconciler: ReconcilerStatus
-    serve: Serve
+    serve: Reach
     plan_error: str | None = None
     history_rewritten: dict[str, Any] | None = None
     """The last force push the reconciler followed: ``{at, branch, from, to}`` (from the audit trail)."""
@@ -133,7 +132,7 @@ def _serve_view(project: Project) -> ServeView:
 class _Health:
     def __init__(self, project: Project, store: StateStore, graph: Graph, view: ServeView, plan: Plan | None) -> None:
         self.project, self.store, self.graph, self.view = project, store, graph, view
-        self.serve: Serve = view.reach
+        self.serve: Reach = view.reach
         self.results = plan.recorded if plan is not None else store.latest_results()
         self.gates = plan.gates if plan is not None else gate_views(project, graph, store, self.results)
 
