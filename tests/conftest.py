@@ -14,12 +14,18 @@ as ``mlops.yaml`` and a ``pipeline.py`` whose callables (``pipeline:build_featur
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+# The warm driver (runtime/daemon) is on by default and outlives a command by its idle time. Tests that run
+# `mlops apply` on hundreds of throw-away projects turn it off; the tests of the default itself
+# (tests/test_warm_driver.py, tests/test_journeys.py) give their commands an environment without this.
+os.environ.setdefault("MLOPS_IDLE_STOP", "off")
 
 PIPELINE_SOURCE = '''"""Callables for test projects (signatures of runtime/context.py)."""
 

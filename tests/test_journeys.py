@@ -28,6 +28,7 @@ import pytest
 from ports import free_port
 
 from runtime.compute import cluster
+from runtime.daemon import client, record
 
 pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster at a time on the 2 CPUs
 
@@ -130,8 +131,11 @@ def _down_and_check(user: User, state_path: Path, url: str) -> None:
     """``mlops down`` stops every process of the local cluster and the endpoint stops answering."""
     local = cluster.running(state_path)
     assert local is not None, "no local cluster is running before `mlops down`"
+    driver = record.read(state_path)
+    assert driver is not None, "no warm driver ran the applies (it is on by default)"
     user.run("down", "down")
     assert cluster.members(local.pgid) == [], "processes of the local cluster outlived `mlops down`"
+    assert record.read(state_path) is None and not record.alive(driver.pid), "the warm driver outlived `mlops down`"
     with pytest.raises((urllib.error.URLError, OSError)):
         urllib.request.urlopen(urllib.request.Request(url, data=b"{}"), timeout=5)
 
@@ -142,9 +146,11 @@ def stop_clusters() -> Any:
     started: list[Path] = []
     yield started
     for state_path in started:
+        client.stop(state_path)
         local = cluster.running(state_path)
         if local is not None:
             cluster.down(state_path)
+
 
 
 def _walk_change_rollback_monitor(user: User, spec: str, deployment: str, body: dict[str, Any],

@@ -8,6 +8,7 @@ outputs are stored, so an interrupted apply never redoes finished work.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import time
@@ -96,6 +97,23 @@ class Executor(DriverSteps):
     # --- the loop ------------------------------------------------------------------------------
 
     def run(self) -> ApplyResult:
+        """Run the plan; interrupted (Ctrl-C, an error of the driver), its running tasks are cancelled first."""
+        try:
+            return self._run()
+        except BaseException:
+            self._abandon("interrupted: the apply was stopped before it finished")
+            raise
+
+    def _abandon(self, why: str) -> None:
+        """Cancel the tasks still running and record their runs failed: a driver that outlives this apply (the
+        warm driver, the reconciler) would otherwise leave them running on the cluster."""
+        for attempt in list(self._running.values()):
+            with contextlib.suppress(Exception):  # best effort on the way out; the next apply closes what is left
+                ray_backend.cancel(attempt.ref)
+        with contextlib.suppress(Exception):  # the apply holds the lock: every unfinished run is this one's
+            self.store.fail_unfinished_runs(why)
+
+    def _run(self) -> ApplyResult:
         for change in self.plan.node_changes:
             if change.action == "delete":
                 self.store.forget_node(change.node_id)

@@ -53,11 +53,7 @@ def close_interrupted_runs(store: StateStore) -> int:
 
     Call it holding the apply lock: no other apply is running then, so every ``running`` run is orphaned.
     """
-    run_ids = store.unfinished_run_ids()
-    with store.transaction():
-        for run_id in run_ids:
-            store.finish_run(run_id, "failed", error="interrupted: the apply running it ended before it finished")
-    return len(run_ids)
+    return store.fail_unfinished_runs("interrupted: the apply running it ended before it finished")
 
 
 @dataclass

@@ -30,6 +30,8 @@ class Application:
     spec_file: str = "mlops.yaml"
     json_output: bool = False
     color: bool = True
+    argv: list[str] = field(default_factory=list)
+    """The command line as given (what a warm driver is handed, :mod:`runtime.daemon`)."""
     out: Console = field(init=False)
     err: Console = field(init=False)
 

@@ -45,7 +45,7 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every exit, user error or not, goes through here."""
-    app = Application()
+    app = Application(argv=list(sys.argv[1:] if argv is None else argv))
     # A one-shot command builds a large, long-lived object graph and exits: the cyclic collector would
     # only rescan it. Long-running commands (the reconcile loop) turn it back on for themselves.
     gc.disable()

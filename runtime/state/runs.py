@@ -120,6 +120,15 @@ class RunRecords(StoreAccess):
         """The ids of the runs still ``running`` or ``waiting``."""
         return [str(row[0]) for row in self._rows("SELECT run_id FROM runs WHERE status IN ('running', 'waiting')")]
 
+    def fail_unfinished_runs(self, error: str) -> int:
+        """Mark failed, with ``error``, every run still ``running`` or ``waiting``; returns how many. Call it
+        holding the apply lock: no other apply is running then, so each such run is the caller's or orphaned."""
+        run_ids = self.unfinished_run_ids()
+        with self.transaction():
+            for run_id in run_ids:
+                self.finish_run(run_id, "failed", error=error)
+        return len(run_ids)
+
     def run_ids(self) -> list[str]:
         """Every recorded run id."""
         return [str(row[0]) for row in self._rows("SELECT run_id FROM runs")]

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from compiler.errors import MlopsError
+from compiler.resolve import Project
 from compiler.spec import duration_seconds
 from runtime.cli.app import Application, pass_app
 from runtime.cli.commands.common import project_or_fail
@@ -32,6 +33,9 @@ def apply_command(app: Application, plan_file: str | None, parallelism: int, tar
     from runtime import apply_project
 
     project = project_or_fail(app)
+    forwarded = _in_warm_driver(app, project, plan_file)
+    if forwarded is not None:
+        app.exit(forwarded)
     try:
         timeout = float(duration_seconds(lock_timeout))
     except ValueError as error:
@@ -57,3 +61,33 @@ def apply_command(app: Application, plan_file: str | None, parallelism: int, tar
         render_plan(app.out, outcome.plan)
         render_outcomes(app.out, outcome.result, outcome.seconds)
     app.exit(ExitCode.OK if outcome.result.ok else ExitCode.FAILED)
+
+
+def _in_warm_driver(app: Application, project: Project, plan_file: str | None) -> int | None:
+    """Run this apply in the project's warm driver (:mod:`runtime.daemon`) and return its exit code; ``None``:
+    run it here (the warm driver is off or not for this project, or none runs and there is nothing to do: a
+    no-op apply starts nothing)."""
+    from runtime.daemon import client
+
+    try:
+        if not client.eligible(project):
+            return None
+        if client.running_for(project) is None and plan_file is None and not _has_work(project):
+            return None
+        return client.run(project, app.argv)
+    except MlopsError as error:
+        app.fail(error)
+
+
+def _has_work(project: Project) -> bool:
+    """Whether a plan made now (without the lock) changes anything. A plan that fails says no: the apply then
+    runs in this process, which makes the plan again and reports why it fails."""
+    from runtime import opened
+    from runtime.plan.project import plan_project
+
+    try:
+        with opened(project) as (_, store):
+            _, plan = plan_project(project, store)
+    except Exception:  # noqa: BLE001 - the apply in this process makes the plan again and reports its error
+        return False
+    return plan.has_changes

@@ -37,14 +37,21 @@ def up_command(app: Application, num_cpus: int | None, serve_port: int | None) -
 
         cpus = num_cpus if num_cpus is not None else local_cluster_cpus(project)
         local = existing or cluster.up(state_path, num_cpus=cpus, serve_port=serve_port)
+        from runtime.daemon import client
+
+        driver = client.ensure(project) if client.eligible(project) else None
     except MlopsError as error:
         app.fail(error)
     if app.json_output:
         app.emit_json({"ok": True, "started": existing is None, "address": local.address,
-                       "serve_url": local.serve_url, "pgid": local.pgid})
+                       "serve_url": local.serve_url, "pgid": local.pgid,
+                       "warm_driver": {"pid": driver.pid, "idle_stop_s": driver.idle_s} if driver else None})
     else:
         verb = "is already running" if existing else "started"
         app.print(f"Local Ray cluster {verb} at {local.address}; deployments answer at {local.serve_url}.")
+        if driver is not None:
+            app.print(f"Warm driver (pid {driver.pid}) runs `mlops apply`; it stops after {driver.idle_s:.0f}s "
+                      "without one (MLOPS_IDLE_STOP), with the cluster unless a deployment serves.")
         app.print("`mlops apply` and `mlops reconcile` join it; `mlops down` stops it.")
     app.exit(ExitCode.OK)
 
@@ -53,13 +60,16 @@ def up_command(app: Application, num_cpus: int | None, serve_port: int | None) -
 @global_options
 @pass_app
 def down_command(app: Application) -> None:
-    """Stop the project's local Ray cluster and everything running on it (its deployments too)."""
+    """Stop the project's local Ray cluster, its warm driver and everything running there (deployments too)."""
     from runtime.compute import cluster
+    from runtime.daemon import client
     from runtime.workspace import Workspace
 
     project = project_or_fail(app)
     try:
-        stopped = cluster.down(Workspace.of(project).state_path)
+        state_path = Workspace.of(project).state_path
+        client.stop(state_path)  # the warm driver first: it would otherwise see the cluster go and leave by itself
+        stopped = cluster.down(state_path)
     except MlopsError as error:
         app.fail(error)
     if app.json_output:
