@@ -274,6 +274,10 @@ class Model(Strict):
     description: str | None = None
     intended_use: str | None = None
     limitations: str | None = None
+    keep_versions: int | None = Field(None, ge=1, le=MAX_VERSION, description=(
+        "How many of the newest versions `mlops gc` keeps the model files of (besides the versions deployments "
+        "serve, want or pin); older versions stay in the registry with their files collected. Unset: every "
+        "version keeps its files unless `mlops gc --keep N` says otherwise."))
 
     @field_validator("data")
     @classmethod

@@ -23,6 +23,7 @@ from runtime.apply.outcomes import ApplyResult, ProgressHook
 from runtime.apply.signed_approvals import how_to_approve, is_signed
 from runtime.errors import ApplyError, ApprovalError, DeployError
 from runtime.export.mlflow_mirror import mirror_project
+from runtime.lifecycle.references import collected_versions
 from runtime.plan import planfile
 from runtime.plan.actions import Plan
 from runtime.plan.project import plan_project
@@ -168,12 +169,16 @@ def rollback_target(project: Project, store: StateStore, deployment: str, to: in
     spec = project.spec.deployments[deployment]
     state = store.get_deployment(deployment)
     current = state.live_version if state else None
+    collected = collected_versions(store).get(spec.model, set())
     if to is not None:
         if store.get_model_version(spec.model, to) is None:
             raise DeployError.one(f"models.{spec.model} has no version {to}", address=f"deployments.{deployment}")
+        if to in collected:
+            raise DeployError.one(f"models.{spec.model} version {to} cannot be served: mlops gc collected its model "
+                                  "file", address=f"deployments.{deployment}")
         return to
     for version in sorted((v.version for v in store.model_versions(spec.model)), reverse=True):
-        if current is not None and version >= current:
+        if current is not None and version >= current or version in collected:
             continue
         decisions = [store.latest_gate_decision(g, spec.model, version) for g in spec.gates]
         if all(d is not None and d.status == "passed" for d in decisions):

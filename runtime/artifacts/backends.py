@@ -2,12 +2,14 @@
 
 Locally, single objects are written to a temporary file, fsynced and renamed under their hash; a
 run's output directory is adopted in place (hard links, then one filesystem sync per round by the
-caller, see :mod:`runtime.artifacts.durability`). On object stores a single PUT is atomic by itself.
+caller, see :mod:`runtime.artifacts.durability`). On object stores a single PUT is atomic by itself
+(:mod:`runtime.artifacts.s3`, :mod:`runtime.artifacts.fsspec_backend`).
 :mod:`runtime.artifacts.store` is the interface; this module is its storage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -80,6 +82,16 @@ class TreeScan:
     """Absolute paths of the subdirectories, parents before children."""
     foreign: bool
     """A symbolic link, or a file with other hard links: something the directory does not own."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object as the store lists it (for the garbage collector, :mod:`runtime.lifecycle.gc`)."""
+
+    digest: str
+    size: int
+    written_at: float
+    """When it was last written (or linked in), on the store's own clock (:meth:`Backend.clock`)."""
 
 
 def scan_tree(path: str | Path) -> TreeScan:
@@ -168,6 +180,26 @@ class Backend:
 
     def write_bytes(self, digest: str, data: bytes) -> None:
         raise NotImplementedError
+
+    def list_objects(self) -> Iterator[StoredObject]:
+        """Every object stored (temporary files of writers in flight excluded)."""
+        raise NotImplementedError
+
+    def delete(self, digests: list[str]) -> None:
+        """Remove these objects; one already gone is no error. Each goes at once (no half-removed object)."""
+        raise NotImplementedError
+
+    def clock(self) -> float:
+        """Now, on the clock that stamps :attr:`StoredObject.written_at`."""
+        return time.time()
+
+    def usage(self, folder: str) -> int:
+        """Bytes stored under ``<root>/<folder>`` (0 when there is no such folder)."""
+        raise NotImplementedError
+
+
+def is_digest(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 class LocalBackend(Backend):
@@ -351,9 +383,68 @@ class LocalBackend(Backend):
             raise
         return tree
 
+    def list_objects(self) -> Iterator[StoredObject]:
+        """Each object's size and the later of its mtime and ctime (a hard link made into ``objects`` changes the
+        ctime, so an old file a run adopted just now counts as written now)."""
+        try:
+            prefixes = sorted(e.name for e in os.scandir(self.objects) if len(e.name) == 2 and e.is_dir())
+        except FileNotFoundError:
+            return
+        for prefix in prefixes:
+            with os.scandir(f"{self.objects}/{prefix}") as entries:
+                for entry in entries:
+                    digest = prefix + entry.name
+                    if not is_digest(digest) or not entry.is_file(follow_symlinks=False):
+                        continue
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:  # removed meanwhile
+                        continue
+                    yield StoredObject(digest, info.st_size, max(info.st_mtime, info.st_ctime))
+
+    def delete(self, digests: list[str]) -> None:
+        """For each: its tree first (when it is a directory's manifest: the tree's hard links would keep the
+        files' bytes), then the object, then what :mod:`~runtime.artifacts.verify` remembered of it."""
+        for digest in digests:
+            tree = self.root / "trees" / digest
+            if tree.is_dir():
+                discard_tree(tree)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.object_file(digest))
+            for marker in (digest, f"dir-{digest}"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{self.root}/verified/{marker}")
+
+    def clock(self) -> float:
+        """The filesystem's own time (a probe file's ctime): what the objects' ctimes are compared with."""
+        if not self.objects.is_dir():  # nothing stored yet: nothing to compare with
+            return time.time()
+        probe = self.root / "tmp" / f".clock-{uuid.uuid4().hex}"
+        probe.parent.mkdir(exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            return os.fstat(fd).st_ctime
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+
+    def usage(self, folder: str) -> int:
+        total = 0
+        for directory, _, names in os.walk(self.root / folder):
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    total += os.lstat(os.path.join(directory, name)).st_size
+        return total
+
     def cleanup_temp(self, older_than_s: float) -> int:
+        """Remove what crashed writers left: temporary objects, scratch runs and clock probes older than
+        ``older_than_s``, and trees a killed process was discarding (``trees/.torn-*``, garbage at any age)."""
         cutoff = time.time() - older_than_s
         removed = 0
+        trees = self.root / "trees"
+        for torn in trees.glob(".torn-*") if trees.is_dir() else []:
+            remove_tree(torn)
+            removed += 1
         for tmp in self.objects.glob(".tmp-*") if self.objects.is_dir() else []:
             if tmp.stat().st_mtime < cutoff:
                 tmp.unlink(missing_ok=True)
@@ -363,46 +454,11 @@ class LocalBackend(Backend):
             if run.stat().st_mtime < cutoff:
                 remove_tree(run)
                 removed += 1
+        for probe in scratch.glob(".clock-*") if scratch.is_dir() else []:  # a :meth:`clock` killed midway
+            if probe.stat().st_mtime < cutoff:
+                probe.unlink(missing_ok=True)
+                removed += 1
         return removed
-
-
-class FsspecBackend(Backend):
-    """Objects on any other fsspec filesystem (``memory://``, ``gs://`` with gcsfs, ...); S3 has its own
-    (:mod:`runtime.artifacts.s3`)."""
-
-    def __init__(self, protocol: str, root: str, options: dict[str, Any]) -> None:
-        import fsspec
-
-        try:
-            self.fs = fsspec.filesystem(protocol, **options)
-        except (ImportError, ValueError) as exc:  # no driver installed for it, or an unknown protocol
-            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ArtifactStoreUnavailable.of(root, f"cannot open {protocol}:// storage ({detail})") from None
-        self.base = str(self.fs._strip_protocol(root)).rstrip("/")
-
-    def key(self, digest: str) -> str:
-        return f"{self.base}/objects/{digest[:2]}/{digest[2:]}"
-
-    def location(self, digest: str) -> str:
-        return self.fs.unstrip_protocol(self.key(digest))
-
-    def exists(self, digest: str, size: int | None = None) -> bool:
-        return bool(self.fs.exists(self.key(digest)))  # a PUT is atomic: an object there is whole
-
-    def open_read(self, digest: str) -> IO[bytes]:
-        try:
-            return self.fs.open(self.key(digest), "rb")
-        except FileNotFoundError:
-            raise ArtifactError.one(f"artifact sha256:{digest} is not in {self.base}") from None
-
-    def write_file(self, path: Path) -> str:
-        digest = hash_file(path)
-        if not self.exists(digest):
-            self.fs.put_file(str(path), self.key(digest))  # one PUT: visible only once complete
-        return digest
-
-    def write_bytes(self, digest: str, data: bytes) -> None:
-        self.fs.pipe_file(self.key(digest), data)
 
 
 def _copy_hashing(source: IO[bytes], out: IO[bytes], hasher: hashlib._Hash) -> None:

@@ -30,17 +30,21 @@ import hashlib
 import io
 import os
 import time
+from collections.abc import Iterator
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO, Any
 
 from compiler.content_hash import hash_file
-from runtime.artifacts.backends import ArtifactError, ArtifactStoreUnavailable, Backend, chunks
+from runtime.artifacts.backends import ArtifactError, ArtifactStoreUnavailable, Backend, StoredObject, chunks, is_digest
 
 MULTIPART_CHUNK = 50 << 20
 """Part size of a multipart upload (s3fs's default)."""
 SINGLE_PUT_MAX = 2 * MULTIPART_CHUNK - 1
 """Bytes up to which an object is one PUT (read into memory); larger ones are multipart uploads."""
 MAX_PARTS = 10_000
+DELETE_BATCH = 1000
+"""Keys per ``DeleteObjects`` request (S3's maximum)."""
 ABSENT, INTACT, DAMAGED = "absent", "intact", "damaged"
 CONFLICT_TRIES = 5
 
@@ -232,6 +236,49 @@ class S3Backend(Backend):
 
     def intact(self, digest: str, size: int) -> bool:
         return self.state(digest, size) == INTACT
+
+    # --- listing and deleting (the garbage collector's) ------------------------------------------
+
+    def _listed(self, folder: str) -> Iterator[dict[str, Any]]:
+        """Every object under ``<prefix>/<folder>/`` as ``ListObjectsV2`` gives it, page by page."""
+        prefix = f"{self.prefix}/{folder}/" if self.prefix else f"{folder}/"
+        token: str | None = None
+        while True:
+            page = self._call("list_objects_v2", Bucket=self.bucket, Prefix=prefix,
+                              **({"ContinuationToken": token} if token else {}))
+            yield from page.get("Contents", [])
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+
+    def list_objects(self) -> Iterator[StoredObject]:
+        """Each object's size and ``LastModified`` (the server's clock, as :meth:`clock` reads it)."""
+        for item in self._listed("objects"):
+            digest = "".join(str(item["Key"]).rsplit("/", 2)[-2:])
+            if is_digest(digest):
+                yield StoredObject(digest, int(item.get("Size", 0)), item["LastModified"].timestamp())
+
+    def delete(self, digests: list[str]) -> None:
+        """``DeleteObjects`` of up to :data:`DELETE_BATCH` keys a request; S3 removes each key atomically."""
+        for start in range(0, len(digests), DELETE_BATCH):
+            batch = [{"Key": self.key(digest)} for digest in digests[start:start + DELETE_BATCH]]
+            answer = self._call("delete_objects", Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            errors = [e for e in answer.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if errors:
+                first = errors[0]
+                raise self._unavailable(f"deleting s3://{self.bucket}/{first.get('Key')} failed at {self._where()}: "
+                                        f"{first.get('Code')}: {first.get('Message')}")
+
+    def clock(self) -> float:
+        """The server's time (the ``Date`` of a ``HEAD`` on the bucket, to the second): the clock that stamps
+        ``LastModified``, whatever this machine's clock says."""
+        self._ready()
+        answer = self._request("head_bucket", Bucket=self.bucket)
+        date = (answer.get("ResponseMetadata") or {}).get("HTTPHeaders", {}).get("date")
+        return parsedate_to_datetime(date).timestamp() if date else time.time()
+
+    def usage(self, folder: str) -> int:
+        return sum(int(item.get("Size", 0)) for item in self._listed(folder))
 
     # --- writing ---------------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -48,21 +49,22 @@ from runtime.artifacts.backends import (
     ArtifactMissing,
     ArtifactStoreUnavailable,
     Backend,
-    FsspecBackend,
     LocalBackend,
+    StoredObject,
     TreeScan,
     chunks,
     discard_tree,
     remove_tree,
     scan_tree,
 )
+from runtime.artifacts.fsspec_backend import FsspecBackend
 from runtime.artifacts.s3 import S3Backend
 from runtime.artifacts.state_dict import state_dict_problem
 from runtime.artifacts.uris import dir_uri, file_uri, parse_uri
 from runtime.artifacts.verify import identities_of, read_marker, verify_files
 
 __all__ = ["ArtifactCorrupt", "ArtifactError", "ArtifactMissing", "ArtifactStore", "ArtifactStoreUnavailable",
-           "TreeScan", "dir_uri", "file_uri",
+           "StoredObject", "TreeScan", "dir_uri", "file_uri",
            "parse_uri", "remove_tree", "scan_tree", "state_dict_problem"]
 
 LOCAL_PROTOCOLS = ("", "file", "local")
@@ -354,6 +356,29 @@ class ArtifactStore:
         if not isinstance(model, dict):
             raise ArtifactError.one(f"model {uri} is a {type(model).__name__}, not a state dict")
         return model
+
+    # --- collecting (runtime.lifecycle.gc) -------------------------------------------------------
+
+    def objects(self) -> Iterator[StoredObject]:
+        """Every object stored: its digest, size and when it was last written (on :meth:`clock`'s clock)."""
+        return self._backend.list_objects()
+
+    def clock(self) -> float:
+        """Now, on the clock that stamps the objects (the filesystem's, the S3 server's)."""
+        return self._backend.clock()
+
+    def members(self, uri: str) -> list[str]:
+        """The digests of the objects an artifact is made of: a file's own; a directory's manifest and files."""
+        is_dir, digest = parse_uri(uri)
+        return [digest, *(file_digest for _, file_digest in self._manifest(digest))] if is_dir else [digest]
+
+    def delete_objects(self, digests: list[str]) -> None:
+        """Remove these objects (locally with the tree of a manifest among them); one already gone is no error."""
+        self._backend.delete(digests)
+
+    def usage(self, folder: str) -> int:
+        """Bytes under ``<root>/<folder>`` outside the objects (``inference``, ``tmp``)."""
+        return self._backend.usage(folder)
 
     def cleanup_temp(self, older_than_s: float = 3600.0) -> int:
         """Delete temporary files a crashed writer left (local storage); returns how many went."""

@@ -17,6 +17,7 @@ from runtime.artifacts.hashing import CachedHasher
 from runtime.compute import connect, serving
 from runtime.compute.serving import ServeView
 from runtime.errors import PlanError
+from runtime.lifecycle import holdings
 from runtime.plan import feasibility, integrity
 from runtime.plan.actions import GateView, Plan, make_plan
 from runtime.state.records import DeploymentState, NodeResult
@@ -78,7 +79,8 @@ def plan_project(project: Project, store: StateStore, targets: list[str] | None 
     view = observe_serving(project)
     drift = serving_drift(project, graph, store, recorded, view)
     broken = integrity.replacements(project, graph, store, recorded, Workspace.of(project).artifact_root)
-    forced = {**retrain_requests(project, graph, store), **drift.replace, **broken}
+    removed = holdings.replacements(project, graph, store, recorded)  # expired or erased data: said as such
+    forced = {**retrain_requests(project, graph, store), **drift.replace, **broken, **removed}
     plan = make_plan(graph, recorded, gate_views(project, graph, store, recorded), targets, forced, drift.update)
     plan.serving = view
     return graph, plan

@@ -9,7 +9,8 @@ One :meth:`Reconciler.tick` reads everything fresh and converges once:
    reported and audited (``history_rewritten``); without a repository, the spec as it is on disk;
 2. **compile**: load, resolve and check the policies; an error is logged and recorded and the tick ends
    there: nothing is undeployed, what runs keeps running;
-3. **plan** against the recorded state and the live one (Ray Serve);
+3. **expire** the data past its retention (:mod:`runtime.lifecycle.retention`), then **plan** against the
+   recorded state and the live one (Ray Serve);
 4. **apply**, only when the plan has work (something to create, replace, update or delete);
 5. **monitor**: run the monitors that are due (a breach may ask for a retrain: the next tick comes at once;
    a check that could not be evaluated is the tick's error);
@@ -42,8 +43,10 @@ from compiler.errors import Diagnostic, MlopsError
 from compiler.graph import Graph
 from compiler.resolve import Project
 from runtime.apply.operations import ApplyOutcome, apply_project
+from runtime.artifacts.store import ArtifactStore
 from runtime.compute import connect, ray_backend
 from runtime.errors import ReconcileError
+from runtime.lifecycle import erasure, retention
 from runtime.monitor import run as monitoring
 from runtime.monitor.results import check_errors
 from runtime.plan.actions import Plan
@@ -100,6 +103,8 @@ class TickResult:
     """The branch's history was rewritten (a force push): the commit it was at, and the one followed now."""
     notes: list[str] = field(default_factory=list)
     """What the tick reports besides an error (a rewritten history)."""
+    expired: list[str] = field(default_factory=list)
+    """The data items retention expired this tick (:func:`runtime.lifecycle.retention.expire_due`)."""
 
     @property
     def ok(self) -> bool:
@@ -114,7 +119,7 @@ class TickResult:
                        "outcomes": {nid: {"status": o.status, "message": o.message}
                                     for nid, o in self.applied.result.outcomes.items()}}
         return {"at": self.at, "commit": self.commit, "ok": self.ok, "error": self.error, "seconds": self.seconds,
-                "stopped": self.stopped, "requeue": self.requeue, "notes": self.notes,
+                "stopped": self.stopped, "requeue": self.requeue, "notes": self.notes, "expired": self.expired,
                 "history_rewritten": {"from": self.rewritten[0], "to": self.rewritten[1]} if self.rewritten else None,
                 "changes": changes, "applied": applied,
                 "monitors": [{"monitor": m.monitor, "version": m.version, "breached": m.breached,
@@ -277,6 +282,7 @@ class Reconciler:
     def _under_lock(self, project: Project, store: StateStore, result: TickResult) -> None:
         planned: tuple[Graph, Plan] | None = None
         try:
+            self._expire(project, store, result)
             planned = plan_project(project, store)
             result.plan = planned[1]
             if not self._stopping(result, "apply") and has_work(planned[1]):
@@ -290,11 +296,20 @@ class Reconciler:
         if self._stopping(result, "the monitors"):
             return
         try:
+            erasure.settle(store)
             self._monitor(project, store, result)
             self._observe_state(project, store, result, planned)
         except Exception as error:  # noqa: BLE001
             logger.exception("monitors failed")
             result.error = result.error or f"{type(error).__name__}: {error}"
+
+    def _expire(self, project: Project, store: StateStore, result: TickResult) -> None:
+        """Expire the data past its retention (at the tick's clock) before planning: the plan takes it again."""
+        expired = retention.expire_due(project, store, ArtifactStore(Workspace.of(project).artifact_root),
+                                       now=self.clock(), actor=actor(project.root))
+        result.expired = [f"{e.address} {e.item.item_kind} {e.item.content_hash[:12]} ({e.reason})" for e in expired]
+        for line in result.expired:
+            logger.info("expired %s", line)
 
     def _apply(self, project: Project, store: StateStore, planned: tuple[Graph, Plan], result: TickResult) -> None:
         name = project.spec.project

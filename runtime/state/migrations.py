@@ -230,7 +230,41 @@ V5: Step = (
     "ALTER TABLE model_versions ADD COLUMN signature TEXT",
 )
 
-MIGRATIONS: tuple[Step, ...] = (V1, V2, V3, V4, V5)
+V6: Step = (
+    # Data mlops no longer holds (runtime/lifecycle/): a source snapshot or a derived dataset's output that
+    # expired (past its retention_days) or was erased (an erasure request), one row per record removed.
+    # ``item_kind`` and ``item_id`` name the ``snapshots`` or ``node_results`` row; the rest copies what it
+    # held, so the history outlives that row. ``origin`` is the dataset whose retention or erasure caused it.
+    """CREATE TABLE data_removals (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        item_kind TEXT NOT NULL,
+        item_id INTEGER NOT NULL,
+        address TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        artifact_uri TEXT,
+        created_at REAL NOT NULL,
+        removal TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        request_id INTEGER,
+        removed_at REAL NOT NULL,
+        audit_seq INTEGER
+    )""",
+    "CREATE UNIQUE INDEX data_removals_by_item ON data_removals (item_kind, item_id)",
+    "CREATE INDEX data_removals_by_address ON data_removals (address, id)",
+    # An erasure request (``mlops erase``): the dataset, why, who asked, and the model versions trained on it.
+    """CREATE TABLE erasure_requests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        dataset TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        requested_at REAL NOT NULL,
+        models TEXT NOT NULL,
+        closed_at REAL
+    )""",
+)
+
+MIGRATIONS: tuple[Step, ...] = (V1, V2, V3, V4, V5, V6)
 """Every step in order; ``len(MIGRATIONS)`` is the current schema version."""
 
 

@@ -115,5 +115,17 @@ V5: Step = (
     f"ALTER TABLE model_versions ADD COLUMN signature {T}",
 )
 
-MIGRATIONS: tuple[Step, ...] = (V1, V2, V3, V4, V5)
+V6: Step = (
+    f"""CREATE TABLE data_removals (
+        id {ID}, item_kind {T} NOT NULL, item_id BIGINT NOT NULL, address {T} NOT NULL, content_hash {T} NOT NULL,
+        artifact_uri {T}, created_at {TIME} NOT NULL, removal {T} NOT NULL, origin {T} NOT NULL, reason {T} NOT NULL,
+        request_id BIGINT, removed_at {TIME} NOT NULL, audit_seq BIGINT)""",
+    "CREATE UNIQUE INDEX data_removals_by_item ON data_removals (item_kind, item_id)",
+    "CREATE INDEX data_removals_by_address ON data_removals (address, id)",
+    f"""CREATE TABLE erasure_requests (
+        id {ID}, dataset {T} NOT NULL, reason {T} NOT NULL, requested_by {T} NOT NULL, requested_at {TIME} NOT NULL,
+        models {T} NOT NULL, closed_at {TIME})""",
+)
+
+MIGRATIONS: tuple[Step, ...] = (V1, V2, V3, V4, V5, V6)
 """Every step in order; as many as :data:`runtime.state.migrations.MIGRATIONS`."""

@@ -194,3 +194,57 @@ class LockInfo:
     pid: int
     host: str
     since: float
+
+
+@dataclass
+class DataItem:
+    """Data mlops holds or held for a dataset: a source snapshot (``snapshots`` row) or a derived dataset's
+    output (a ``node_results`` row of its transform), with its removal when it expired or was erased."""
+
+    item_kind: str
+    """``snapshot`` or ``transform``."""
+    item_id: int
+    address: str
+    content_hash: str
+    """The hex digest: the source's content hash, or the digest in the derived output's artifact URI."""
+    artifact_uri: str | None
+    fingerprint: str
+    created_at: float
+    upstream: dict[str, str] = field(default_factory=dict)
+    """A derived output's upstream node id -> its fingerprint when it was made (``{}`` for a snapshot)."""
+    removal: DataRemoval | None = None
+
+
+@dataclass
+class DataRemoval:
+    """A snapshot or derived output mlops no longer holds: ``expired`` (past its retention) or ``erased``."""
+
+    item_kind: str
+    item_id: int
+    address: str
+    content_hash: str
+    artifact_uri: str | None
+    created_at: float
+    removal: str
+    """``expired`` or ``erased``."""
+    origin: str
+    """The dataset whose retention or erasure removed it (itself, or one upstream of it)."""
+    reason: str
+    request_id: int | None = None
+    """The erasure request (``None`` for an expiry)."""
+    removed_at: float = 0.0
+    audit_seq: int | None = None
+
+
+@dataclass
+class ErasureRequest:
+    """``mlops erase datasets.NAME --reason TEXT``: what was asked, by whom, and the versions trained on it."""
+
+    id: int
+    dataset: str
+    reason: str
+    requested_by: str
+    requested_at: float
+    models: list[str] = field(default_factory=list)
+    """``models.NAME@N`` of every model version trained on the erased data."""
+    closed_at: float | None = None

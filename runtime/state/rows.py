@@ -14,7 +14,9 @@ from compiler.content_hash import canonical_json
 from runtime.state.records import (
     Approval,
     AuditRecord,
+    DataRemoval,
     DeploymentState,
+    ErasureRequest,
     GateDecision,
     GateStatus,
     MetricPoint,
@@ -123,3 +125,16 @@ def audit_record_of(row: Row) -> AuditRecord:
     return AuditRecord(seq=row["seq"], at=row["at"], actor=row["actor"], action=row["action"],
                        commit=row["git_commit"], payload=json.loads(row["payload"]), prev_hash=row["prev_hash"],
                        hash=row["hash"])
+
+
+def data_removal_of(row: Row) -> DataRemoval:
+    return DataRemoval(
+        item_kind=row["item_kind"], item_id=row["item_id"], address=row["address"], content_hash=row["content_hash"],
+        artifact_uri=row["artifact_uri"], created_at=row["created_at"], removal=row["removal"], origin=row["origin"],
+        reason=row["reason"], request_id=row["request_id"], removed_at=row["removed_at"], audit_seq=row["audit_seq"])
+
+
+def erasure_request_of(row: Row) -> ErasureRequest:
+    return ErasureRequest(
+        id=row["id"], dataset=row["dataset"], reason=row["reason"], requested_by=row["requested_by"],
+        requested_at=row["requested_at"], models=load_json(row["models"]), closed_at=row["closed_at"])

@@ -162,7 +162,17 @@ class RunRecords(StoreAccess):
             named |= {str(value) for key, value in (load_json(outputs) or {}).items() if key in ("artifact", "input")}
         return named
 
+    def run_logs(self) -> list[tuple[str, str]]:
+        """(run id, log URI) of every run that stored its log."""
+        rows = self._rows("SELECT run_id, log_uri FROM runs WHERE log_uri IS NOT NULL")
+        return [(str(row[0]), str(row[1])) for row in rows]
+
     # --- snapshots -------------------------------------------------------------------------------
+
+    def snapshot_artifacts(self) -> list[tuple[str, str]]:
+        """(dataset address, artifact URI) of every recorded snapshot that stored one, oldest first."""
+        rows = self._rows("SELECT address, artifact_uri FROM snapshots WHERE artifact_uri IS NOT NULL ORDER BY id")
+        return [(str(row[0]), str(row[1])) for row in rows]
 
     def add_snapshot(self, snapshot: Snapshot) -> None:
         self._exec(

@@ -50,6 +50,7 @@ from runtime.state.hashes import HashCache
 from runtime.state.migrations import MIGRATIONS, SchemaTooNew, migrate, schema_version
 from runtime.state.models import DECIDE, ModelRecords
 from runtime.state.pgurl import is_postgresql, shown
+from runtime.state.removals import RemovalRecords
 from runtime.state.rows import CorruptRecord
 from runtime.state.runs import RunRecords
 from runtime.state.serving import ServingRecords
@@ -122,7 +123,7 @@ def _translated(path: Path | str, exc: BaseException, dialect: Dialect = SQLITE)
     return None
 
 
-class StateStore(RunRecords, ModelRecords, ServingRecords, HashCache):
+class StateStore(RunRecords, ModelRecords, ServingRecords, RemovalRecords, HashCache):
     """Typed access to the state database; create with :meth:`open`.
 
     This class holds the connection, its transactions and retries; the tables' methods come from the

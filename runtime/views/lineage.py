@@ -15,7 +15,7 @@ from typing import Any
 from compiler.resolve import Project
 from compiler.suggest import did_you_mean
 from runtime.errors import ViewError
-from runtime.state.records import ModelVersion, NodeResult, Run, Snapshot
+from runtime.state.records import DataRemoval, ModelVersion, NodeResult, Run, Snapshot
 from runtime.state.store import StateStore
 from runtime.views.format import digest
 from runtime.views.models import model_name, no_version
@@ -35,10 +35,16 @@ class DataLineage:
     run_id: str | None = None
     """The transform run that made it (derived datasets)."""
     upstream: list[DataLineage] = field(default_factory=list)
+    removal: DataRemoval | None = None
+    """Set when mlops no longer holds this content: it expired or was erased (the link stays, marked)."""
 
     def to_json(self) -> dict[str, Any]:
+        removal = self.removal
         return {"address": self.address, "content_hash": self.content_hash, "artifact_uri": self.artifact_uri,
                 "fingerprint": self.fingerprint, "created_at": self.created_at, "run_id": self.run_id,
+                "removed": None if removal is None else {
+                    "removal": removal.removal, "origin": removal.origin, "reason": removal.reason,
+                    "erasure": removal.request_id, "removed_at": removal.removed_at},
                 "upstream": [u.to_json() for u in self.upstream]}
 
     def walk(self) -> list[DataLineage]:
@@ -139,7 +145,9 @@ def _model_lineage(project: Project, store: StateStore, name: str, number: int |
             raise ViewError.one(no_version(name, number, store))
         version = found
     run = store.get_run(version.run_id) if version.run_id else None
-    data = [_data_lineage(project, store, address, value) for address, value in sorted(version.data.items())]
+    data = [_data_lineage(project, store, address, value, before=version.created_at)
+            for address, value in sorted(version.data.items())]
+    _mark_removed(data, _removed_index(store))
     refs = project.views.get(f"models.{name}", {}).get("refs", {})
     return ModelLineage(f"models.{name}", version, run, data, list(refs.get("datasets", [])))
 
@@ -149,17 +157,24 @@ def _dataset_recorded(store: StateStore, address: str) -> bool:
 
 
 def _data_lineage(project: Project, store: StateStore, address: str, value: str | None,
-                  fingerprint: str | None = None) -> DataLineage:
-    """The recorded lineage of one dataset content (by content hash / artifact URI, or by fingerprint)."""
-    for snapshot in reversed(store.snapshots(address)):
-        if (value is not None and digest(value) == snapshot.content_hash) or \
-                (value is None and fingerprint == snapshot.fingerprint):
-            return _from_snapshot(snapshot)
-    for result in reversed(store.succeeded_results(address)):
-        artifact = result.outputs.get("artifact")
-        if result.kind == "transform" and ((value is not None and artifact == value) or
-                                           (value is None and fingerprint == result.fingerprint)):
-            return _from_transform(project, store, address, result)
+                  fingerprint: str | None = None, before: float | None = None) -> DataLineage:
+    """The recorded lineage of one dataset content (by content hash / artifact URI, or by fingerprint): the
+    newest match made no later than ``before`` (its consumer's time), else the newest."""
+    def in_time(made: float) -> bool:
+        return before is None or made <= before
+
+    for timely in (True, False):
+        for snapshot in reversed(store.snapshots(address)):
+            if ((value is not None and digest(value) == snapshot.content_hash) or
+                    (value is None and fingerprint == snapshot.fingerprint)) and (not timely or
+                                                                                   in_time(snapshot.created_at)):
+                return _from_snapshot(snapshot)
+        for result in reversed(store.succeeded_results(address)):
+            artifact = result.outputs.get("artifact")
+            if result.kind == "transform" and ((value is not None and artifact == value) or
+                                               (value is None and fingerprint == result.fingerprint)) and \
+                    (not timely or in_time(result.finished_at)):
+                return _from_transform(project, store, address, result)
     upstream = [_data_lineage(project, store, f"datasets.{parent}", None)
                 for parent in _spec_parents(project, address)]
     return DataLineage(address, digest(value) if value else None, upstream=upstream)
@@ -177,7 +192,7 @@ def _from_snapshot(snapshot: Snapshot) -> DataLineage:
 
 def _from_transform(project: Project, store: StateStore, address: str, result: NodeResult) -> DataLineage:
     artifact = result.outputs.get("artifact")
-    upstream = [_data_lineage(project, store, node_id.partition("/")[0], None, fingerprint)
+    upstream = [_data_lineage(project, store, node_id.partition("/")[0], None, fingerprint, result.finished_at)
                 for node_id, fingerprint in sorted(result.upstream.items())]
     return DataLineage(address, digest(artifact) if artifact else None, artifact, result.fingerprint,
                        result.finished_at, result.run_id, upstream)
@@ -186,15 +201,19 @@ def _from_transform(project: Project, store: StateStore, address: str, result: N
 def _dataset_lineage(project: Project, store: StateStore, address: str, number: int | None) -> DatasetLineage:
     name = address.partition(".")[2]
     dataset = project.spec.datasets.get(name)
+    removed = _removed_index(store)
     snapshots = [_from_snapshot(s) for s in store.snapshots(address)]
-    seen: set[str | None] = set()
+    seen: set[tuple[str | None, int | None]] = set()  # an output made again after it was removed is listed again
     for result in store.succeeded_results(address):
-        if result.kind == "transform" and result.outputs.get("artifact") not in seen:
-            seen.add(result.outputs.get("artifact"))
+        gone = removed.get((address, result.finished_at))
+        key = (result.outputs.get("artifact"), gone.item_id if gone else None)
+        if result.kind == "transform" and key not in seen:
+            seen.add(key)
             snapshots.append(_from_transform(project, store, address, result))
     snapshots.sort(key=lambda s: s.created_at or 0.0)
+    _mark_removed(snapshots, removed)
     users = _users(project, store)
-    numbered = [DatasetSnapshot(i, s, users.get((address, s.content_hash), []))
+    numbered = [DatasetSnapshot(i, s, users.get((address, s.content_hash, s.created_at), []))
                 for i, s in enumerate(snapshots, 1)]
     if number is not None:
         if not 1 <= number <= len(numbered):
@@ -207,15 +226,29 @@ def _dataset_lineage(project: Project, store: StateStore, address: str, number: 
                           list(refs.get("upstream", [])), list(refs.get("consumers", [])), numbered)
 
 
-def _users(project: Project, store: StateStore) -> dict[tuple[str, str | None], list[str]]:
-    """(dataset address, content hash) -> the model versions whose lineage includes it."""
-    users: dict[tuple[str, str | None], list[str]] = {}
+def _users(project: Project, store: StateStore) -> dict[tuple[str, str | None, float | None], list[str]]:
+    """(dataset address, content hash, when it was made) -> the model versions whose lineage includes it."""
+    users: dict[tuple[str, str | None, float | None], list[str]] = {}
     for name in store.models():
         for version in store.model_versions(name):
             label = f"models.{name}@{version.version}"
             for address, value in sorted(version.data.items()):
-                for node in _data_lineage(project, store, address, value).walk():
-                    entry = users.setdefault((node.address, node.content_hash), [])
+                for node in _data_lineage(project, store, address, value, before=version.created_at).walk():
+                    entry = users.setdefault((node.address, node.content_hash, node.created_at), [])
                     if label not in entry:
                         entry.append(label)
     return users
+
+
+def _removed_index(store: StateStore) -> dict[tuple[str, float], DataRemoval]:
+    """(dataset address, when the item was made) -> its removal, for every item that expired or was erased."""
+    return {(r.address, r.created_at): r for r in store.data_removals()}
+
+
+def _mark_removed(nodes: list[DataLineage], removed: dict[tuple[str, float], DataRemoval]) -> None:
+    """Mark every node of these trees whose content was expired or erased."""
+    if not removed:
+        return
+    for top in nodes:
+        for node in top.walk():
+            node.removal = removed.get((node.address, node.created_at)) if node.created_at is not None else None

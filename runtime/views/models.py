@@ -1,6 +1,6 @@
-"""The model registry view behind ``mlops models list|show``: versions, gate decisions, approvals and
-where each version is deployed. An unknown model or version raises :class:`~compiler.errors.MlopsError`
-with a did-you-mean."""
+"""The model registry view behind ``mlops models list|show``: versions, gate decisions, approvals,
+where each version is deployed, and whether it was trained on data that expired or was erased. An unknown
+model or version raises :class:`~compiler.errors.MlopsError` with a did-you-mean."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from typing import Any
 from compiler.resolve import Project
 from compiler.suggest import did_you_mean
 from runtime.errors import ViewError
-from runtime.state.records import Approval, DeploymentState, GateDecision, ModelVersion
+from runtime.lifecycle.holdings import Holdings, label
+from runtime.lifecycle.references import collected_versions
+from runtime.state.records import Approval, DataRemoval, DeploymentState, GateDecision, ModelVersion
 from runtime.state.store import StateStore
 
 
@@ -66,11 +68,23 @@ class VersionDetail:
     desired_in: list[str] = field(default_factory=list)
     """Deployments whose desired version this is."""
     live_in: list[str] = field(default_factory=list)
+    removed_data: list[DataRemoval] = field(default_factory=list)
+    """Data it was trained on that mlops no longer holds (expired or erased), erasures first."""
+    collected: bool = False
+    """Its model file was freed by ``mlops gc`` (the version stays in the registry; it cannot be served again)."""
+
+    @property
+    def data_flags(self) -> list[str]:
+        """``erased data: datasets.raw``, ``expired data: datasets.raw``: one per cause."""
+        return list(dict.fromkeys(label(r) for r in self.removed_data))
 
     def to_json(self) -> dict[str, Any]:
         return {"version": asdict(self.version), "gate_decisions": [asdict(d) for d in self.decisions],
                 "approvals": [asdict(a) for a in self.approvals], "desired_in": self.desired_in,
-                "live_in": self.live_in}
+                "live_in": self.live_in, "data_flags": self.data_flags, "collected": self.collected,
+                "removed_data": [{"dataset": r.address, "kind": r.item_kind, "content_hash": r.content_hash,
+                                  "removal": r.removal, "origin": r.origin, "reason": r.reason,
+                                  "erasure": r.request_id, "removed_at": r.removed_at} for r in self.removed_data]}
 
 
 @dataclass
@@ -91,6 +105,8 @@ def show_model(project: Project, store: StateStore, text: str, version: int | No
         if not versions:
             raise ViewError.one(no_version(name, version, store))
     deployments = [d for d in store.deployments() if d.model == name]
+    holdings = Holdings.read(store) if store.data_removals() else None
+    collected = collected_versions(store).get(name, set())
     details = []
     for v in versions:
         decisions = store.gate_decisions(name, v.version)
@@ -98,5 +114,6 @@ def show_model(project: Project, store: StateStore, text: str, version: int | No
                      for a in store.approvals(gate, name, v.version)]
         details.append(VersionDetail(v, decisions, approvals,
                                      [d.name for d in deployments if d.desired_version == v.version],
-                                     [d.name for d in deployments if d.live_version == v.version]))
+                                     [d.name for d in deployments if d.live_version == v.version],
+                                     holdings.removals_under(v) if holdings else [], v.version in collected))
     return ModelDetail(name, details)

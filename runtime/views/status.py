@@ -25,12 +25,17 @@ from compiler.graph import Graph
 from compiler.resolve import Project
 from runtime.apply.gates import failed_reasons
 from runtime.artifacts.hashing import CachedHasher
+from runtime.artifacts.store import ArtifactStore
 from runtime.compute.serving import Reach, ServeView
+from runtime.lifecycle import erasure, retention
+from runtime.lifecycle.retention import Expiry
+from runtime.lifecycle.sizes import StoreSize, store_size
 from runtime.plan.actions import Plan
 from runtime.plan.feasibility import asks
 from runtime.plan.project import gate_views, observe_serving, plan_project
-from runtime.state.records import ReconcilerStatus
+from runtime.state.records import ErasureRequest, ReconcilerStatus
 from runtime.state.store import StateStore
+from runtime.workspace import Workspace
 
 Sync = Literal["Synced", "OutOfSync", "Unknown"]
 Health = Literal["Healthy", "Progressing", "Degraded", "Missing"]
@@ -60,6 +65,14 @@ class ProjectStatus:
     plan_error: str | None = None
     history_rewritten: dict[str, Any] | None = None
     """The last force push the reconciler followed: ``{at, branch, from, to}`` (from the audit trail)."""
+    store_size: StoreSize | None = None
+    """The artifact store's size by kind (when asked for: it lists the whole store)."""
+    store_error: str | None = None
+    """Why the store's size could not be read."""
+    expiring: list[Expiry] = field(default_factory=list)
+    """What retention expires next, soonest first (:func:`runtime.lifecycle.retention.upcoming`)."""
+    open_erasures: list[tuple[ErasureRequest, list[str]]] = field(default_factory=list)
+    """Erasures with a model version in use still trained on their data, with those versions."""
 
     @property
     def synced(self) -> bool:
@@ -76,13 +89,21 @@ class ProjectStatus:
                 "resources": [s.to_json() for s in self.resources],
                 "reconciler": {"commit": r.commit, "synced_at": r.synced_at, "tick_at": r.tick_at,
                                "error": r.error, "errors": r.errors,
-                               "history_rewritten": self.history_rewritten}}
+                               "history_rewritten": self.history_rewritten},
+                "artifact_store": self.store_size.to_json() if self.store_size else None,
+                "artifact_store_error": self.store_error,
+                "retention": {"expiring_next": [e.to_json() for e in self.expiring]},
+                "open_erasures": [{"request": r.id, "dataset": r.dataset, "reason": r.reason,
+                                   "requested_by": r.requested_by, "requested_at": r.requested_at,
+                                   "models_in_use": still} for r, still in self.open_erasures]}
 
 
-def project_status(project: Project, store: StateStore, planned: tuple[Graph, Plan] | None = None) -> ProjectStatus:
+def project_status(project: Project, store: StateStore, planned: tuple[Graph, Plan] | None = None, *,
+                   measure_store: bool = False) -> ProjectStatus:
     """Sync and health of every resource in the spec (and of recorded ones the spec no longer has).
 
     ``planned``: a plan just made with ``store`` (the reconciler's tick), reused with what it read.
+    ``measure_store``: also the artifact store's size by kind (:func:`runtime.lifecycle.sizes.store_size`).
     """
     plan_error = None
     plan: Plan | None = None
@@ -106,8 +127,18 @@ def project_status(project: Project, store: StateStore, planned: tuple[Graph, Pl
         if change is not None and change.action == "delete":
             detail = "not in the spec; apply deletes it"
         resources.append(ResourceStatus(address, sync, state, detail, reasons))
+    size, size_error = _store_size(project, store) if measure_store else (None, None)
     return ProjectStatus(project.spec.project, resources, store.reconciler_status(), view.reach, plan_error,
-                         _last_rewrite(store))
+                         _last_rewrite(store), size, size_error, retention.upcoming(project, store),
+                         erasure.open_erasures(store))
+
+
+def _store_size(project: Project, store: StateStore) -> tuple[StoreSize | None, str | None]:
+    """The artifact store's size, or why it cannot be read (an unreachable bucket does not fail ``status``)."""
+    try:
+        return store_size(project, store, ArtifactStore(Workspace.of(project).artifact_root)), None
+    except MlopsError as error:
+        return None, "; ".join(d.message for d in error.diagnostics)
 
 
 def _last_rewrite(store: StateStore) -> dict[str, Any] | None:

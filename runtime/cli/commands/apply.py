@@ -8,9 +8,8 @@ import click
 
 from compiler.errors import MlopsError
 from compiler.resolve import Project
-from compiler.spec import duration_seconds
 from runtime.cli.app import Application, pass_app
-from runtime.cli.commands.common import project_or_fail
+from runtime.cli.commands.common import project_or_fail, seconds_or_fail
 from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 from runtime.cli.plan_render import render_outcomes, render_plan
@@ -36,14 +35,8 @@ def apply_command(app: Application, plan_file: str | None, parallelism: int, tar
     forwarded = _in_warm_driver(app, project, plan_file)
     if forwarded is not None:
         app.exit(forwarded)
-    try:
-        timeout = float(duration_seconds(lock_timeout))
-    except ValueError as error:
-        app.fail(MlopsError.one(f"--lock-timeout: {error}"))
-    try:
-        resource_wait = float(duration_seconds(resource_timeout))
-    except ValueError as error:
-        app.fail(MlopsError.one(f"--resource-timeout: {error}"))
+    timeout = seconds_or_fail(app, "--lock-timeout", lock_timeout)
+    resource_wait = seconds_or_fail(app, "--resource-timeout", resource_timeout)
     progress = NodeProgress(app.err, enabled=not app.json_output)
     try:
         with progress:

@@ -74,7 +74,7 @@ def _data_node(parent: Tree, item: DataLineage) -> None:
     made = f"  (transform run {item.run_id})" if item.run_id else ""
     branch = parent.add(Text.assemble((item.address, "bold"), f"  {item.content_hash or 'unknown content'}",
                                       (f"  {when(item.created_at)}" if item.created_at else "", "dim"),
-                                      (made, "dim")))
+                                      (made, "dim"), (removed_mark(item), "red")))
     for upstream in item.upstream:
         _data_node(branch, upstream)
 
@@ -91,9 +91,22 @@ def _dataset_tree(found: DatasetLineage) -> Tree:
         item = snapshot.lineage
         used = f"  used by {', '.join(snapshot.used_by)}" if snapshot.used_by else ""
         branch = snapshots.add(Text.assemble((f"#{snapshot.number}", "bold"), f"  {item.content_hash or '-'}",
-                                             (f"  {when(item.created_at)}", "dim"), used))
+                                             (f"  {when(item.created_at)}", "dim"), used,
+                                             (removed_mark(item), "red")))
         if item.run_id:
             branch.add(Text(f"transform run {item.run_id}"))
         for upstream in item.upstream:
             _data_node(branch, upstream)
     return tree
+
+
+def removed_mark(item: DataLineage) -> str:
+    """``  [erased 2025-01-02 10:00:00, erasure 3]`` / ``  [expired ...]`` for content mlops no longer holds."""
+    from runtime.views.format import when
+
+    removal = item.removal
+    if removal is None:
+        return ""
+    request = f", erasure {removal.request_id}" if removal.request_id is not None else ""
+    cause = f", by {removal.origin}" if removal.origin != item.address else ""
+    return f"  [{removal.removal} {when(removal.removed_at)}{request}{cause}]"

@@ -93,7 +93,12 @@ def show_command(app: Application, name: str, version: int | None) -> None:
         deployed = [f"{d} (desired)" for d in item.desired_in if d not in item.live_in] + \
                    [f"{d} (live)" for d in item.live_in]
         params = " ".join(f"{k}={number(p)}" for k, p in sorted(v.params.items())) or "-"
-        table.add_row(str(v.version), Text(v.status, STATUS_STYLE.get(v.status, "")), when(v.created_at),
+        status = Text(v.status, STATUS_STYLE.get(v.status, ""))
+        if item.data_flags:
+            status.append(f" ({'; '.join(item.data_flags)})", "red")
+        if item.collected:
+            status.append(" (model file collected by gc)", "yellow")
+        table.add_row(str(v.version), status, when(v.created_at),
                       *map(Text, (key_metrics(v.metrics, most=4), params, v.run_id or "-",
                                   ", ".join(deployed) or "-")))
     print_wide(app, table)
@@ -120,9 +125,14 @@ def _render_version(out: Console, item: VersionDetail) -> None:
     out.print()
     out.print(Text.assemble((f"version {v.version}", "bold"), "  ", (v.status, STATUS_STYLE.get(v.status, "")),
                             f": {v.reason}" if v.reason else ""))
-    out.print(Text(f"  artifact {v.artifact_uri}  code {short(v.code_hash)}  "
+    collected = " (collected by mlops gc: the file is gone)" if item.collected else ""
+    out.print(Text(f"  artifact {v.artifact_uri}{collected}  code {short(v.code_hash)}  "
                    f"commit {short(v.git_commit, 7)}"))
     out.print(Text(f"  {signature_line(v.signature)}"))
+    for removal in item.removed_data:
+        request = f"erasure {removal.request_id}, " if removal.request_id is not None else ""
+        out.print(Text(f"  ! trained on {removal.removal} data: {removal.address} {short(removal.content_hash)} "
+                       f"({request}{removal.removal} {when(removal.removed_at)}; origin {removal.origin})", "red"))
     for decision in item.decisions:
         out.print(Text.assemble(f"  gates.{decision.gate}: ",
                                 (decision.status, STATUS_STYLE.get(decision.status, "")),

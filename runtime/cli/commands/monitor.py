@@ -17,9 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 from compiler.errors import Diagnostic, MlopsError
-from compiler.spec import duration_seconds
 from runtime.cli.app import Application, pass_app
-from runtime.cli.commands.common import project_or_fail
+from runtime.cli.commands.common import project_or_fail, seconds_or_fail
 from runtime.cli.commands.runs import print_wide
 from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
@@ -47,10 +46,7 @@ def run_command(app: Application, name: str | None, lock_timeout: str, detailed_
     from runtime.monitor.results import check_errors, result_json
 
     project = project_or_fail(app)
-    try:
-        timeout = float(duration_seconds(lock_timeout))
-    except ValueError as error:
-        app.fail(MlopsError.one(f"--lock-timeout: {error}"))
+    timeout = seconds_or_fail(app, "--lock-timeout", lock_timeout)
     names = [name.removeprefix("monitors.")] if name else None
     try:
         with opened(project) as (_, store):

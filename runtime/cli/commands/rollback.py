@@ -5,9 +5,8 @@ from __future__ import annotations
 import click
 
 from compiler.errors import MlopsError
-from compiler.spec import duration_seconds
 from runtime.cli.app import Application, pass_app
-from runtime.cli.commands.common import project_or_fail
+from runtime.cli.commands.common import project_or_fail, seconds_or_fail
 from runtime.cli.exit_codes import ExitCode
 from runtime.cli.options import global_options
 
@@ -30,10 +29,7 @@ def rollback_command(app: Application, deployment: str, to: int | None, reason: 
 
     project = project_or_fail(app)
     name = deployment.removeprefix("deployments.")
-    try:
-        timeout = float(duration_seconds(lock_timeout))
-    except ValueError as error:
-        app.fail(MlopsError.one(f"--lock-timeout: {error}"))
+    timeout = seconds_or_fail(app, "--lock-timeout", lock_timeout)
     try:
         outcome = rollback(project, name, to, reason, lock_timeout=timeout)
     except MlopsError as error:  # a rollout that failed too: the old version keeps serving

@@ -23,12 +23,13 @@ HEALTH_STYLE = {"Healthy": "green", "Progressing": "cyan", "Degraded": "red", "M
 def status_command(app: Application) -> None:
     """Sync and health of every resource, and the reconciler's last synced commit (exit 0 whatever they are)."""
     from runtime import opened, project_status
+    from runtime.lifecycle.sizes import store_line
     from runtime.views.format import when
 
     project = project_or_fail(app)
     try:
         with opened(project) as (_, store):
-            status = project_status(project, store)
+            status = project_status(project, store, measure_store=True)
     except MlopsError as error:
         app.fail(error)
     if app.json_output:
@@ -45,6 +46,10 @@ def status_command(app: Application) -> None:
     print_wide(app, table)
     if status.plan_error:
         app.out.print(Text(f"sync unknown: {status.plan_error}", "red"))
+    if status.store_size is not None:
+        app.out.print(Text(f"artifact store: {store_line(status.store_size)}"))
+    elif status.store_error:
+        app.out.print(Text(f"artifact store: size unknown: {status.store_error}", "red"))
     reconciler = status.reconciler
     if reconciler.commit:
         line = f"reconciler: last synced commit {reconciler.commit[:12]} at {when(reconciler.synced_at)}"
@@ -60,4 +65,10 @@ def status_command(app: Application) -> None:
         app.out.print(Text(f"reconciler: history of {rewrite['branch']} rewritten at {when(rewrite['at'])}: "
                            f"followed {str(rewrite['to'])[:12]}, which does not descend from "
                            f"{str(rewrite['from'])[:12]}", "yellow"))
+    for expiry in status.expiring:
+        app.out.print(Text(f"retention: {expiry.address} {expiry.item.item_kind} {expiry.item.content_hash[:12]} "
+                           f"expires {when(expiry.expires_at)} ({expiry.reason})"))
+    for request, still in status.open_erasures:
+        app.out.print(Text(f"erasure {request.id} of {request.dataset} open ({when(request.requested_at)}, "
+                           f"{request.reason}): still in use: {', '.join(still)}", "yellow"))
     app.exit(ExitCode.OK)

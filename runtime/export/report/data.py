@@ -2,7 +2,8 @@
 
 :func:`gather` reads the spec, the policy report and (when the project has one) the state database,
 and returns a :class:`ReportData`: policy results with their rationale, waivers and their expiry, a
-model card per model and the history of every monitor.
+model card per model (each version flagged when trained on expired or erased data), the history of every
+monitor, what retention expires next and the erasure requests.
 """
 
 from __future__ import annotations
@@ -13,13 +14,20 @@ from datetime import date
 from typing import Any, Literal
 
 from compiler import PolicyReport
+from compiler.errors import MlopsError
 from compiler.policy.evaluate import utc_today
 from compiler.resolve import Project
 from compiler.spec import Dataset
 from runtime.apply.gates import is_approvals_check, recorded_approval_rule
+from runtime.artifacts.store import ArtifactStore
+from runtime.lifecycle import erasure, retention
+from runtime.lifecycle.holdings import Holdings, label
+from runtime.lifecycle.retention import Expiry
+from runtime.lifecycle.sizes import StoreSize, store_size
 from runtime.state import audit
-from runtime.state.records import AuditRecord, MonitorResult
+from runtime.state.records import AuditRecord, ErasureRequest, MonitorResult
 from runtime.state.store import StateStore
+from runtime.workspace import Workspace
 
 MAX_VERSIONS = 10
 """A model card lists (and plots) at most this many of the newest versions."""
@@ -110,6 +118,17 @@ class VersionRow:
     metrics: dict[str, float]
     git_commit: str | None
     live_in: list[str]
+    data_flags: list[str] = field(default_factory=list)
+    """``erased data: datasets.raw`` / ``expired data: ...``: trained on data mlops no longer holds."""
+
+
+@dataclass(frozen=True)
+class ErasureRow:
+    """An erasure request; ``in_use``: the versions in use still trained on its data (open while any)."""
+
+    request: ErasureRequest
+    erased: int
+    in_use: list[str]
 
 
 @dataclass(frozen=True)
@@ -221,6 +240,12 @@ class ReportData:
     models: list[ModelCard]
     monitors: list[MonitorReport]
     deployments: list[DeploymentHistory] = field(default_factory=list)
+    store_size: StoreSize | None = None
+    """The artifact store's size by kind (``None``: nothing recorded yet, or it could not be read)."""
+    store_error: str | None = None
+    expiring: list[Expiry] = field(default_factory=list)
+    """What retention expires next, soonest first."""
+    erasures: list[ErasureRow] = field(default_factory=list)
 
 
 def gather(project: Project, report: PolicyReport, store: StateStore | None, today: date | None = None) -> ReportData:
@@ -235,7 +260,27 @@ def gather(project: Project, report: PolicyReport, store: StateStore | None, tod
         waivers=_waivers(project, report, today or utc_today()),
         models=[_model_card(project, store, name) for name in spec.models],
         monitors=[_monitor(project, store, name) for name in spec.monitors],
-        deployments=_deployments(project, store))
+        deployments=_deployments(project, store), **_store_size(project, store),
+        expiring=retention.upcoming(project, store, limit=10) if store else [], erasures=_erasures(store))
+
+
+def _erasures(store: StateStore | None) -> list[ErasureRow]:
+    """Every erasure request, newest first, with the versions in use still trained on its data."""
+    if store is None:
+        return []
+    still = {request.id: versions for request, versions in erasure.open_erasures(store)}
+    return [ErasureRow(r, len(store.data_removals(r.id)), still.get(r.id, []))
+            for r in reversed(store.erasure_requests())]
+
+
+def _store_size(project: Project, store: StateStore | None) -> dict[str, Any]:
+    """``store_size`` (or ``store_error``) of :class:`ReportData`."""
+    if store is None:
+        return {}
+    try:
+        return {"store_size": store_size(project, store, ArtifactStore(Workspace.of(project).artifact_root))}
+    except MlopsError as error:
+        return {"store_error": "; ".join(d.message for d in error.diagnostics)}
 
 
 def _policy_row(result: Any) -> PolicyRow:
@@ -284,8 +329,10 @@ def _model_card(project: Project, store: StateStore | None, name: str) -> ModelC
             dataset.retention_days, dataset.region, list(dataset.access), dataset.description,
             newest.data.get(address) if newest else None))
     live = [d for d in store.deployments() if d.model == name] if store else []
+    holdings = Holdings.read(store) if store is not None and store.data_removals() else None
     version_rows = [VersionRow(v.version, v.status, v.reason, v.created_at, dict(v.metrics), v.git_commit,
-                               [d.name for d in live if d.live_version == v.version])
+                               [d.name for d in live if d.live_version == v.version],
+                               list(dict.fromkeys(label(r) for r in holdings.removals_under(v))) if holdings else [])
                     for v in reversed(versions)]
     gates = []
     curves = []

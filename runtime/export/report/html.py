@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from runtime.export.report.data import DatasetRow, DeploymentHistory, GateRow, ModelCard, MonitorReport, ReportData
+from runtime.lifecycle.sizes import INFERENCE, human_bytes
 
 NOT_STATED = "not stated"
 
@@ -82,6 +83,8 @@ def render(data: ReportData, model_plots: Mapping[str, bytes | None], drift_plot
     parts.append('<h2 id="monitors">Monitors</h2>')
     parts += [_monitor(m, drift_plots.get(m.name)) for m in data.monitors] or \
         ['<p class="muted">The spec declares no monitors.</p>']
+    parts.append(_store(data))
+    parts.append(_data_lifecycle(data))
     parts.append("</main>")
     title = f"Compliance report: {data.project}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -105,7 +108,22 @@ def _header(data: ReportData) -> str:
 def _nav() -> str:
     return ('<nav><a href="#policies">Policy results</a><a href="#waivers">Waivers</a>'
             '<a href="#models">Model cards</a><a href="#deployments">Deployments</a>'
-            '<a href="#monitors">Monitors</a></nav>')
+            '<a href="#monitors">Monitors</a><a href="#artifact-store">Artifact store</a>'
+            '<a href="#retention">Retention and erasure</a></nav>')
+
+
+def _store(data: ReportData) -> str:
+    """The artifact store's size by kind (what ``mlops gc --apply`` would free is ``unreferenced``)."""
+    size = data.store_size
+    if size is None:
+        why = data.store_error or "No state recorded yet."
+        return f'<h2 id="artifact-store">Artifact store</h2><p class="muted">{e(why)}</p>'
+    rows = [[e(kind), e(size.objects_by_kind.get(kind, 0) if kind != INFERENCE else "-"), e(human_bytes(count))]
+            for kind, count in size.bytes_by_kind.items()]
+    table = _table(["Kind", "Objects", "Size"], [*rows, ["<strong>total</strong>", e(size.objects),
+                                                         f"<strong>{e(human_bytes(size.total_bytes))}</strong>"]], "")
+    return (f'<h2 id="artifact-store">Artifact store</h2><p><code>{e(size.location)}</code></p>{table}'
+            '<p class="small muted">Unreferenced objects are what <code>mlops gc --apply</code> frees.</p>')
 
 
 def _policies(data: ReportData) -> str:
@@ -161,7 +179,8 @@ def _model(card: ModelCard, plot: bytes | None) -> str:
                        f'<code class="small">{e(d.content_hash[:16])}</code>' if d.content_hash else "-"]
                       for d in card.datasets], "No datasets.")
     versions = _table(["Version", "Status", "Created", "Metrics", "Git commit", "Live in"],
-                      [[f"v{v.version}", _badge(v.status) + (f" {e(v.reason)}" if v.reason else ""),
+                      [[f"v{v.version}", _badge(v.status) + (f" {e(v.reason)}" if v.reason else "") +
+                        "".join(f"<br><strong>trained on {e(flag)}</strong>" for flag in v.data_flags),
                         e(_utc(v.created_at)),
                         e(" ".join(f"{k}={_number(x)}" for k, x in sorted(v.metrics.items())) or "-"),
                         f"<code>{e((v.git_commit or '-')[:12])}</code>", e(", ".join(v.live_in) or "-")]
@@ -244,3 +263,20 @@ def _monitor(monitor: MonitorReport, plot: bytes | None) -> str:
     return (f'<section id="monitors.{e(monitor.name)}"><h3>monitors.{e(monitor.name)}</h3>'
             f"<p>On <code>deployments.{e(monitor.deployment)}</code>: {e(summary)}</p>"
             f"<h4>Latest checks</h4>{checks}{actions}<h4>History</h4>{image}</section>")
+
+
+def _data_lifecycle(data: ReportData) -> str:
+    """What retention expires next, and every erasure request (open while a version in use is trained on it)."""
+    expiring = _table(["Dataset", "Kind", "Content", "Made", "Expires", "Why"],
+                      [[f"<code>{e(x.address)}</code>", e(x.item.item_kind),
+                        f'<code class="small">{e(x.item.content_hash[:16])}</code>', e(_utc(x.item.created_at)),
+                        e(_utc(x.expires_at)), e(x.reason)] for x in data.expiring],
+                      "Nothing held has a retention period." if data.state_recorded else "No state recorded yet.")
+    erasures = _table(["Request", "Dataset", "Reason", "Asked by", "When", "Erased", "Models trained on it", "State"],
+                      [[e(row.request.id), f"<code>{e(row.request.dataset)}</code>", e(row.request.reason),
+                        e(row.request.requested_by), e(_utc(row.request.requested_at)), e(row.erased),
+                        e(", ".join(row.request.models) or "none"),
+                        _badge("open") + f" still in use: {e(', '.join(row.in_use))}" if row.in_use else "done"]
+                       for row in data.erasures], "No erasure requested.")
+    return (f'<h2 id="retention">Retention and erasure</h2><h4>Expiring next</h4>{expiring}'
+            f"<h4>Erasure requests</h4>{erasures}")
