@@ -7,8 +7,9 @@ its MLP); the trainer trains that MLP for ``--seconds`` of wall time and reports
 inside itself. Measured with ``mlops apply`` as a fresh process each time, after a first apply has
 built the features (so the measured applies retrain only):
 
-* ``warm`` — the local cluster is up (``mlops up``): apply joins it;
-* ``cold`` — no cluster: apply starts an embedded Ray itself;
+* ``warm`` — the local cluster and the warm driver are up (``mlops up``): apply runs in the driver
+  (``runtime/daemon``), whose Ray workers already run;
+* ``cold`` — nothing runs (``mlops down``): apply starts the local cluster and the warm driver itself;
 * ``resident`` — apply called in one long-lived process joined to the cluster, as the reconciler
   does each tick, after an earlier apply started its workers (no process, Ray or worker start-up).
 
@@ -115,7 +116,8 @@ def _commit(root: Path, message: str) -> None:
 
 def _mlops(spec: Path, *args: str) -> float:
     """Run one ``mlops`` command as its own process; its wall time."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**{k: v for k, v in os.environ.items() if k != "MLOPS_IDLE_STOP"},  # the default: warm driver on
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "runtime.cli.main", "-f", str(spec), *args], env=env,
                           capture_output=True, text=True, timeout=3600, check=False)
@@ -209,8 +211,8 @@ def markdown(results: dict[str, Any]) -> str:
         if "recorded" in results else ""
     rows = [f"Training of {results['seconds']:.0f} s on {where}, `resources.gpus: {results['gpus']}`.{source}", "",
             "| apply | wall | inside the trainer | share | target | device recorded |", "|---|---|---|---|---|---|"]
-    for label, key in (("`mlops apply`, local cluster up (`mlops up`)", "warm"),
-                       ("`mlops apply`, no cluster: it starts Ray itself", "cold"),
+    for label, key in (("`mlops apply`, the cluster and the warm driver up (`mlops up`)", "warm"),
+                       ("`mlops apply` after `mlops down`: it starts the cluster and the warm driver", "cold"),
                        ("apply in a long-lived process (the reconciler's way), its workers started", "resident")):
         m = results[key]
         met = "yes" if m["share"] >= results["target_share"] else "NO"

@@ -177,9 +177,10 @@ def _start(state_path: Path, num_cpus: int | None, serve_port: int | None, timeo
     temp_dir = Path(tempfile.gettempdir()) / f"mlops-ray-{port}"
     # Ports Ray would otherwise take at fixed defaults (10001, 52365): a second cluster on the machine
     # would fail to bind them, and `ray start --block` stops the whole head when one of its processes dies.
+    # No autoscaler monitor: one machine's cluster never grows, and its process costs a cold start ~1 s of CPU.
     # Ray's own command line, run by this interpreter (a `ray` script need not be on the PATH or beside it).
     command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={port}",
-               "--include-dashboard=false", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+               "--include-dashboard=false", "--no-monitor", f"--temp-dir={temp_dir}", "--disable-usage-stats",
                f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
                *LOOPBACK_OPTIONS]
     if num_cpus is not None:
@@ -206,7 +207,7 @@ def _start(state_path: Path, num_cpus: int | None, serve_port: int | None, timeo
             handle.seek(offset)
             if READY_LINE in handle.read():
                 break
-        time.sleep(0.2)
+        time.sleep(0.05)
     else:
         down_pgid(process.pid)
         shutil.rmtree(temp_dir, ignore_errors=True)

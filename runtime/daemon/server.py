@@ -83,11 +83,11 @@ class Driver:
             return "ping"
         started = time.monotonic()
         code = self._run(connection, reader, request)
+        print(f"mlops {' '.join(request.get('argv') or [])} in {request.get('cwd')}: exit {code} after "
+              f"{time.monotonic() - started:.2f}s{' (cancelled by its client)' if self._interrupted else ''}",
+              flush=True)  # logged before the answer: the log is complete when the client has its exit code
         with contextlib.suppress(OSError):
             wire.send(connection, {"exit": code})
-        print(f"mlops {' '.join(request.get('argv') or [])} in {request.get('cwd')}: exit {code} after "
-              f"{time.monotonic() - started:.1f}s{' (cancelled by its client)' if self._interrupted else ''}",
-              flush=True)
         return "run"
 
     def _run(self, connection: socket.socket, reader: wire.Reader, request: dict[str, Any]) -> int:
@@ -154,13 +154,28 @@ def _serving() -> bool:
         return False
 
 
+def _import_commands() -> None:
+    """Import what running ``mlops apply`` needs (Ray, the CLI, the apply machinery)."""
+    import ray  # noqa: F401
+
+    import runtime.apply.operations  # noqa: F401
+    import runtime.cli.commands.apply  # noqa: F401
+    import runtime.cli.main  # noqa: F401
+
+
 def main(argv: list[str]) -> int:
     from runtime.compute import cluster, ray_backend
 
     state_path, num_cpus, idle_s, fingerprint = Path(argv[0]), int(argv[1]), float(argv[2]), argv[3]
     os.environ["MLOPS_IN_DAEMON"] = "1"
+    began = time.monotonic()
+    imports = threading.Thread(target=_import_commands, daemon=True)
+    imports.start()  # while the cluster starts: Ray and the commands' modules, which the first command needs
     local = cluster.up(state_path, num_cpus=num_cpus)
+    cluster_s = time.monotonic() - began
+    imports.join(timeout=60)
     ray_backend.connect(local.address)
+    joined_s = time.monotonic() - began - cluster_s
     path = record.socket_path(state_path)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -170,7 +185,8 @@ def main(argv: list[str]) -> int:
     listener.listen(8)
     record.write(state_path, record.DaemonRecord(os.getpid(), str(path), time.time(), idle_s, fingerprint,
                                                  local.address))
-    print(f"{READY_LINE}: pid {os.getpid()}, cluster {local.address}, idle stop after {idle_s:.0f}s", flush=True)
+    print(f"{READY_LINE}: pid {os.getpid()}, cluster {local.address} (ready in {cluster_s:.2f}s, joined in "
+          f"{joined_s:.2f}s), idle stop after {idle_s:.0f}s", flush=True)
     try:
         why = Driver(state_path, listener, idle_s).serve()
     finally:
