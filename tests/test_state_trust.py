@@ -312,7 +312,9 @@ def test_decisions_recorded_before_they_were_chained_are_adopted_once_at_migrati
                      " VALUES ('quality', 'churn', 1, 'passed', '[]', 1700000000.0)")
         conn.execute("ALTER TABLE gate_decisions DROP COLUMN audit_seq")
         conn.execute("ALTER TABLE gate_decisions DROP COLUMN audit_hash")
-        conn.execute("ALTER TABLE model_versions DROP COLUMN signature")  # added by a later step
+        conn.execute("ALTER TABLE model_versions DROP COLUMN signature")  # added by later steps
+        conn.execute("DROP TABLE data_removals")
+        conn.execute("DROP TABLE erasure_requests")
         conn.execute("PRAGMA user_version = 3")
     with opened(project) as (_, store):
         decided = store.latest_gate_decision("quality", "churn", 1)
