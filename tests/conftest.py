@@ -15,7 +15,7 @@ as ``mlops.yaml`` and a ``pipeline.py`` whose callables (``pipeline:build_featur
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,20 @@ import yaml
 # `mlops apply` on hundreds of throw-away projects turn it off; the tests of the default itself
 # (tests/test_warm_driver.py, tests/test_journeys.py) give their commands an environment without this.
 os.environ.setdefault("MLOPS_IDLE_STOP", "off")
+
+@pytest.fixture(autouse=True)
+def stop_warm_drivers(tmp_path: Path) -> Iterator[None]:
+    """A test whose ``mlops`` commands ran with the default environment (the warm driver on) leaves a driver and
+    a local cluster running, as a person's would: stopped here after the test, not 15 minutes later."""
+    yield
+    for record_file in tmp_path.rglob("daemon.json"):
+        from runtime.compute import cluster
+        from runtime.daemon import client
+
+        state_path = record_file.parent / "state.db"
+        client.stop(state_path)
+        cluster.down(state_path)
+
 
 PIPELINE_SOURCE = '''"""Callables for test projects (signatures of runtime/context.py)."""
 

@@ -65,22 +65,26 @@ def _in_warm_driver(app: Application, project: Project, plan_file: str | None) -
     try:
         if not client.eligible(project):
             return None
-        if client.running_for(project) is None and plan_file is None and not _has_work(project):
+        if client.running_for(project) is None and not _has_work(project, plan_file):
             return None
         return client.run(project, app.argv)
     except MlopsError as error:
         app.fail(error)
 
 
-def _has_work(project: Project) -> bool:
-    """Whether a plan made now (without the lock) changes anything. A plan that fails says no: the apply then
-    runs in this process, which makes the plan again and reports why it fails."""
+def _has_work(project: Project, plan_file: str | None) -> bool:
+    """Whether the apply changes anything: the saved plan's summary, else a plan made now (without the lock).
+    A plan that cannot be read or made says no: the apply then runs in this process, which reports why."""
     from runtime import opened
+    from runtime.plan import planfile
     from runtime.plan.project import plan_project
 
     try:
+        if plan_file is not None:
+            summary = planfile.load(Path(plan_file)).body["summary"]
+            return any(count for action, count in summary.items() if action != "no-op")  # as Plan.has_changes
         with opened(project) as (_, store):
             _, plan = plan_project(project, store)
-    except Exception:  # noqa: BLE001 - the apply in this process makes the plan again and reports its error
+    except Exception:  # noqa: BLE001 - the apply in this process loads or makes the plan again and reports its error
         return False
     return plan.has_changes
