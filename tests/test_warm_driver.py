@@ -189,7 +189,7 @@ def _runs(spec: Path) -> list:  # type: ignore[type-arg]
         return list(store.list_runs(limit=10))
 
 
-def test_a_no_op_apply_and_a_plan_start_nothing(project: Path, tmp_path: Path) -> None:
+def test_a_no_op_apply_a_plan_and_a_bogus_plan_file_start_nothing(project: Path, tmp_path: Path) -> None:
     user = Commands(project, tmp_path / "home")
     user.apply()
     user.run("down")
@@ -197,6 +197,9 @@ def test_a_no_op_apply_and_a_plan_start_nothing(project: Path, tmp_path: Path) -
     noop = user.apply()
     assert "0 succeeded" in noop.stdout, noop.stdout
     assert user.run("plan").returncode == 0
+    (project.parent / "bogus.json").write_text("{}")
+    bogus = user.run("apply", "bogus.json")
+    assert bogus.returncode == 1 and "not a saved plan" in bogus.stderr, bogus.stderr
     assert record.read(_state(project)) is None and cluster.running(_state(project)) is None
 
 
