@@ -27,6 +27,7 @@ import pygit2
 import pytest
 from ports import free_port
 
+from runtime import processes
 from runtime.compute import cluster
 from runtime.daemon import client, record
 
@@ -135,7 +136,7 @@ def _down_and_check(user: User, state_path: Path, url: str) -> None:
     assert driver is not None, "no warm driver ran the applies (it is on by default)"
     user.run("down", "down")
     assert cluster.members(local.pgid) == [], "processes of the local cluster outlived `mlops down`"
-    assert record.read(state_path) is None and not record.alive(driver.pid), "the warm driver outlived `mlops down`"
+    assert record.read(state_path) is None and not processes.alive(driver.pid), "the warm driver outlived `mlops down`"
     with pytest.raises((urllib.error.URLError, OSError)):
         urllib.request.urlopen(urllib.request.Request(url, data=b"{}"), timeout=5)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from compiler import load_project
+from runtime import processes
 from runtime.apply.operations import opened
 from runtime.compute import cluster
 from runtime.daemon import client, record
@@ -129,7 +130,7 @@ def test_later_applies_run_in_the_same_driver_and_workers_and_down_stops_both(pr
 
     down = user.run("down")
     assert down.returncode == 0, down.stderr
-    assert record.read(_state(project)) is None and not record.alive(driver.pid)
+    assert record.read(_state(project)) is None and not processes.alive(driver.pid)
     assert cluster.running(_state(project)) is None and cluster.members(local.pgid) == []
 
 
@@ -138,7 +139,7 @@ def test_an_idle_driver_stops_itself_and_the_cluster(project: Path, tmp_path: Pa
     user.apply()
     driver, local = record.read(_state(project)), cluster.running(_state(project))
     assert driver is not None and driver.idle_s == 3 and local is not None
-    _wait_until(lambda: not record.alive(driver.pid), "the idle driver's stop")
+    _wait_until(lambda: not processes.alive(driver.pid), "the idle driver's stop")
     assert record.read(_state(project)) is None
     _wait_until(lambda: cluster.members(local.pgid) == [], "the idle cluster's stop")
     assert "idle for 3s: stopped the local cluster too" in record.log_path(_state(project)).read_text()
@@ -150,7 +151,7 @@ def test_a_killed_driver_is_replaced_by_the_next_apply(project: Path, tmp_path: 
     driver = record.read(_state(project))
     assert driver is not None
     os.kill(driver.pid, signal.SIGKILL)
-    _wait_until(lambda: not record.alive(driver.pid), "the killed driver's end")
+    _wait_until(lambda: not processes.alive(driver.pid), "the killed driver's end")
 
     (project.parent / "data" / "raw.csv").write_text("x\n3\n")
     user.apply()
@@ -210,7 +211,7 @@ def test_a_driver_started_under_another_environment_is_replaced(project: Path, t
     (project.parent / "data" / "raw.csv").write_text("x\n4\n")
     Commands(project, tmp_path / "home", MLOPS_ACTOR="someone-else@example.com").apply()
     replacement = record.read(_state(project))
-    assert replacement is not None and replacement.pid != driver.pid and not record.alive(driver.pid)
+    assert replacement is not None and replacement.pid != driver.pid and not processes.alive(driver.pid)
 
 
 def test_the_idle_time_is_checked() -> None:

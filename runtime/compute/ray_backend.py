@@ -56,6 +56,11 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, **kwargs)
 
 
+def preload() -> None:
+    """Import Ray now (a process that will join a cluster soon, while it waits for it to start)."""
+    import ray  # noqa: F401
+
+
 def shutdown() -> None:
     """Leave Ray; Serve's cached client is dropped too (a new session would reuse its job id)."""
     import ray

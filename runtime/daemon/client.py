@@ -20,7 +20,6 @@ from pathlib import Path
 
 from compiler.resolve import Project
 from runtime.daemon import record, wire
-from runtime.daemon.server import READY_LINE
 from runtime.errors import ClusterError
 from runtime.workspace import Workspace
 
@@ -98,7 +97,7 @@ def _start(state_path: Path, num_cpus: int, idle_s: float) -> record.DaemonRecor
             raise ClusterError.one(f"the warm driver exited with {process.returncode} while starting; see {log}")
         with log.open("rb") as handle:
             handle.seek(offset)
-            ready = READY_LINE.encode() in handle.read()
+            ready = record.READY_LINE.encode() in handle.read()
         found = record.read(state_path) if ready else None
         if found is not None and found.pid == process.pid:
             return found

@@ -12,6 +12,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from runtime import processes
+
 ENV_PREFIXES = ("MLOPS_", "AWS_", "PG", "RAY_", "GOOGLE_", "CUDA_", "PYTHON")
 """Variables that change what a command does or where it reaches: a driver started under other values than
 the caller's is replaced, never reused."""
@@ -19,6 +21,8 @@ IGNORED_ENV = {"MLOPS_IDLE_STOP", "MLOPS_IN_DAEMON", "PYTHONUNBUFFERED",
                # set by mlops itself once it has joined a cluster (runtime.compute.cluster, ray_backend)
                "RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_DEDUP_LOGS"}
 DEFAULT_IDLE_S = 15 * 60.0
+READY_LINE = "mlops warm driver ready"
+"""What the driver logs once it accepts commands (the one who started it waits for it)."""
 _DURATION = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -85,7 +89,7 @@ def read(state_path: Path) -> DaemonRecord | None:
         record = DaemonRecord(**json.loads(path.read_text()))
     except (FileNotFoundError, json.JSONDecodeError, TypeError):
         return None
-    if not alive(record.pid):
+    if not processes.alive(record.pid):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         return None
@@ -105,17 +109,3 @@ def remove(state_path: Path, pid: int) -> None:
     with contextlib.suppress(FileNotFoundError, json.JSONDecodeError, TypeError, KeyError):
         if json.loads(path.read_text())["pid"] == pid:
             path.unlink()
-
-
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):  # a zombie is not alive
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[0] != "Z"
-    return True

@@ -23,8 +23,8 @@ from types import FrameType
 from typing import Any
 
 from runtime.daemon import record, wire
+from runtime.daemon.record import READY_LINE
 
-READY_LINE = "mlops warm driver ready"
 POLL_S = 1.0
 """How often an idle driver looks at its clock and at the cluster."""
 
@@ -156,8 +156,9 @@ def _serving() -> bool:
 
 def _import_commands() -> None:
     """Import what running ``mlops apply`` needs (Ray, the CLI, the apply machinery)."""
-    import ray  # noqa: F401
+    from runtime.compute import ray_backend
 
+    ray_backend.preload()
     import runtime.apply.operations  # noqa: F401
     import runtime.cli.commands.apply  # noqa: F401
     import runtime.cli.main  # noqa: F401

@@ -12,13 +12,13 @@ These are the primitives; :mod:`runtime.state.lock` gives them the file lock's i
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from typing import Any
 
 import psycopg
 
+from runtime import processes
 from runtime.state.access import StateError
 from runtime.state.pg import STATE_LOCK_KEY, connect, line
 from runtime.state.records import LockInfo
@@ -105,19 +105,10 @@ def is_held(url: str) -> bool:
             release(conn, "")
             return False
         info = read_info(url)
-        if info is None or info.host != socket.gethostname() or _alive(info.pid) or time.monotonic() > deadline:
+        if (info is None or info.host != socket.gethostname() or processes.alive(info.pid)
+                or time.monotonic() > deadline):
             return True
         time.sleep(0.1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def clear(url: str, lock_id: str) -> bool:
