@@ -219,3 +219,16 @@ def test_the_idle_time_is_checked() -> None:
     assert record.idle_seconds("off") is None and record.idle_seconds("") == record.DEFAULT_IDLE_S
     with pytest.raises(ValueError, match="MLOPS_IDLE_STOP='soon' is not a duration"):
         record.idle_seconds("soon")
+
+
+def test_a_driver_whose_state_folder_is_removed_stops_its_cluster(project: Path, tmp_path: Path) -> None:
+    """Nobody can reach a cluster whose state folder is gone (a deleted checkout, a cleaned temporary folder):
+    its driver stops it rather than leave it running for ever."""
+    import shutil
+
+    Commands(project, tmp_path / "home").apply()
+    driver, local = record.read(_state(project)), cluster.running(_state(project))
+    assert driver is not None and local is not None
+    shutil.rmtree(project.parent / ".mlops")
+    _wait_until(lambda: not processes.alive(driver.pid), "the driver's stop")
+    _wait_until(lambda: cluster.members(local.pgid) == [], "the orphaned cluster's stop")
