@@ -200,6 +200,9 @@ def test_the_readme_example_applies_changes_rolls_back_and_stops_on_two_cpus(
     first = user.run("first apply", "apply", timeout=APPLY_S)
     assert "0 failed" in first.stdout and "serving deployments.churn-api/deploy" in first.stdout, first.stdout
     assert "No changes" in user.run("plan again", "plan").stdout
+    user.run("apply again", "apply")  # nothing to do, and the warm driver is up: it runs there too
+    ran = re.findall(r"apply in .*: exit 0", record.log_path(user.state_path(EXAMPLE_SPEC)).read_text())
+    assert len(ran) == 2, f"the second apply did not run in the warm driver: {ran}"
 
     sys.path.insert(0, str(repo))
     try:

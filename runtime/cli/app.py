@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ class Application:
     color: bool = True
     argv: list[str] = field(default_factory=list)
     """The command line as given (what a warm driver is handed, :mod:`runtime.daemon`)."""
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    """The environment as the command started (Ray adds variables of its own once imported)."""
     out: Console = field(init=False)
     err: Console = field(init=False)
 

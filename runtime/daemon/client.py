@@ -46,25 +46,26 @@ def eligible(project: Project) -> bool:
             and idle_stop_s() is not None)
 
 
-def running_for(project: Project) -> record.DaemonRecord | None:
-    """The project's warm driver, if one is running and suits this caller."""
+def running_for(project: Project, environ: dict[str, str]) -> record.DaemonRecord | None:
+    """The project's warm driver, if one is running and suits a caller with the environment ``environ``."""
     found = record.read(Workspace.of(project).state_path)
-    return found if found is not None and found.fingerprint == record.fingerprint() else None
+    return found if found is not None and found.fingerprint == record.fingerprint(environ) else None
 
 
-def run(project: Project, argv: list[str]) -> int:
-    """Run ``mlops ARGV`` in the project's warm driver (started now when none suits); its exit code."""
+def run(project: Project, argv: list[str], environ: dict[str, str]) -> int:
+    """Run ``mlops ARGV`` in the project's warm driver (started now when none suits), in the environment
+    ``environ`` (the caller's as it started: Ray, once imported, adds its own variables); its exit code."""
     state_path = Workspace.of(project).state_path
     log = record.log_path(state_path)
     try:
-        return _forward(ensure(project), argv, log)
+        return _forward(ensure(project, environ), argv, log, environ)
     except (ConnectionRefusedError, FileNotFoundError):  # it stopped (idle) between the check and the connect
-        return _forward(ensure(project), argv, log)
+        return _forward(ensure(project, environ), argv, log, environ)
 
 
-def ensure(project: Project) -> record.DaemonRecord:
-    """The project's warm driver: the running one when it suits this caller, else a new one (an unsuitable
-    one is stopped first)."""
+def ensure(project: Project, environ: dict[str, str]) -> record.DaemonRecord:
+    """The project's warm driver: the running one when it suits a caller with the environment ``environ``,
+    else a new one started in it (an unsuitable one is stopped first)."""
     from runtime.compute.sizing import local_cluster_cpus
 
     state_path = Workspace.of(project).state_path
@@ -72,22 +73,22 @@ def ensure(project: Project) -> record.DaemonRecord:
     assert idle is not None
     with _exclusive(state_path):
         found = record.read(state_path)
-        if found is not None and found.fingerprint == record.fingerprint() and _answers(found):
+        if found is not None and found.fingerprint == record.fingerprint(environ) and _answers(found):
             return found
         if found is not None:
             stop(state_path)
-        return _start(state_path, local_cluster_cpus(project), idle)
+        return _start(state_path, local_cluster_cpus(project), idle, environ)
 
 
-def _start(state_path: Path, num_cpus: int, idle_s: float) -> record.DaemonRecord:
+def _start(state_path: Path, num_cpus: int, idle_s: float, environ: dict[str, str]) -> record.DaemonRecord:
     log = record.log_path(state_path)
     state_path.parent.mkdir(parents=True, exist_ok=True)
     offset = log.stat().st_size if log.exists() else 0
     # The caller's fingerprint (record.fingerprint): the driver's own environment differs by its PYTHONPATH.
     command = [sys.executable, "-m", "runtime.daemon.server", str(state_path), str(num_cpus), str(idle_s),
-               record.fingerprint()]
+               record.fingerprint(environ)]
     package = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package, os.environ.get("PYTHONPATH")]))}
+    env = {**environ, "PYTHONPATH": os.pathsep.join(filter(None, [package, environ.get("PYTHONPATH")]))}
     with log.open("ab") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, env=env)
@@ -148,10 +149,10 @@ def _connected(found: record.DaemonRecord, timeout: float | None) -> Iterator[so
         connection.close()
 
 
-def _forward(found: record.DaemonRecord, argv: list[str], log: Path) -> int:
+def _forward(found: record.DaemonRecord, argv: list[str], log: Path, environ: dict[str, str]) -> int:
     """Send the command, copy its output here as it comes, return its exit code (Ctrl-C cancels it there)."""
     with _connected(found, None) as connection:
-        wire.send(connection, {"command": "run", "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
+        wire.send(connection, {"command": "run", "argv": argv, "cwd": os.getcwd(), "env": environ,
                                "tty": [sys.stdout.isatty(), sys.stderr.isatty()]})
         reader = wire.Reader(connection)
         cancelled_at: float | None = None

@@ -18,8 +18,10 @@ ENV_PREFIXES = ("MLOPS_", "AWS_", "PG", "RAY_", "GOOGLE_", "CUDA_", "PYTHON")
 """Variables that change what a command does or where it reaches: a driver started under other values than
 the caller's is replaced, never reused."""
 IGNORED_ENV = {"MLOPS_IDLE_STOP", "MLOPS_IN_DAEMON", "PYTHONUNBUFFERED",
-               # set by mlops itself once it has joined a cluster (runtime.compute.cluster, ray_backend)
-               "RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_DEDUP_LOGS"}
+               # set by mlops once it has joined a cluster (runtime.compute.cluster, ray_backend), and by Ray itself
+               # when imported or joined (callers pass their environment as it started: these are a second guard)
+               "RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_DEDUP_LOGS", "RAY_CLIENT_MODE",
+               "PYTHONBREAKPOINT"}
 DEFAULT_IDLE_S = 15 * 60.0
 READY_LINE = "mlops warm driver ready"
 """What the driver logs once it accepts commands (the one who started it waits for it)."""

@@ -65,9 +65,9 @@ def _in_warm_driver(app: Application, project: Project, plan_file: str | None) -
     try:
         if not client.eligible(project):
             return None
-        if client.running_for(project) is None and not _has_work(project, plan_file):
+        if client.running_for(project, app.environ) is None and not _has_work(project, plan_file):
             return None
-        return client.run(project, app.argv)
+        return client.run(project, app.argv, app.environ)
     except MlopsError as error:
         app.fail(error)
 

@@ -39,7 +39,7 @@ def up_command(app: Application, num_cpus: int | None, serve_port: int | None) -
         local = existing or cluster.up(state_path, num_cpus=cpus, serve_port=serve_port)
         from runtime.daemon import client
 
-        driver = client.ensure(project) if client.eligible(project) else None
+        driver = client.ensure(project, app.environ) if client.eligible(project) else None
     except MlopsError as error:
         app.fail(error)
     if app.json_output:
