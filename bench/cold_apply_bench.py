@@ -8,8 +8,8 @@ Each repeat uses a fresh repository (``bench/dvc_bench.py``'s generator) and mea
   started inside the apply, for the full run;
 * ``plan`` — ``mlops plan`` (a cold apply plans once in the caller to learn that it has work);
 * ``cold`` — the full run of a cold machine: no local cluster, no warm driver (it starts both), with the
-  parts the driver's log gives: the cluster ready (``ray start --head``), the driver joined (``ray.init``),
-  the apply inside the driver;
+  parts the driver's log gives: the cluster ready (its head, ``runtime.compute.head``), the driver joined
+  (``ray.init``), the apply inside the driver;
 * ``warm`` — the next full run (after an edit of the stages' code), in the warm driver; and its part inside
   the driver.
 
@@ -96,7 +96,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| before: `mlops apply`, an embedded Ray started inside it (`MLOPS_IDLE_STOP=off`) | {r['before']:.2f} |",
             f"| **cold**: `mlops apply` with no cluster and no warm driver (it starts both) | {r['cold']:.2f} |",
             f"| &nbsp;&nbsp;its plan in the caller (as `mlops plan`) | {r['plan']:.2f} |",
-            f"| &nbsp;&nbsp;the local cluster ready (`ray start --head`) | {r['cold_cluster']:.2f} |",
+            f"| &nbsp;&nbsp;the local cluster ready (its head: `runtime.compute.head`) | {r['cold_cluster']:.2f} |",
             f"| &nbsp;&nbsp;the warm driver joined (`ray.init`) | {r['cold_join']:.2f} |",
             f"| &nbsp;&nbsp;the apply inside the new driver (imports, worker start-up, 10 tasks) | "
             f"{r['cold_inside']:.2f} |",

@@ -1,7 +1,7 @@
 """The embedded default's long-lived local Ray cluster: ``mlops up`` / ``mlops down``.
 
 Serve deployments must outlive the ``mlops apply`` process, so on the embedded default they run on
-a local Ray head started in the background (``ray start --head --block`` in its own process group).
+a local Ray head started in the background (:mod:`runtime.compute.head`, in its own process group).
 Its address, process group and Serve HTTP port are kept in ``<state dir>/cluster.json``; apply and
 the reconciler join it when it is up. ``cluster.address`` in the spec (an existing cluster) wins.
 
@@ -33,14 +33,13 @@ from runtime.errors import ClusterError
 
 DEFAULT_SERVE_PORT = 8000
 READY_LINE = b"Ray runtime started"
+"""What the head logs once its GCS, its raylet and the raylet's agents are up (``ray start`` logs it too)."""
 # The embedded cluster is this machine's alone: its node, its agents and its workers bind the loopback
-# address only. Ray replaces a loopback --node-ip-address with the machine's external address unless it runs
+# address only. Ray replaces a loopback node address with the machine's external address unless it runs
 # as it does on a laptop (ray._private.services.resolve_ip_for_localhost, get_node_ip_address); so told, its
 # GCS, raylet, agents, workers and Serve listen on 127.0.0.1 (tests/test_cluster_loopback.py).
 LOOPBACK = "127.0.0.1"
-LOOPBACK_OPTIONS = [f"--node-ip-address={LOOPBACK}", f"--dashboard-host={LOOPBACK}"]
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-"""What ``ray start`` logs once the GCS, the raylet and the agents are up."""
 
 
 @dataclass(frozen=True)
@@ -175,19 +174,16 @@ def up(state_path: Path, num_cpus: int | None = None, serve_port: int | None = N
 def _start(state_path: Path, num_cpus: int | None, serve_port: int | None, timeout: float) -> LocalCluster:
     port = _free_port()
     temp_dir = Path(tempfile.gettempdir()) / f"mlops-ray-{port}"
-    # Ports Ray would otherwise take at fixed defaults (10001, 52365): a second cluster on the machine
-    # would fail to bind them, and `ray start --block` stops the whole head when one of its processes dies.
-    # No autoscaler monitor: one machine's cluster never grows, and its process costs a cold start ~1 s of CPU.
-    # Ray's own command line, run by this interpreter (a `ray` script need not be on the PATH or beside it).
-    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={port}",
-               "--include-dashboard=false", "--no-monitor", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-               f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-               *LOOPBACK_OPTIONS]
-    if num_cpus is not None:
-        command.append(f"--num-cpus={num_cpus}")
+    # The head (runtime.compute.head) is Ray's own head node less the processes one machine's cluster never uses
+    # (Ray Client server, API server, autoscaler monitor), run by this interpreter with this package importable.
+    # Its agent port is chosen here: Ray's fixed default (52365) would collide with a second cluster's.
+    command = [sys.executable, "-m", "runtime.compute.head", str(port), str(temp_dir),
+               "" if num_cpus is None else str(num_cpus), str(_free_port())]
+    package = str(Path(__file__).resolve().parents[2])
     auth = "disabled" if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled" else "token"
     # One node: a drain on SIGTERM has nowhere to move Serve's replicas and would only wait out its 30 s.
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": auth,
+           "PYTHONPATH": os.pathsep.join(filter(None, [package, os.environ.get("PYTHONPATH")])),
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **LOOPBACK_ENV}
     if auth == "token":
         _ensure_token()
@@ -228,9 +224,9 @@ def _free_port_or(preferred: int) -> int:
 
 
 def down_pgid(pgid: int, timeout: float = 15.0) -> None:
-    """Stop a head started in its own session: SIGTERM to ``ray start --block`` (it stops the raylet, the
-    GCS and the agents in order; workers exit with their raylet), then SIGKILL whatever is left of the
-    session after ``timeout`` seconds."""
+    """Stop a head started in its own session: SIGTERM to the head (:mod:`runtime.compute.head`; it stops the
+    raylet, the GCS and the agents in order; workers exit with their raylet), then SIGKILL whatever is left of
+    the session after ``timeout`` seconds."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pgid, signal.SIGTERM)
     deadline = time.time() + timeout

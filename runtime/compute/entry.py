@@ -31,6 +31,11 @@ _REPORTER: threading.Thread | None = None
 _HOST = socket.gethostname()
 
 
+def ready() -> int:
+    """A task that does nothing: running it makes a worker process import this module, and what it imports."""
+    return os.getpid()
+
+
 def run_task(fields: dict[str, Any], *upstream: TaskResult) -> TaskResult:
     """Run one transform, trial or evaluation; store its outputs; return what the driver records.
 

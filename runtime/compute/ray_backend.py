@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from runtime.compute.entry import START_NAMESPACE, run_task
+from runtime.compute.entry import START_NAMESPACE, ready, run_task
 from runtime.compute.shipping import runtime_env
 from runtime.compute.task import TaskResult, TaskSpec
 
@@ -59,6 +59,16 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
 def preload() -> None:
     """Import Ray now (a process that will join a cluster soon, while it waits for it to start)."""
     import ray  # noqa: F401
+
+
+def warm_workers(count: int) -> None:
+    """Have ``count`` of this driver's worker processes start and import the tasks' entry point now, so that its
+    first tasks find them ready (nothing waits for them: a driver calls this before it takes work)."""
+    import ray
+
+    warm = ray.remote(num_cpus=1, max_retries=0)(ready)
+    for _ in range(count):
+        warm.remote()
 
 
 def shutdown() -> None:

@@ -179,6 +179,7 @@ def main(argv: list[str]) -> int:
     cluster_s = time.monotonic() - began
     imports.join(timeout=60)
     ray_backend.connect(local.address)
+    ray_backend.warm_workers(num_cpus)  # its first command's tasks then find workers that imported mlops
     joined_s = time.monotonic() - began - cluster_s
     path = record.socket_path(state_path)
     with contextlib.suppress(FileNotFoundError):

@@ -1,0 +1,77 @@
+"""The embedded cluster's head process: ``python -m runtime.compute.head PORT TEMP_DIR NUM_CPUS AGENT_PORT``
+(``NUM_CPUS`` empty: the machine's).
+
+It does what ``ray start --head --block`` does, through the same class (Ray's ``Node``), less three Python
+processes that one machine's cluster never uses and that a cold start pays for on a small machine:
+
+- no Ray Client server (``ray start`` always starts one when its dependencies are installed): the embedded
+  cluster is joined by its GCS address, never through ``ray://``;
+- no API server (the dashboard's backend: jobs, state and dashboard HTTP APIs): mlops submits no Ray jobs
+  and reads no state API, and Ray starts it before the raylet and waits for it, about 1.5 s here;
+- no autoscaler monitor: one machine's cluster never grows.
+
+The GCS, the raylet with its agents and the log monitor start as ``ray start`` starts them. The head prints
+:data:`runtime.compute.cluster.READY_LINE` once the raylet has registered, then blocks: SIGTERM stops the
+node's processes in order and exits 0; any of them that fails stops the rest and exits 1 (as
+``ray start --block`` does), so the cluster is seen as stopped.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from types import FrameType
+
+import ray._private.node
+import ray._private.parameter
+import ray._private.utils
+from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
+
+from runtime.compute.cluster import LOOPBACK, READY_LINE
+
+STOPPED_CODES = (0, signal.SIGTERM, -signal.SIGTERM, 128 + signal.SIGTERM)
+"""Exit codes of a process that was stopped, not one that failed (as ``ray start --block`` counts them)."""
+
+
+class EmbeddedNode(ray._private.node.Node):
+    """Ray's head node without the API server (see the module's docstring)."""
+
+    def start_api_server(self, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
+        """Not started: nothing of mlops uses the dashboard's jobs, state or HTTP APIs."""
+
+
+def start(port: int, temp_dir: str, num_cpus: int | None, agent_port: int) -> ray._private.node.Node:
+    """Start the head node's processes on the loopback address and wait until its raylet registers."""
+    params = ray._private.parameter.RayParams(
+        node_ip_address=LOOPBACK, node_name=LOOPBACK, gcs_server_port=port, num_cpus=num_cpus,
+        temp_dir=temp_dir, include_dashboard=False, dashboard_host=LOOPBACK, dashboard_agent_listen_port=agent_port,
+        no_monitor=True, ray_client_server_port=None)
+    ensure_token_if_auth_enabled(None, create_token_if_missing=False)  # RAY_AUTH_MODE is set by the caller
+    node = EmbeddedNode(params, head=True, shutdown_at_exit=True, spawn_reaper=True)
+    ray._private.utils.write_ray_address(node.address, temp_dir)
+    return node
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)  # Node's exit handler stops its processes (raylet first, then the GCS)
+
+
+def main(argv: list[str]) -> int:
+    port, temp_dir, agent_port = int(argv[0]), argv[1], int(argv[3])
+    num_cpus = int(argv[2]) if argv[2] else None
+    signal.signal(signal.SIGTERM, _stop)
+    node = start(port, temp_dir, num_cpus, agent_port)
+    print(f"{READY_LINE.decode()}: the mlops embedded head at {node.address}", flush=True)
+    while True:
+        time.sleep(1.0)
+        failed = [(kind, process.returncode) for kind, process in node.dead_processes()
+                  if process.returncode not in STOPPED_CODES]
+        if failed:
+            print("stopping the node: " + ", ".join(f"{kind} exited with {code}" for kind, code in failed), flush=True)
+            node.kill_all_processes(check_alive=False, allow_graceful=False)
+            return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,81 @@
+"""The embedded cluster's head (runtime.compute.head): Ray's head node less the Ray Client server, the API server
+and the autoscaler monitor; it stops its node on SIGTERM (``mlops down``) and when one of its processes fails."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime.compute import cluster
+
+pytestmark = pytest.mark.xdist_group("ray")
+
+NOT_STARTED = {"ray.util.client.server": "the Ray Client server", "dashboard/dashboard.py": "the API server",
+               "autoscaler/_private/monitor.py": "the autoscaler monitor"}
+
+
+def command_lines(pids: list[int]) -> dict[int, str]:
+    found = {}
+    for pid in pids:
+        try:
+            found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
+def wait_until(condition: object, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout:.0f}s: {what}")
+
+
+@pytest.fixture
+def head(tmp_path: Path) -> Iterator[tuple[Path, cluster.LocalCluster]]:
+    state_path = tmp_path / ".mlops" / "state.db"
+    local = cluster.up(state_path, num_cpus=1)
+    yield state_path, local
+    cluster.down(state_path)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_the_head_runs_the_gcs_the_raylet_and_its_agents_and_nothing_one_machine_never_uses(
+        head: tuple[Path, cluster.LocalCluster]) -> None:
+    state_path, local = head
+    lines = command_lines(cluster.members(local.pgid))
+    joined = "\n".join(lines.values())
+    for process in ("runtime.compute.head", "gcs_server", "raylet", "dashboard/agent.py", "runtime_env/agent"):
+        assert process in joined, f"{process} not among the head's processes:\n{joined}"
+    for marker, name in NOT_STARTED.items():
+        assert marker not in joined, f"{name} runs:\n{joined}"
+    assert cluster.running(state_path) == local
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_a_raylet_that_dies_stops_the_head_and_the_cluster_is_seen_stopped(
+        head: tuple[Path, cluster.LocalCluster]) -> None:
+    state_path, local = head
+    raylets = [pid for pid, line in command_lines(cluster.members(local.pgid)).items() if "/raylet " in line]
+    assert len(raylets) == 1, raylets
+    os.kill(raylets[0], signal.SIGKILL)
+    wait_until(lambda: not cluster.members(local.pgid), "the head and every process of its node exited")
+    assert cluster.running(state_path) is None
+    log = (state_path.parent / "cluster.log").read_text()
+    assert "stopping the node: raylet exited with -9" in log, log
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_sigterm_stops_every_process_of_the_node(head: tuple[Path, cluster.LocalCluster]) -> None:
+    state_path, local = head
+    os.kill(local.pgid, signal.SIGTERM)  # what `mlops down` sends first (it kills whatever is left 15 s later)
+    wait_until(lambda: not cluster.members(local.pgid), "the head stopped its GCS, raylet and agents")
+    assert cluster.running(state_path) is None
+    assert "stopping the node" not in (state_path.parent / "cluster.log").read_text()  # nothing failed
