@@ -19,3 +19,10 @@ def alive(pid: int) -> bool:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return fields[0] != "Z"
     return True
+
+
+def importing_mlops(environ: dict[str, str]) -> dict[str, str]:
+    """``environ`` with this mlops' packages first on ``PYTHONPATH``: for a ``python -m runtime...`` child that must
+    run this code, whatever the child's folder or an installed copy."""
+    package = str(Path(__file__).resolve().parents[1])
+    return {**environ, "PYTHONPATH": os.pathsep.join(filter(None, [package, environ.get("PYTHONPATH")]))}

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from runtime import processes
 from runtime.errors import ClusterError
 
 DEFAULT_SERVE_PORT = 8000
@@ -179,11 +180,9 @@ def _start(state_path: Path, num_cpus: int | None, serve_port: int | None, timeo
     # Its agent port is chosen here: Ray's fixed default (52365) would collide with a second cluster's.
     command = [sys.executable, "-m", "runtime.compute.head", str(port), str(temp_dir),
                "" if num_cpus is None else str(num_cpus), str(_free_port())]
-    package = str(Path(__file__).resolve().parents[2])
     auth = "disabled" if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled" else "token"
     # One node: a drain on SIGTERM has nowhere to move Serve's replicas and would only wait out its 30 s.
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": auth,
-           "PYTHONPATH": os.pathsep.join(filter(None, [package, os.environ.get("PYTHONPATH")])),
+    env = {**processes.importing_mlops(dict(os.environ)), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": auth,
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **LOOPBACK_ENV}
     if auth == "token":
         _ensure_token()

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from compiler.resolve import Project
+from runtime import processes
 from runtime.daemon import record, wire
 from runtime.errors import ClusterError
 from runtime.workspace import Workspace
@@ -87,8 +88,7 @@ def _start(state_path: Path, num_cpus: int, idle_s: float, environ: dict[str, st
     # The caller's fingerprint (record.fingerprint): the driver's own environment differs by its PYTHONPATH.
     command = [sys.executable, "-m", "runtime.daemon.server", str(state_path), str(num_cpus), str(idle_s),
                record.fingerprint(environ)]
-    package = str(Path(__file__).resolve().parents[2])
-    env = {**environ, "PYTHONPATH": os.pathsep.join(filter(None, [package, environ.get("PYTHONPATH")]))}
+    env = processes.importing_mlops(environ)
     with log.open("ab") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, env=env)
