@@ -1,5 +1,5 @@
-"""The embedded cluster's head (runtime.compute.head): Ray's head node less the Ray Client server, the API server
-and the autoscaler monitor; it stops its node on SIGTERM (``mlops down``) and when one of its processes fails."""
+"""The embedded cluster's head (runtime.compute.head): Ray's head node less the Ray Client server, the API server,
+the autoscaler monitor and the log monitor, with the minimal dashboard agent; it stops its node on SIGTERM (``mlops down``) and when one of its processes fails."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from runtime.compute import cluster
 pytestmark = pytest.mark.xdist_group("ray")
 
 NOT_STARTED = {"ray.util.client.server": "the Ray Client server", "dashboard/dashboard.py": "the API server",
-               "autoscaler/_private/monitor.py": "the autoscaler monitor"}
+               "autoscaler/_private/monitor.py": "the autoscaler monitor", "log_monitor.py": "the log monitor"}
 
 
 def command_lines(pids: list[int]) -> dict[int, str]:
@@ -56,6 +56,8 @@ def test_the_head_runs_the_gcs_the_raylet_and_its_agents_and_nothing_one_machine
         assert process in joined, f"{process} not among the head's processes:\n{joined}"
     for marker, name in NOT_STARTED.items():
         assert marker not in joined, f"{name} runs:\n{joined}"
+    agents = [line for line in lines.values() if "dashboard/agent.py" in line]
+    assert len(agents) == 1 and " --minimal" in agents[0], agents
     assert cluster.running(state_path) == local
 
 

@@ -8,9 +8,13 @@ processes that one machine's cluster never uses and that a cold start pays for o
   cluster is joined by its GCS address, never through ``ray://``;
 - no API server (the dashboard's backend: jobs, state and dashboard HTTP APIs): mlops submits no Ray jobs
   and reads no state API, and Ray starts it before the raylet and waits for it, about 1.5 s here;
-- no autoscaler monitor: one machine's cluster never grows.
+- no autoscaler monitor: one machine's cluster never grows;
+- no log monitor: it streams the workers' logs to drivers that ask for them, and mlops's never do (each task's
+  output is kept in its run's log); the workers still write their log files.
 
-The GCS, the raylet with its agents and the log monitor start as ``ray start`` starts them. The head prints
+Its dashboard agent runs as Ray's *minimal* agent (as where the dashboard's dependencies are not installed):
+without the API server there is no one to serve its HTTP endpoints or to read its metrics, and the raylet
+need not wait for them. The GCS and the raylet with its agents start as ``ray start`` starts them. The head prints
 :data:`runtime.compute.cluster.READY_LINE` once the raylet has registered, then blocks: SIGTERM stops the
 node's processes in order and exits 0; any of them that fails stops the rest and exits 1 (as
 ``ray start --block`` does), so the cluster is seen as stopped.
@@ -34,6 +38,12 @@ STOPPED_CODES = (0, signal.SIGTERM, -signal.SIGTERM, 128 + signal.SIGTERM)
 """Exit codes of a process that was stopped, not one that failed (as ``ray start --block`` counts them)."""
 
 
+def _minimal_agent() -> ImportError:
+    """In place of Ray's check for the dashboard's dependencies, which decides that the node's dashboard agent
+    runs as the minimal one (no metrics or HTTP server) and takes 0.7 s of importing them to decide it."""
+    return ImportError("the mlops embedded head runs no dashboard: its node's agent runs as the minimal one")
+
+
 class EmbeddedNode(ray._private.node.Node):
     """Ray's head node without the API server (see the module's docstring)."""
 
@@ -46,7 +56,9 @@ def start(port: int, temp_dir: str, num_cpus: int | None, agent_port: int) -> ra
     params = ray._private.parameter.RayParams(
         node_ip_address=LOOPBACK, node_name=LOOPBACK, gcs_server_port=port, num_cpus=num_cpus,
         temp_dir=temp_dir, include_dashboard=False, dashboard_host=LOOPBACK, dashboard_agent_listen_port=agent_port,
-        no_monitor=True, ray_client_server_port=None)
+        no_monitor=True, ray_client_server_port=None,
+        include_log_monitor=False)  # type: ignore[arg-type]  # annotated str by Ray, read as a flag ("If True")
+    ray._private.utils.get_dashboard_dependency_error = _minimal_agent  # this process starts the node only
     ensure_token_if_auth_enabled(None, create_token_if_missing=False)  # RAY_AUTH_MODE is set by the caller
     node = EmbeddedNode(params, head=True, shutdown_at_exit=True, spawn_reaper=True)
     ray._private.utils.write_ray_address(node.address, temp_dir)

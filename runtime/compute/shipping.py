@@ -15,8 +15,10 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from compiler.resolve import Project
+if TYPE_CHECKING:  # a worker imports this module for code_root alone, without the compiler's spec models
+    from compiler.resolve import Project
 
 SHIPPED_EXCLUDES = [".mlops", ".git", "__pycache__", "*.pyc", ".venv"]
 """Never part of the package, besides the spec's source data and what ``.gitignore`` ignores."""
