@@ -1,5 +1,6 @@
 """The embedded cluster's head (runtime.compute.head): Ray's head node less the Ray Client server, the API server,
-the autoscaler monitor and the log monitor, with the minimal dashboard agent; it stops its node on SIGTERM (``mlops down``) and when one of its processes fails."""
+the autoscaler monitor and the log monitor, with the minimal dashboard agent; it stops its node on SIGTERM
+(``mlops down``) and when one of its processes fails."""
 
 from __future__ import annotations
 
