@@ -119,14 +119,16 @@ def test_later_applies_run_in_the_same_driver_and_workers_and_down_stops_both(pr
     first = _transform_workers(project)
     assert len(first) == 4 and driver.pid not in first.values(), first
 
+    warm = set(cluster.members(local.pgid))  # the cluster's processes as the second apply starts
     (project.parent / "data" / "raw.csv").write_text("x\n1\n2\n")
     user.apply()
     after = record.read(_state(project))
     assert after is not None and after.pid == driver.pid, "the second apply started another driver"
     second = {run: pid for run, pid in _transform_workers(project).items() if run not in first}
     assert len(second) == 4, second
-    assert set(second.values()) & set(first.values()), \
-        f"no transform of the second apply ran in a worker of the first ({second} vs {first})"
+    # which of the warm workers takes a task is Ray's choice; that none was started for this apply is the point
+    assert set(second.values()) <= warm, \
+        f"the second apply's transforms ran in workers started for it ({second}; before it: {sorted(warm)})"
 
     down = user.run("down")
     assert down.returncode == 0, down.stderr
