@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ports import free_port
+from ports import free_port, free_ports
 
 from runtime.compute.cluster import READY_LINE, _ensure_token, down_pgid
 
@@ -23,9 +23,10 @@ START_TIMEOUT_S = 90.0
 
 
 def _ray_start(*options: str) -> list[str]:
+    agent_port, metrics_port = free_ports(2)  # distinct: two free_port() calls can return the same port
     return [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats",
-            "--node-ip-address=127.0.0.1", f"--dashboard-agent-listen-port={free_port()}",
-            f"--metrics-export-port={free_port()}", *options]
+            "--node-ip-address=127.0.0.1", f"--dashboard-agent-listen-port={agent_port}",
+            f"--metrics-export-port={metrics_port}", *options]
 
 
 def _wait_for(log: Path, process: subprocess.Popen[bytes], what: str) -> None:
