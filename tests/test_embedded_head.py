@@ -1,10 +1,11 @@
 """The embedded cluster's head (runtime.compute.head): Ray's head node less the Ray Client server, the API server,
-the autoscaler monitor and the log monitor, with the minimal dashboard agent; it stops its node on SIGTERM
-(``mlops down``) and when one of its processes fails."""
+the autoscaler monitor and the log monitor, with the minimal dashboard agent (runtime.compute.agent); it stops its
+node on SIGTERM (``mlops down``) and when one of its processes fails."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -53,13 +54,29 @@ def test_the_head_runs_the_gcs_the_raylet_and_its_agents_and_nothing_one_machine
     state_path, local = head
     lines = command_lines(cluster.members(local.pgid))
     joined = "\n".join(lines.values())
-    for process in ("runtime.compute.head", "gcs_server", "raylet", "dashboard/agent.py", "runtime_env/agent"):
+    for process in ("runtime.compute.head", "gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"):
         assert process in joined, f"{process} not among the head's processes:\n{joined}"
     for marker, name in NOT_STARTED.items():
         assert marker not in joined, f"{name} runs:\n{joined}"
-    agents = [line for line in lines.values() if "dashboard/agent.py" in line]
-    assert len(agents) == 1 and " --minimal" in agents[0], agents
+    # The agents retitle themselves; what they run is in the raylet's arguments.
+    raylets = [line for line in lines.values() if "/raylet --" in line]
+    assert len(raylets) == 1, raylets
+    agent = re.search(r" --dashboard_agent_command=(.*?) --\w+_command=", raylets[0])
+    assert agent and "-m runtime.compute.agent " in agent[1] and "dashboard/agent.py" in agent[1], raylets[0]
+    assert " --minimal" in agent[1], agent[1]
     assert cluster.running(state_path) == local
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_the_dashboard_agent_loads_no_module_and_logs_no_error(head: tuple[Path, cluster.LocalCluster]) -> None:
+    """Ray's agent with the dashboard's dependencies installed loads all its modules, and its event module logs a
+    traceback about once a second for want of the API server; the embedded head's agent loads none."""
+    _, local = head
+    log = Path(local.temp_dir) / "session_latest" / "logs" / "dashboard_agent.log"
+    wait_until(lambda: log.is_file() and "Loaded 0 modules." in log.read_text(), "the agent loaded its modules")
+    time.sleep(3.0)  # the event module's traceback came every second
+    text = log.read_text()
+    assert "Traceback" not in text and "ERROR" not in text, text
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
