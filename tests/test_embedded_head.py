@@ -64,6 +64,10 @@ def test_the_head_runs_the_gcs_the_raylet_and_its_agents_and_nothing_one_machine
     agent = re.search(r" --dashboard_agent_command=(.*?) --\w+_command=", raylets[0])
     assert agent and "-m runtime.compute.agent " in agent[1] and "dashboard/agent.py" in agent[1], raylets[0]
     assert " --minimal" in agent[1], agent[1]
+    raylet = next(pid for pid, line in lines.items() if line == raylets[0])
+    environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{raylet}/environ").read_bytes().split(b"\0") if item)
+    for name, value in cluster.SOCKET_RETRY_ENV.items():  # retries its object store's socket every 0.1 s, not 1 s
+        assert environ.get(name.encode()) == value.encode(), (name, environ.get(name.encode()))
     assert cluster.running(state_path) == local
 
 

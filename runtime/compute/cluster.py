@@ -41,6 +41,12 @@ READY_LINE = b"Ray runtime started"
 # GCS, raylet, agents, workers and Serve listen on 127.0.0.1 (tests/test_cluster_loopback.py).
 LOOPBACK = "127.0.0.1"
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+SOCKET_RETRY_ENV = {"RAY_raylet_client_connect_timeout_milliseconds": "100",
+                    "RAY_raylet_client_num_connect_attempts": "100"}
+"""How the head's processes retry a local socket that is not listening yet: every 0.1 s for 10 s, where Ray's
+default is every 1 s for 10 s. The raylet connects to its own object store as that store starts, and when it
+comes first it waited a whole second (in two of three cold starts logged on an idle machine here). A caller's
+own settings win."""
 
 
 @dataclass(frozen=True)
@@ -176,14 +182,15 @@ def _start(state_path: Path, num_cpus: int | None, serve_port: int | None, timeo
     port = _free_port()
     temp_dir = Path(tempfile.gettempdir()) / f"mlops-ray-{port}"
     # The head (runtime.compute.head) is Ray's own head node less the processes one machine's cluster never uses
-    # (Ray Client server, API server, autoscaler monitor), run by this interpreter with this package importable.
+    # (Ray Client server, API server, autoscaler and log monitors), run by this interpreter with this package
+    # importable.
     # Its agent port is chosen here: Ray's fixed default (52365) would collide with a second cluster's.
     command = [sys.executable, "-m", "runtime.compute.head", str(port), str(temp_dir),
                "" if num_cpus is None else str(num_cpus), str(_free_port())]
     auth = "disabled" if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled" else "token"
     # One node: a drain on SIGTERM has nowhere to move Serve's replicas and would only wait out its 30 s.
-    env = {**processes.importing_mlops(dict(os.environ)), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": auth,
-           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **LOOPBACK_ENV}
+    env = {**SOCKET_RETRY_ENV, **processes.importing_mlops(dict(os.environ)), "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": auth, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **LOOPBACK_ENV}
     if auth == "token":
         _ensure_token()
     log = state_path.parent / "cluster.log"
