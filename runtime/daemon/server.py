@@ -158,7 +158,10 @@ def _serving() -> bool:
 
 
 def _import_commands() -> None:
-    """Import what running ``mlops apply`` needs (Ray, the CLI, the apply machinery)."""
+    """Import what running ``mlops apply`` needs (Ray, the CLI, the apply machinery, and pygit2, with which an
+    apply records the commit it applies: 0.13 s of a cold apply's first command otherwise)."""
+    import pygit2  # noqa: F401
+
     from runtime.compute import ray_backend
 
     ray_backend.preload()
