@@ -94,6 +94,9 @@ def test_a_raylet_that_dies_stops_the_head_and_the_cluster_is_seen_stopped(
     assert cluster.running(state_path) is None
     log = (state_path.parent / "cluster.log").read_text()
     assert "stopping the node: raylet exited with -9" in log, log
+    assert Path(local.temp_dir).is_dir()  # its logs stay until the next up or down
+    assert cluster.down(state_path) is False  # nothing was running
+    assert not Path(local.temp_dir).exists(), "the stopped cluster's Ray folder was left behind"
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
@@ -102,4 +105,21 @@ def test_sigterm_stops_every_process_of_the_node(head: tuple[Path, cluster.Local
     os.kill(local.pgid, signal.SIGTERM)  # what `mlops down` sends first (it kills whatever is left 15 s later)
     wait_until(lambda: not cluster.members(local.pgid), "the head stopped its GCS, raylet and agents")
     assert cluster.running(state_path) is None
+    replacement = cluster.up(state_path, num_cpus=1)  # the next apply's: it starts a new head
+    assert replacement.pgid != local.pgid and Path(replacement.temp_dir).is_dir()
+    assert not Path(local.temp_dir).exists(), "the stopped cluster's Ray folder was left behind"
     assert "stopping the node" not in (state_path.parent / "cluster.log").read_text()  # nothing failed
+
+
+def test_only_a_folder_named_as_the_local_clusters_are_is_removed(tmp_path: Path) -> None:
+    """A record's folder is removed only if it is named as ``up`` names them (a record edited to name another
+    folder removes nothing)."""
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    recorded = cluster.LocalCluster("127.0.0.1:1", 2 ** 22 + 1, 8000, str(precious), 0.0)
+    cluster.remove_folder(recorded)
+    assert precious.is_dir()
+    ours = tmp_path / f"{cluster.TEMP_PREFIX}1"
+    ours.mkdir()
+    cluster.remove_folder(cluster.LocalCluster("127.0.0.1:1", 2 ** 22 + 1, 8000, str(ours), 0.0))
+    assert not ours.exists()

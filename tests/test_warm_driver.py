@@ -234,3 +234,4 @@ def test_a_driver_whose_state_folder_is_removed_stops_its_cluster(project: Path,
     shutil.rmtree(project.parent / ".mlops")
     _wait_until(lambda: not processes.alive(driver.pid), "the driver's stop")
     _wait_until(lambda: cluster.members(local.pgid) == [], "the orphaned cluster's stop")
+    _wait_until(lambda: not Path(local.temp_dir).exists(), "the orphaned cluster's Ray folder's removal")

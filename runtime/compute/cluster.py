@@ -41,6 +41,8 @@ READY_LINE = b"Ray runtime started"
 # GCS, raylet, agents, workers and Serve listen on 127.0.0.1 (tests/test_cluster_loopback.py).
 LOOPBACK = "127.0.0.1"
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+TEMP_PREFIX = "mlops-ray-"
+"""How a local cluster's Ray folder (in the system's temporary folder, with the GCS port after it) is named."""
 SOCKET_RETRY_ENV = {"RAY_raylet_client_connect_timeout_milliseconds": "100",
                     "RAY_raylet_client_num_connect_attempts": "100"}
 """How the head's processes retry a local socket that is not listening yet: every 0.1 s for 10 s, where Ray's
@@ -126,18 +128,37 @@ def _authenticate(cluster: LocalCluster) -> None:
             Config.initialize("")
 
 
+def _recorded(state_path: Path) -> LocalCluster | None:
+    """The cluster recorded for this state, alive or not."""
+    try:
+        return LocalCluster(**json.loads(info_path(state_path).read_text()))
+    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        return None
+
+
 def running(state_path: Path) -> LocalCluster | None:
     """The cluster ``mlops up`` started for this state, if it is still alive (this process is then set
     up to authenticate to it)."""
-    path = info_path(state_path)
-    try:
-        cluster = LocalCluster(**json.loads(path.read_text()))
-    except (FileNotFoundError, json.JSONDecodeError, TypeError):
-        return None
-    if not _alive(cluster.pgid):
+    cluster = _recorded(state_path)
+    if cluster is None or not _alive(cluster.pgid):
         return None
     _authenticate(cluster)
     return cluster
+
+
+def stop(cluster: LocalCluster) -> None:
+    """Stop ``cluster``'s head and everything it started (:func:`down_pgid`), then remove its Ray folder
+    (:func:`remove_folder`): nothing of it is left on the machine."""
+    down_pgid(cluster.pgid)
+    remove_folder(cluster)
+
+
+def remove_folder(cluster: LocalCluster) -> None:
+    """Remove the Ray folder of a stopped ``cluster``: its sessions' logs, sockets and spilled objects. Only a
+    folder named as :func:`up` names them is removed, whatever the cluster's record says."""
+    folder = Path(cluster.temp_dir)
+    if folder.name.startswith(TEMP_PREFIX):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _ensure_token() -> None:
@@ -175,12 +196,15 @@ def up(state_path: Path, num_cpus: int | None = None, serve_port: int | None = N
         existing = running(state_path)
         if existing is not None:
             return existing
+        stale = _recorded(state_path)
+        if stale is not None:  # its head exited by itself (a failed process, a kill): its folder goes now
+            remove_folder(stale)
         return _start(state_path, num_cpus, serve_port, timeout)
 
 
 def _start(state_path: Path, num_cpus: int | None, serve_port: int | None, timeout: float) -> LocalCluster:
     port = _free_port()
-    temp_dir = Path(tempfile.gettempdir()) / f"mlops-ray-{port}"
+    temp_dir = Path(tempfile.gettempdir()) / f"{TEMP_PREFIX}{port}"
     # The head (runtime.compute.head) is Ray's own head node less the processes one machine's cluster never uses
     # (Ray Client server, API server, autoscaler and log monitors), run by this interpreter with this package
     # importable.
@@ -204,6 +228,7 @@ def _start(state_path: Path, num_cpus: int | None, serve_port: int | None, timeo
     deadline = time.time() + timeout
     while time.time() < deadline:
         if process.poll() is not None:
+            stop(cluster)  # what the head's node started before it failed
             raise ClusterError.one(f"the local Ray head exited with {process.returncode}; see {log}")
         with log.open("rb") as handle:
             handle.seek(offset)
@@ -211,8 +236,7 @@ def _start(state_path: Path, num_cpus: int | None, serve_port: int | None, timeo
                 break
         time.sleep(0.05)
     else:
-        down_pgid(process.pid)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        stop(cluster)
         raise ClusterError.one(f"the local Ray head did not start within {timeout:.0f}s; see {log}")
     info = info_path(state_path)
     tmp = info.with_name(info.name + ".tmp")
@@ -245,12 +269,15 @@ def down_pgid(pgid: int, timeout: float = 15.0) -> None:
 
 
 def down(state_path: Path) -> bool:
-    """Stop the local head and everything it started; ``False`` when none was running."""
+    """Stop the local head and everything it started, and remove its session folder; ``False`` when none was
+    running (what a head that exited by itself left is removed all the same)."""
     with _exclusive(state_path):
-        cluster = running(state_path)
-        info_path(state_path).unlink(missing_ok=True)
+        cluster = _recorded(state_path)
         if cluster is None:
             return False
-        down_pgid(cluster.pgid)
-        shutil.rmtree(cluster.temp_dir, ignore_errors=True)
-        return True
+        was_running = _alive(cluster.pgid)
+        if was_running:
+            down_pgid(cluster.pgid)
+        remove_folder(cluster)
+        info_path(state_path).unlink(missing_ok=True)
+        return was_running

@@ -20,10 +20,13 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.daemon import record, wire
 from runtime.daemon.record import READY_LINE
+
+if TYPE_CHECKING:
+    from runtime.compute.cluster import LocalCluster
 
 POLL_S = 1.0
 """How often an idle driver looks at its clock and at the cluster."""
@@ -32,8 +35,8 @@ POLL_S = 1.0
 class Driver:
     """Accepts commands on ``listener`` and runs them, one at a time, until idle or told to stop."""
 
-    def __init__(self, state_path: Path, listener: socket.socket, idle_s: float, cluster_pgid: int) -> None:
-        self.state_path, self.listener, self.idle_s, self.cluster_pgid = state_path, listener, idle_s, cluster_pgid
+    def __init__(self, state_path: Path, listener: socket.socket, idle_s: float, local: LocalCluster) -> None:
+        self.state_path, self.listener, self.idle_s, self.local = state_path, listener, idle_s, local
         self.last_active = time.monotonic()
         self._running = False
         self._interrupted = False
@@ -49,7 +52,7 @@ class Driver:
                 connection, _ = self.listener.accept()
             except TimeoutError:
                 if not self.state_path.parent.is_dir():  # nobody can reach its cluster any more: stop it
-                    cluster.down_pgid(self.cluster_pgid)
+                    cluster.stop(self.local)
                     return f"its state folder {self.state_path.parent} was removed: stopped the local cluster"
                 if cluster.running(self.state_path) is None:
                     return "the local Ray cluster stopped"
@@ -196,7 +199,7 @@ def main(argv: list[str]) -> int:
     print(f"{READY_LINE}: pid {os.getpid()}, cluster {local.address} (ready in {cluster_s:.2f}s, joined in "
           f"{joined_s:.2f}s), idle stop after {idle_s:.0f}s", flush=True)
     try:
-        why = Driver(state_path, listener, idle_s, local.pgid).serve()
+        why = Driver(state_path, listener, idle_s, local).serve()
     finally:
         record.remove(state_path, os.getpid())
         with contextlib.suppress(FileNotFoundError):
