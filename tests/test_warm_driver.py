@@ -53,6 +53,13 @@ def _spec(stages: int, sleep: float = 0.0) -> dict[str, object]:
     return {"apiVersion": "mlops/v1", "project": "warm", "datasets": datasets}
 
 
+def _as_in_a_terminal() -> None:
+    """In the command's process before it starts: Ctrl-C's signal as a terminal's foreground command has it.
+    A suite started in the background by a non-interactive shell (``.ci/run &``) has SIGINT ignored, and a
+    child inherits an ignored signal: its Ctrl-C would then never reach mlops."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Commands:
     """``mlops`` in one project, as a person runs it: the default environment, each command bounded."""
 
@@ -64,7 +71,7 @@ class Commands:
     def start(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen([sys.executable, "-m", "runtime.cli.main", "-f", str(self.spec_path), *args],
                                 cwd=self.spec_path.parent, env=self.env, text=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+                                stderr=subprocess.PIPE, preexec_fn=_as_in_a_terminal)
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         process = self.start(*args)
