@@ -10,7 +10,7 @@ dashboard's API server, which the embedded head does not start. The event agent 
 traceback about once a second because it is not there.
 
 Ray's minimal agent loads only the modules marked minimal, and Ray 2.60 marks none
-(``tests/test_embedded_head.py`` checks this against the installed Ray). Here the agent loads none, without
+(``tests/test_embedded_agent.py`` checks this against the installed Ray). Here the agent loads none, without
 importing them all to find that out. Everything else is Ray's agent as it is: its ports, its check that the
 raylet lives (it exits with its raylet), its logs.
 """

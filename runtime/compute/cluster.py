@@ -47,8 +47,8 @@ SOCKET_RETRY_ENV = {"RAY_raylet_client_connect_timeout_milliseconds": "100",
                     "RAY_raylet_client_num_connect_attempts": "100"}
 """How the head's processes retry a local socket that is not listening yet: every 0.1 s for 10 s, where Ray's
 default is every 1 s for 10 s. The raylet connects to its own object store as that store starts, and when it
-comes first it waited a whole second (in two of three cold starts logged on an idle machine here). A caller's
-own settings win."""
+comes first it waited a whole second (in two of four cold applies whose logs were read here). A caller's own
+settings win."""
 
 
 @dataclass(frozen=True)
