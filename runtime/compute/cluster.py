@@ -277,7 +277,8 @@ def down(state_path: Path) -> bool:
             return False
         was_running = _alive(cluster.pgid)
         if was_running:
-            down_pgid(cluster.pgid)
-        remove_folder(cluster)
+            stop(cluster)
+        else:  # its head exited by itself: its folder only (a stale record's pgid may be another's by now)
+            remove_folder(cluster)
         info_path(state_path).unlink(missing_ok=True)
         return was_running

@@ -84,7 +84,7 @@ class EmbeddedNode(ray._private.node.Node):
         gcs = self.get_gcs_client()
         while time.monotonic() < deadline:
             try:
-                if any(node_id.hex() == self._node_id for node_id in gcs.get_all_node_info(timeout=5)):
+                if any(node_id.hex() == self.node_id for node_id in gcs.get_all_node_info(timeout=5)):
                     return
             except ray.exceptions.RayError:
                 pass  # the GCS did not answer this time: asked again until the deadline, then by Ray's lookup
