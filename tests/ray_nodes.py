@@ -8,6 +8,7 @@ The head offers no CPUs; the worker (``--num-cpus``) runs in a mount namespace o
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,7 @@ class TwoNodes:
         self.env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
                     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}  # two nodes on one (loopback) address
         self._processes: list[subprocess.Popen[bytes]] = []
+        self._session: Path | None = None
 
     def start(self) -> TwoNodes:
         _ensure_token()
@@ -67,6 +69,7 @@ class TwoNodes:
 
             Config.initialize("")
         session = Path(tempfile.mkdtemp(prefix="mlops-2n-", dir="/tmp"))  # short: unix socket paths are limited
+        self._session = session
         try:
             head_log = self.logs / "head.log"
             port = self.address.rsplit(":", 1)[1]
@@ -97,3 +100,6 @@ class TwoNodes:
         for process in reversed(self._processes):
             down_pgid(process.pid)
         self._processes.clear()
+        if self._session is not None:  # the nodes' Ray folder (sessions, logs, sockets): gone with them
+            shutil.rmtree(self._session, ignore_errors=True)
+            self._session = None

@@ -16,6 +16,7 @@ import hashlib
 import json
 import numbers
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -142,18 +143,25 @@ class Loaded:
     predictor: Any
     document: bytes
     """The deployment's OpenAPI document for this version, as JSON."""
+    scratch: tempfile.TemporaryDirectory[str]
+    """Where the artifact is copied when its store is not on this machine. It is removed with this version: once
+    no request is answered with it any more (a newer version replaced it), or when the replica stops."""
 
 
 def load(spec: ServeSpec) -> Loaded:
     """Load ``spec``'s version: its artifact verified against its hash (a one-line refusal naming the object
-    otherwise), then the trainer module's ``load_predictor``."""
-    import tempfile
+    otherwise), then the trainer module's ``load_predictor``. A version that fails to load leaves no folder."""
     from pathlib import Path
 
     from runtime.endpoint.contract import openapi_document
 
-    predictor = load_predictor(spec, Path(tempfile.mkdtemp(prefix="mlops-model-")))
-    return Loaded(spec, predictor, json.dumps(openapi_document(spec.api), separators=(",", ":")).encode())
+    scratch = tempfile.TemporaryDirectory(prefix="mlops-model-")
+    try:
+        predictor = load_predictor(spec, Path(scratch.name))
+    except BaseException:
+        scratch.cleanup()
+        raise
+    return Loaded(spec, predictor, json.dumps(openapi_document(spec.api), separators=(",", ":")).encode(), scratch)
 
 
 @functools.cache
@@ -210,7 +218,13 @@ def server_class() -> Any:
             """Load the version ``config`` names (its artifact verified first), then answer with it: requests
             already running finish on the version before, the next ones get this one."""
             spec = ServeSpec.from_user_config(config)
-            self.loaded = load(spec)
+            self.loaded = load(spec)  # the version before goes, folder and all, when its last request ends
+
+        def __del__(self) -> None:
+            """Serve's graceful stop of the replica: the loaded version's folder goes with it."""
+            loaded = getattr(self, "loaded", None)
+            if loaded is not None:
+                loaded.scratch.cleanup()
 
         async def __call__(self, request: Request) -> Any:
             from starlette.responses import Response
