@@ -150,3 +150,29 @@ def test_a_tasks_temporary_files_go_to_a_private_folder_removed_afterwards(
     assert tree is not None
     name = Path(tree, "out.txt").read_text()
     assert "/mlops-tmp-" in name and not Path(name).exists()
+
+
+def test_a_killed_workers_private_temp_folder_is_removed_by_the_next_task(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import tempfile
+
+    from runtime.compute.containment import PRIVATE_TMP_PREFIX, contained
+
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a worker killed in its task: its folder stays behind
+    orphan = root / f"{PRIVATE_TMP_PREFIX}{gone.pid}-k1ll3d"
+    (orphan / "sub").mkdir(parents=True)
+    (orphan / "sub" / "half-written.bin").write_bytes(b"x" * 1024)
+    running = root / f"{PRIVATE_TMP_PREFIX}{os.getppid()}-busy"  # a live worker's task: left alone
+    running.mkdir()
+    unrelated = root / "mlops-tmp-legacy"
+    unrelated.mkdir()
+    with contained(str(tmp_path)):
+        inside = Path(tempfile.gettempdir())
+        assert inside.name.startswith(f"{PRIVATE_TMP_PREFIX}{os.getpid()}-")
+    assert not orphan.exists() and not inside.exists()
+    assert running.is_dir() and unrelated.is_dir()

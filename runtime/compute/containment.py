@@ -15,7 +15,8 @@ Runs inside a Ray worker around the user's callable (:func:`contained`):
   the node. The rest of the store is not scanned (its cost grows with the store); an object changed there is
   refused when it is next read, as its content no longer matches its hash (:mod:`runtime.artifacts.store`);
 - **temporary files**: ``TMPDIR`` (and :mod:`tempfile`'s default) points into a private folder for the
-  call, removed afterwards.
+  call, removed afterwards; the folder of a worker killed in its task is removed by the next task on the
+  machine.
 """
 
 from __future__ import annotations
@@ -165,6 +166,33 @@ def _kill(pids: set[int]) -> list[int]:
     return killed
 
 
+PRIVATE_TMP_PREFIX = "mlops-tmp-"
+"""A task's private temp folder: ``mlops-tmp-<pid of its worker>-<random>``."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def sweep_orphaned_temp(root: Path) -> list[Path]:
+    """Remove the private temp folders in ``root`` whose worker is gone: a worker killed in a task (a
+    cancel, a timeout, the cluster stopped) cannot remove its own. A folder whose pid lives again (reused) is
+    left; it goes after that process in turn."""
+    removed = []
+    for folder in root.glob(f"{PRIVATE_TMP_PREFIX}*-*"):
+        pid = folder.name.removeprefix(PRIVATE_TMP_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 @contextlib.contextmanager
 def contained(repo_root: str, inputs: Iterable[Path] = ()) -> Iterator[Watch]:
     """Run the block as a task's user code; the :class:`Watch` is filled in when it ends.
@@ -177,7 +205,8 @@ def contained(repo_root: str, inputs: Iterable[Path] = ()) -> Iterator[Watch]:
     before_processes = _descendants(me) if os.path.isdir("/proc") else set()
     before_tree = _status(repo_root)
     before_guarded = guarded_files(repo_root, inputs)
-    private = tempfile.mkdtemp(prefix="mlops-tmp-")
+    sweep_orphaned_temp(Path(tempfile.gettempdir()))
+    private = tempfile.mkdtemp(prefix=f"{PRIVATE_TMP_PREFIX}{me}-")
     saved = os.environ.get("TMPDIR"), tempfile.tempdir
     os.environ["TMPDIR"], tempfile.tempdir = private, private
     watch = Watch()
