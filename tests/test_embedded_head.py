@@ -123,3 +123,50 @@ def test_only_a_folder_named_as_the_local_clusters_are_is_removed(tmp_path: Path
     ours.mkdir()
     cluster.remove_folder(cluster.LocalCluster("127.0.0.1:1", 2 ** 22 + 1, 8000, str(ours), 0.0))
     assert not ours.exists()
+
+
+EMBEDDED_DRIVER = '''
+import os, sys
+from runtime.compute import ray_backend
+import ray
+
+ray_backend.connect(None, num_cpus=1)  # the embedded Ray of MLOPS_IDLE_STOP=off, of the reconciler, of a test
+local = ray_backend._EMBEDDED[0]
+assert ray.get(ray.remote(lambda: 6 * 7).remote()) == 42
+print(local.pgid, local.temp_dir, flush=True)
+sys.stdin.readline()  # the test has looked at its processes
+if sys.argv[1] == "killed":
+    os.kill(os.getpid(), 9)  # ends without stopping anything
+ray_backend.shutdown()
+print("left", flush=True)
+'''
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+@pytest.mark.parametrize("ending", ["shutdown", "killed"])
+def test_an_embedded_ray_is_the_stripped_head_and_goes_with_its_process_however_it_ends(ending: str) -> None:
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "RAY_AUTH_MODE"}
+    driver = subprocess.Popen([sys.executable, "-c", EMBEDDED_DRIVER, ending], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert driver.stdin is not None and driver.stdout is not None
+    first = driver.stdout.readline().split()
+    assert len(first) == 2, driver.communicate(timeout=60)[1][-3000:]
+    pgid, folder = int(first[0]), Path(first[1])
+    joined = "\n".join(command_lines(cluster.members(pgid)).values())
+    for process in ("runtime.compute.head", "gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"):
+        assert process in joined, f"{process} not among the embedded head's processes:\n{joined}"
+    for marker, name in NOT_STARTED.items():
+        assert marker not in joined, f"{name} runs:\n{joined}"
+    assert folder.is_dir() and folder.name.startswith(cluster.TEMP_PREFIX)
+    driver.stdin.write("go\n")
+    driver.stdin.flush()
+    if ending == "shutdown":
+        assert driver.stdout.readline().strip() == "left"
+        assert not cluster.members(pgid) and not folder.exists(), "shutdown() left the head or its folder"
+    driver.communicate(timeout=60)
+    assert driver.returncode == (0 if ending == "shutdown" else -signal.SIGKILL)
+    wait_until(lambda: not cluster.members(pgid) and not folder.exists(),
+               f"the embedded head's processes and its folder {folder} gone", timeout=20)

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from compiler.errors import MlopsError
 from runtime import processes
 from runtime.errors import ClusterError
 
@@ -203,21 +204,48 @@ def up(state_path: Path, num_cpus: int | None = None, serve_port: int | None = N
 
 
 def _start(state_path: Path, num_cpus: int | None, serve_port: int | None, timeout: float) -> LocalCluster:
+    cluster = _launch(num_cpus, serve_port, timeout, state_path.parent / "cluster.log")
+    info = info_path(state_path)
+    tmp = info.with_name(info.name + ".tmp")
+    tmp.write_text(json.dumps(asdict(cluster)))
+    tmp.replace(info)
+    _authenticate(cluster)
+    return cluster
+
+
+def start_embedded(num_cpus: int | None, timeout: float = 90.0) -> LocalCluster:
+    """A head for this process alone: the embedded Ray of an apply with ``MLOPS_IDLE_STOP=off``, of the
+    reconciler, of a test. It is :func:`up`'s head, less one thing: it is recorded nowhere (its log is in its
+    own Ray folder), and it stops when this process stops it (:func:`stop`) or ends, however it ends: the head
+    watches that this process is still its parent. It starts in about half of what Ray's own in-process start
+    takes here (``bench/ray_floor_bench.py``)."""
+    serve_port = int(os.environ.get("MLOPS_SERVE_PORT") or DEFAULT_SERVE_PORT)
+    cluster = _launch(num_cpus, serve_port, timeout, None, owner=os.getpid())
+    _authenticate(cluster)
+    return cluster
+
+
+def _launch(num_cpus: int | None, serve_port: int | None, timeout: float, log: Path | None,
+            owner: int | None = None) -> LocalCluster:
+    """Start a head and wait until it is ready; its log is ``log`` (``None``: ``head.log`` in its Ray folder).
+    ``owner``: the pid of this process, which the head then stops with."""
     port = _free_port()
     temp_dir = Path(tempfile.gettempdir()) / f"{TEMP_PREFIX}{port}"
+    if log is None:
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        log = temp_dir / "head.log"
     # The head (runtime.compute.head) is Ray's own head node less the processes one machine's cluster never uses
     # (Ray Client server, API server, autoscaler and log monitors), run by this interpreter with this package
     # importable.
     # Its agent port is chosen here: Ray's fixed default (52365) would collide with a second cluster's.
     command = [sys.executable, "-m", "runtime.compute.head", str(port), str(temp_dir),
-               "" if num_cpus is None else str(num_cpus), str(_free_port())]
+               "" if num_cpus is None else str(num_cpus), str(_free_port()), "" if owner is None else str(owner)]
     auth = "disabled" if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled" else "token"
     # One node: a drain on SIGTERM has nowhere to move Serve's replicas and would only wait out its 30 s.
     env = {**SOCKET_RETRY_ENV, **processes.importing_mlops(dict(os.environ)), "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": auth, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **LOOPBACK_ENV}
     if auth == "token":
         _ensure_token()
-    log = state_path.parent / "cluster.log"
     offset = log.stat().st_size if log.exists() else 0
     with log.open("ab") as log_file:  # the child keeps its own descriptor
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -227,23 +255,31 @@ def _start(state_path: Path, num_cpus: int | None, serve_port: int | None, timeo
                            float(num_cpus if num_cpus is not None else os.cpu_count() or 1))
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if process.poll() is not None:
-            stop(cluster)  # what the head's node started before it failed
-            raise ClusterError.one(f"the local Ray head exited with {process.returncode}; see {log}")
+        if process.poll() is not None:  # what the head's node started before it failed is stopped
+            raise _failed(cluster, log, f"the local Ray head exited with {process.returncode}")
         with log.open("rb") as handle:
             handle.seek(offset)
             if READY_LINE in handle.read():
                 break
         time.sleep(0.05)
     else:
-        stop(cluster)
-        raise ClusterError.one(f"the local Ray head did not start within {timeout:.0f}s; see {log}")
-    info = info_path(state_path)
-    tmp = info.with_name(info.name + ".tmp")
-    tmp.write_text(json.dumps(asdict(cluster)))
-    tmp.replace(info)
-    _authenticate(cluster)
+        raise _failed(cluster, log, f"the local Ray head did not start within {timeout:.0f}s")
     return cluster
+
+
+def _failed(cluster: LocalCluster, log: Path, what: str) -> MlopsError:
+    """Stop a head that failed to start; the error names its log, or quotes the log's last line when the log
+    went with the head's folder (an embedded head's)."""
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    stop(cluster)
+    if log.exists():
+        return ClusterError.one(f"{what}; see {log}")
+    if not lines:
+        return ClusterError.one(f"{what}; it logged nothing")
+    return ClusterError.one(f"{what}; its log ended with: {lines[-1].strip()}")
 
 
 def _free_port_or(preferred: int) -> int:

@@ -2,7 +2,8 @@
 
 The spec's ``cluster.address`` wins; else the long-lived local cluster ``mlops up`` started for this
 state (started now when the caller must outlive this process: realtime deployments); else an embedded
-Ray started in this process. A process already on Ray (tests, the reconciler) keeps its connection.
+Ray for this process alone (the same head, stopped with this process). A process already on Ray (tests, the
+reconciler) keeps its connection.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class ClusterChoice:
     """The cluster a project's work and deployments run on."""
 
     address: str | None
-    """The GCS address to join; ``None``: an embedded Ray started in this process."""
+    """The GCS address to join; ``None``: an embedded Ray for this process alone."""
     serve_port: int
     """The HTTP port Ray Serve listens on there."""
     where: str

@@ -1,5 +1,5 @@
-"""The embedded cluster's head process: ``python -m runtime.compute.head PORT TEMP_DIR NUM_CPUS AGENT_PORT``
-(``NUM_CPUS`` empty: the machine's).
+"""The embedded cluster's head process: ``python -m runtime.compute.head PORT TEMP_DIR NUM_CPUS AGENT_PORT [OWNER]``
+(``NUM_CPUS`` empty: the machine's; ``OWNER``: the pid of the process it runs for, when it is to stop with it).
 
 It does what ``ray start --head --block`` does, through the same class (Ray's ``Node``), less three Python
 processes that one machine's cluster never uses and that a cold start pays for on a small machine:
@@ -24,9 +24,12 @@ node's processes in order and exits 0; any of them that fails stops the rest and
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 import ray._private.node
@@ -37,7 +40,7 @@ import ray._private.utils
 import ray.exceptions
 from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
 
-from runtime.compute.cluster import LOOPBACK, READY_LINE
+from runtime.compute.cluster import LOOPBACK, READY_LINE, TEMP_PREFIX
 
 STOPPED_CODES = (0, signal.SIGTERM, -signal.SIGTERM, 128 + signal.SIGTERM)
 """Exit codes of a process that was stopped, not one that failed (as ``ray start --block`` counts them)."""
@@ -113,11 +116,18 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str]) -> int:
     port, temp_dir, agent_port = int(argv[0]), argv[1], int(argv[3])
     num_cpus = int(argv[2]) if argv[2] else None
+    owner = int(argv[4]) if len(argv) > 4 and argv[4] else None
     signal.signal(signal.SIGTERM, _stop)
     node = start(port, temp_dir, num_cpus, agent_port)
     print(f"{READY_LINE.decode()}: the mlops embedded head at {node.address}", flush=True)
     while True:
         time.sleep(1.0)
+        if owner is not None and os.getppid() != owner:  # the process it ran for ended without stopping it
+            print(f"stopping the node: its owner (pid {owner}) exited", flush=True)
+            node.kill_all_processes(check_alive=False, allow_graceful=True)
+            if Path(temp_dir).name.startswith(TEMP_PREFIX):
+                shutil.rmtree(temp_dir, ignore_errors=True)
+            return 0
         failed = [(kind, process.returncode) for kind, process in node.dead_processes()
                   if process.returncode not in STOPPED_CODES]
         if failed:

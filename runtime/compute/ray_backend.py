@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import functools
@@ -32,12 +33,26 @@ def connected() -> bool:
     return bool(ray.is_initialized())
 
 
+_EMBEDDED: list[Any] = []
+"""The embedded head this process started (a :class:`runtime.compute.cluster.LocalCluster`), stopped by
+:func:`shutdown` or at this process's exit."""
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join ``address`` (``auto`` or ``ray://...``), or start an embedded local Ray when it is ``None``."""
+    """Join ``address`` (``auto`` or ``ray://...``), or start an embedded local Ray when it is ``None``: the
+    head ``mlops up`` starts (:func:`runtime.compute.cluster.start_embedded`), for this process alone."""
     import ray
 
     if ray.is_initialized():
         return
+    if not address:
+        from runtime.compute import cluster
+
+        embedded = cluster.start_embedded(num_cpus)
+        if not _EMBEDDED:
+            atexit.register(_stop_embedded)
+        _EMBEDDED.append(embedded)
+        address = embedded.address
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False,
                               "namespace": "mlops", "configure_logging": False}
@@ -50,10 +65,18 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
 
         os.environ.update(LOOPBACK_ENV)  # for the processes it starts
         ray_constants.ENABLE_RAY_CLUSTER = False  # read when this process picks the node's address
-    if address:
+    try:
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+    except BaseException:
+        _stop_embedded()
+        raise
+
+
+def _stop_embedded() -> None:
+    from runtime.compute import cluster
+
+    while _EMBEDDED:
+        cluster.stop(_EMBEDDED.pop())
 
 
 def preload() -> None:
@@ -72,11 +95,13 @@ def warm_workers(count: int) -> None:
 
 
 def shutdown() -> None:
-    """Leave Ray; Serve's cached client is dropped too (a new session would reuse its job id)."""
+    """Leave Ray, stopping the embedded head this process started; Serve's cached client is dropped too (a new
+    session would reuse its job id)."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+    _stop_embedded()
     _with_resources.cache_clear()
     serve_context = sys.modules.get("ray.serve.context")  # never imported here: nothing cached (and no 1 s import)
     if serve_context is not None:
