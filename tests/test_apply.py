@@ -18,7 +18,6 @@ from compiler.errors import MlopsError
 from runtime.apply.operations import apply_project, approve, opened
 from runtime.plan.project import plan_project
 
-pytestmark = pytest.mark.xdist_group("ray")
 ROOT = Path(__file__).resolve().parents[1]
 
 PIPELINE = '''

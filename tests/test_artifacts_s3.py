@@ -329,7 +329,6 @@ def test_a_store_that_cannot_be_used_is_one_line_naming_its_url(s3_url: str, sea
     assert str(pickle.loads(pickle.dumps(error))) == str(error)  # crosses Ray's process boundary intact
 
 
-@pytest.mark.xdist_group("ray")
 def test_apply_keeps_every_artifact_in_the_bucket(s3_url: str, seaweedfs: Any, tmp_path: Path,
                                                   make_project: Any) -> None:
     spec = {"apiVersion": "mlops/v1", "project": "s3demo", "storage": {"artifacts": s3_url},

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.xdist_group("ray")
 ROOT = Path(__file__).resolve().parents[1]
 MLOPS = str(Path(sys.executable).with_name("mlops"))
 SPEC = """apiVersion: mlops/v1

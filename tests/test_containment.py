@@ -14,8 +14,6 @@ import pytest
 from compiler import load_project
 from runtime.apply.operations import apply_project, opened
 
-pytestmark = pytest.mark.xdist_group("ray")
-
 PIPELINE = '''
 import os
 import tempfile

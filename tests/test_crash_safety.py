@@ -33,8 +33,6 @@ from runtime.compute.cluster import members
 from runtime.plan.project import plan_project
 from runtime.state import audit
 
-pytestmark = pytest.mark.xdist_group("ray")
-
 PIPELINE = '''
 import time
 

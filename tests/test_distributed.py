@@ -13,8 +13,6 @@ from compiler import load_project
 from runtime.apply.operations import apply_project, opened
 from runtime.artifacts.store import ArtifactStore
 
-pytestmark = pytest.mark.xdist_group("ray")
-
 PIPELINE = '''
 import time
 

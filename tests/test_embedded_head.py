@@ -15,8 +15,6 @@ import pytest
 
 from runtime.compute import cluster
 
-pytestmark = pytest.mark.xdist_group("ray")
-
 NOT_STARTED = {"ray.util.client.server": "the Ray Client server", "dashboard/dashboard.py": "the API server",
                "autoscaler/_private/monitor.py": "the autoscaler monitor", "log_monitor.py": "the log monitor"}
 

@@ -27,7 +27,6 @@ from runtime.views.lineage import lineage
 from runtime.views.models import show_model
 from runtime.views.status import project_status
 
-pytestmark = pytest.mark.xdist_group("ray")
 ROOT = Path(__file__).resolve().parents[1]
 REASON = "data subject 42 asked (Art. 17)"
 

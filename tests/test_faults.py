@@ -37,7 +37,6 @@ from runtime.artifacts.store import ArtifactStore
 from runtime.plan.project import plan_project
 from runtime.state import audit
 
-pytestmark = pytest.mark.xdist_group("ray")
 ROOT = Path(__file__).resolve().parents[1]
 
 PIPELINE = '''

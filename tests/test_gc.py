@@ -39,8 +39,6 @@ from runtime.state.records import DeploymentState
 from runtime.state.store import StateStore
 from runtime.workspace import Workspace
 
-pytestmark = pytest.mark.xdist_group("ray")
-
 ROOT = Path(__file__).resolve().parents[1]
 
 PIPELINE = '''

@@ -33,7 +33,6 @@ from ports import free_port
 from runtime.compute import cluster
 from runtime.reconcile.source import sync_checkout
 
-pytestmark = pytest.mark.xdist_group("ray")
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = 110.0
 

@@ -31,7 +31,6 @@ from runtime.artifacts.store import ArtifactStore
 from runtime.provenance import actor
 from runtime.state import StateStore, audit, lock
 
-pytestmark = pytest.mark.xdist_group("ray")
 ROOT = Path(__file__).resolve().parents[1]
 
 PIPELINE = '''

@@ -18,8 +18,6 @@ from runtime.compute import serving
 from runtime.plan.project import plan_project
 from runtime.workspace import Workspace
 
-pytestmark = pytest.mark.xdist_group("ray")
-
 PIPELINE = '''
 import torch
 

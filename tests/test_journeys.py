@@ -31,8 +31,6 @@ from runtime import processes
 from runtime.compute import cluster
 from runtime.daemon import client, record
 
-pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster at a time on the 2 CPUs
-
 ROOT = Path(__file__).resolve().parents[1]
 APPLY_S = 420
 """The deadline of one apply: a first apply here takes about 20-40 s, a change about 20 s."""

@@ -195,7 +195,6 @@ def test_relative_uris_are_taken_from_the_spec_directory(tmp_path: Path) -> None
     assert resolve_uri("http://mlflow:5000", tmp_path) == "http://mlflow:5000"
 
 
-@pytest.mark.xdist_group("ray")
 def test_apply_mirrors_the_trained_run_and_the_live_version(tmp_path: Path, make_project: Any,
                                                            empty_db: Path) -> None:
     from runtime.apply.operations import apply_project, opened

@@ -36,8 +36,6 @@ from runtime.state import audit
 from runtime.views.status import project_status
 from runtime.workspace import Workspace
 
-pytestmark = pytest.mark.xdist_group("ray")
-
 PIPELINE = '''
 import math
 

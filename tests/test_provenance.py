@@ -18,8 +18,6 @@ from compiler.errors import MlopsError
 from runtime.apply.operations import apply_project
 from runtime.provenance import changed_paths, git_state
 
-pytestmark = pytest.mark.xdist_group("ray")
-
 SPEC = {"apiVersion": "mlops/v1", "project": "prov",
         "datasets": {"raw": {"path": "data/raw.csv"},
                      "features": {"from": ["raw"], "transform": "pipeline:build_features", "params": {"v": 1}}}}

@@ -32,7 +32,6 @@ from runtime.reconcile.source import sync_checkout
 from runtime.state import audit
 from runtime.views.status import project_status
 
-pytestmark = pytest.mark.xdist_group("ray")
 ROOT = Path(__file__).resolve().parents[1]
 
 PIPELINE = '''

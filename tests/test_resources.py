@@ -99,7 +99,6 @@ def _hog(cpus: float) -> Any:
     return hog
 
 
-@pytest.mark.xdist_group("ray")
 def test_a_task_the_cluster_has_no_room_for_is_reported_waiting_then_fails_as_never_started(
         tmp_path: Path, make_project: Any, two_cpus: Any) -> None:
     import ray
@@ -138,7 +137,6 @@ def test_a_task_the_cluster_has_no_room_for_is_reported_waiting_then_fails_as_ne
     assert runs[0].status == "failed" and (runs[0].error or "").startswith("never started")
 
 
-@pytest.mark.xdist_group("ray")
 def test_a_runs_timeout_counts_from_its_start_not_from_its_wait_for_resources(
         tmp_path: Path, make_project: Any, two_cpus: Any) -> None:
     import ray

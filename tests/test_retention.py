@@ -27,7 +27,6 @@ from runtime.state import audit
 from runtime.views.models import show_model
 from runtime.views.status import project_status
 
-pytestmark = pytest.mark.xdist_group("ray")
 DAY = 86400.0
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,6 @@ from runtime.apply.operations import apply_project, opened
 from runtime.compute import serving
 from runtime.plan.project import plan_project
 
-pytestmark = pytest.mark.xdist_group("ray")
-
 PIPELINE = '''
 import torch
 

@@ -185,7 +185,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, serve_port: int) -> Iterato
         os.environ.pop("API_TOKEN", None)
 
 
-pytestmark = pytest.mark.xdist_group("ray")
 
 
 def send(port: int, body: bytes | None = None, *, method: str = "POST", path: str = "/api",

@@ -26,7 +26,6 @@ from runtime.plan.project import gate_views
 from runtime.state import audit
 from runtime.state.records import Approval, NodeResult
 
-pytestmark = pytest.mark.xdist_group("ray")
 ROOT = Path(__file__).resolve().parents[1]
 MLOPS = str(Path(sys.executable).with_name("mlops"))
 ALICE = "alice@example.com"

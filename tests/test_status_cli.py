@@ -26,8 +26,6 @@ from runtime.apply.operations import apply_project, opened
 from runtime.state import audit
 from runtime.state.records import ReconcilerStatus
 
-pytestmark = pytest.mark.xdist_group("ray")
-
 PIPELINE = '''
 from runtime.context import TrainResult
 

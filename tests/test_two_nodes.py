@@ -24,7 +24,6 @@ from compiler import load_project
 from runtime.apply.operations import apply_project, opened
 from runtime.compute import ray_backend
 
-pytestmark = pytest.mark.xdist_group("ray")
 
 @pytest.fixture(scope="module")
 def hidden_root(tmp_path_factory: pytest.TempPathFactory) -> Path:

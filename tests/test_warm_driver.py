@@ -25,8 +25,6 @@ from runtime.apply.operations import opened
 from runtime.compute import cluster
 from runtime.daemon import client, record
 
-pytestmark = pytest.mark.xdist_group("ray")
-
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND_S = 240.0
 SLOW_PIPELINE = '''import time
