@@ -150,7 +150,7 @@ def test_a_tasks_temporary_files_go_to_a_private_folder_removed_afterwards(
     assert "/mlops-tmp-" in name and not Path(name).exists()
 
 
-def test_a_killed_workers_private_temp_folder_is_removed_by_the_next_task(
+def test_a_killed_workers_private_temp_folder_is_removed_by_the_next_workers_first_task(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
     import tempfile

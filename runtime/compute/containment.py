@@ -15,8 +15,8 @@ Runs inside a Ray worker around the user's callable (:func:`contained`):
   the node. The rest of the store is not scanned (its cost grows with the store); an object changed there is
   refused when it is next read, as its content no longer matches its hash (:mod:`runtime.artifacts.store`);
 - **temporary files**: ``TMPDIR`` (and :mod:`tempfile`'s default) points into a private folder for the
-  call, removed afterwards; the folder of a worker killed in its task is removed by the next task on the
-  machine.
+  call, removed afterwards; the folder of a worker killed in its task is removed by the first task of a
+  worker started after it.
 """
 
 from __future__ import annotations
@@ -193,6 +193,17 @@ def sweep_orphaned_temp(root: Path) -> list[Path]:
     return removed
 
 
+_SWEPT: set[Path] = set()
+
+
+def _sweep_once(root: Path) -> None:
+    """:func:`sweep_orphaned_temp` at this worker's first task only: a worker killed in its task is replaced by
+    a new one, whose first task finds its folder; the tasks after it pay nothing."""
+    if root not in _SWEPT:
+        _SWEPT.add(root)
+        sweep_orphaned_temp(root)
+
+
 @contextlib.contextmanager
 def contained(repo_root: str, inputs: Iterable[Path] = ()) -> Iterator[Watch]:
     """Run the block as a task's user code; the :class:`Watch` is filled in when it ends.
@@ -205,7 +216,7 @@ def contained(repo_root: str, inputs: Iterable[Path] = ()) -> Iterator[Watch]:
     before_processes = _descendants(me) if os.path.isdir("/proc") else set()
     before_tree = _status(repo_root)
     before_guarded = guarded_files(repo_root, inputs)
-    sweep_orphaned_temp(Path(tempfile.gettempdir()))
+    _sweep_once(Path(tempfile.gettempdir()))
     private = tempfile.mkdtemp(prefix=f"{PRIVATE_TMP_PREFIX}{me}-")
     saved = os.environ.get("TMPDIR"), tempfile.tempdir
     os.environ["TMPDIR"], tempfile.tempdir = private, private
