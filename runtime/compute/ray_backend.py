@@ -10,11 +10,14 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.compute.entry import START_NAMESPACE, ready, run_task
 from runtime.compute.shipping import runtime_env
 from runtime.compute.task import TaskResult, TaskSpec
+
+if TYPE_CHECKING:
+    from runtime.compute.cluster import LocalCluster
 
 _REMOTE: Any = None
 _DISTRIBUTED: set[str] = set()
@@ -33,9 +36,8 @@ def connected() -> bool:
     return bool(ray.is_initialized())
 
 
-_EMBEDDED: list[Any] = []
-"""The embedded head this process started (a :class:`runtime.compute.cluster.LocalCluster`), stopped by
-:func:`shutdown` or at this process's exit."""
+_EMBEDDED: list[LocalCluster] = []
+"""The embedded head this process started, stopped by :func:`shutdown` or at this process's exit."""
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
