@@ -85,3 +85,24 @@ def test_a_stopping_replica_removes_its_versions_folder(tmp_path: Path, temp_roo
     replica.__del__()  # what Serve calls when it stops a replica gracefully
     assert not folder.exists()
     assert [p.name for p in temp_root.iterdir()] == []
+
+
+def test_a_replica_killed_without_its_graceful_stop_leaves_its_folder_to_the_next_replica(
+        tmp_path: Path, temp_root: Path) -> None:
+    import os
+    import subprocess
+
+    from runtime import processes
+    from runtime.compute.replica import SCRATCH_PREFIX
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a replica the cluster's stop killed: its folder, with its copy of the model, stayed
+    orphan = temp_root / f"{SCRATCH_PREFIX}{gone.pid}-k1ll3d"
+    orphan.mkdir()
+    (orphan / "model.pt").write_bytes(b"w" * 4096)
+    serving = temp_root / f"{SCRATCH_PREFIX}{os.getppid()}-live"  # another live replica's version: kept
+    serving.mkdir()
+    processes._SWEPT.discard((temp_root, SCRATCH_PREFIX))  # as in a new replica process
+    loaded = load(_spec(tmp_path))
+    assert Path(loaded.scratch.name).name.startswith(f"{SCRATCH_PREFIX}{os.getpid()}-")
+    assert not orphan.exists() and serving.is_dir()

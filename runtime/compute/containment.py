@@ -31,6 +31,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime import processes
+
 PR_SET_CHILD_SUBREAPER = 36
 IGNORED_PARTS = ("__pycache__", ".mlops")
 WORKSPACE = ".mlops"
@@ -170,40 +172,6 @@ PRIVATE_TMP_PREFIX = "mlops-tmp-"
 """A task's private temp folder: ``mlops-tmp-<pid of its worker>-<random>``."""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
-def sweep_orphaned_temp(root: Path) -> list[Path]:
-    """Remove the private temp folders in ``root`` whose worker is gone: a worker killed in a task (a
-    cancel, a timeout, the cluster stopped) cannot remove its own. A folder whose pid lives again (reused) is
-    left; it goes after that process in turn."""
-    removed = []
-    for folder in root.glob(f"{PRIVATE_TMP_PREFIX}*-*"):
-        pid = folder.name.removeprefix(PRIVATE_TMP_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
-
-
-_SWEPT: set[Path] = set()
-
-
-def _sweep_once(root: Path) -> None:
-    """:func:`sweep_orphaned_temp` at this worker's first task only: a worker killed in its task is replaced by
-    a new one, whose first task finds its folder; the tasks after it pay nothing."""
-    if root not in _SWEPT:
-        _SWEPT.add(root)
-        sweep_orphaned_temp(root)
-
-
 @contextlib.contextmanager
 def contained(repo_root: str, inputs: Iterable[Path] = ()) -> Iterator[Watch]:
     """Run the block as a task's user code; the :class:`Watch` is filled in when it ends.
@@ -216,8 +184,8 @@ def contained(repo_root: str, inputs: Iterable[Path] = ()) -> Iterator[Watch]:
     before_processes = _descendants(me) if os.path.isdir("/proc") else set()
     before_tree = _status(repo_root)
     before_guarded = guarded_files(repo_root, inputs)
-    _sweep_once(Path(tempfile.gettempdir()))
-    private = tempfile.mkdtemp(prefix=f"{PRIVATE_TMP_PREFIX}{me}-")
+    processes.sweep_orphaned_folders_once(Path(tempfile.gettempdir()), PRIVATE_TMP_PREFIX)
+    private = tempfile.mkdtemp(prefix=processes.folder_prefix(PRIVATE_TMP_PREFIX))
     saved = os.environ.get("TMPDIR"), tempfile.tempdir
     os.environ["TMPDIR"], tempfile.tempdir = private, private
     watch = Watch()

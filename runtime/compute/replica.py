@@ -25,6 +25,8 @@ from runtime.compute.scoring import ScoringSpec, load_predictor
 from runtime.endpoint.contract import ApiConfig, Problem
 from runtime.errors import TaskError
 
+SCRATCH_PREFIX = "mlops-model-"
+"""A loaded version's scratch folder: ``mlops-model-<pid of its replica>-<random>``."""
 STAGING_NICENESS = 19
 """A staging replica yields the CPU to the live replicas while it starts (it only proves the version loads)."""
 
@@ -153,9 +155,13 @@ def load(spec: ServeSpec) -> Loaded:
     otherwise), then the trainer module's ``load_predictor``. A version that fails to load leaves no folder."""
     from pathlib import Path
 
+    from runtime import processes
     from runtime.endpoint.contract import openapi_document
 
-    scratch = tempfile.TemporaryDirectory(prefix="mlops-model-")
+    # Named for this replica's process: a replica stopped without its graceful stop (the cluster stopped, a
+    # kill) leaves its folder to the next replica started on the machine, which removes it.
+    processes.sweep_orphaned_folders_once(Path(tempfile.gettempdir()), SCRATCH_PREFIX)
+    scratch = tempfile.TemporaryDirectory(prefix=processes.folder_prefix(SCRATCH_PREFIX))
     try:
         predictor = load_predictor(spec, Path(scratch.name))
     except BaseException:
@@ -170,6 +176,7 @@ def _replica_source_digest() -> str:
     import sys
     from pathlib import Path
 
+    from runtime import processes
     from runtime.artifacts import backends, store, uris, verify
     from runtime.compute import task, worker
     from runtime.endpoint import contract, signature
@@ -177,7 +184,7 @@ def _replica_source_digest() -> str:
 
     digest = hashlib.sha256()
     for module in (sys.modules[__name__], contract, signature, inference_log, store, backends, uris, verify, worker,
-                   task):
+                   task, processes):
         digest.update(Path(str(module.__file__)).read_bytes())
     return digest.hexdigest()
 
