@@ -31,29 +31,22 @@ def importing_mlops(environ: dict[str, str]) -> dict[str, str]:
 
 def folder_prefix(prefix: str) -> str:
     """The name a temp folder of this process starts with, ``PREFIX<pid>-``: once the process is gone, any
-    other can tell that the folder is orphaned (:func:`sweep_orphaned_folders`)."""
+    other can tell that the folder is orphaned (:func:`sweep_orphaned_folders_once`)."""
     return f"{prefix}{os.getpid()}-"
-
-
-def sweep_orphaned_folders(root: Path, prefix: str) -> list[Path]:
-    """Remove the folders ``PREFIX<pid>-...`` in ``root`` whose process is gone: one killed (a cancelled task, a
-    stopped cluster) cannot remove its own. A folder whose pid lives again (reused) is left until that process
-    is gone in turn."""
-    removed = []
-    for folder in root.glob(f"{prefix}*-*"):
-        pid = folder.name.removeprefix(prefix).split("-", 1)[0]
-        if pid.isdigit() and not alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
 
 
 _SWEPT: set[tuple[Path, str]] = set()
 
 
 def sweep_orphaned_folders_once(root: Path, prefix: str) -> None:
-    """:func:`sweep_orphaned_folders`, the first time this process asks only: a process killed is replaced by a
-    new one, whose first ask finds its folders; the asks after it cost nothing."""
-    if (root, prefix) not in _SWEPT:
-        _SWEPT.add((root, prefix))
-        sweep_orphaned_folders(root, prefix)
+    """Remove the folders ``PREFIX<pid>-...`` in ``root`` whose process is gone: one killed (a cancelled task, a
+    stopped cluster) cannot remove its own. Done the first time this process asks only: a process killed is
+    replaced by a new one, whose first ask finds its folders; the asks after it cost nothing. A folder whose pid
+    lives again (reused) is left until that process is gone in turn."""
+    if (root, prefix) in _SWEPT:
+        return
+    _SWEPT.add((root, prefix))
+    for folder in root.glob(f"{prefix}*-*"):
+        pid = folder.name.removeprefix(prefix).split("-", 1)[0]
+        if pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)

@@ -70,6 +70,11 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.serve_port}"
 
 
+def default_serve_port() -> int:
+    """``$MLOPS_SERVE_PORT``, else 8000: where Serve listens on a cluster mlops did not start for a state."""
+    return int(os.environ.get("MLOPS_SERVE_PORT") or DEFAULT_SERVE_PORT)
+
+
 def info_path(state_path: Path) -> Path:
     return state_path.parent / "cluster.json"
 
@@ -155,9 +160,13 @@ def stop(cluster: LocalCluster) -> None:
 
 
 def remove_folder(cluster: LocalCluster) -> None:
-    """Remove the Ray folder of a stopped ``cluster``: its sessions' logs, sockets and spilled objects. Only a
-    folder named as :func:`up` names them is removed, whatever the cluster's record says."""
-    folder = Path(cluster.temp_dir)
+    """Remove the Ray folder of a stopped ``cluster`` (:func:`remove_ray_folder`)."""
+    remove_ray_folder(Path(cluster.temp_dir))
+
+
+def remove_ray_folder(folder: Path) -> None:
+    """Remove a stopped local cluster's Ray folder: its sessions' logs, sockets and spilled objects. Only a
+    folder named as :func:`up` names them is removed, whatever a cluster's record says."""
     if folder.name.startswith(TEMP_PREFIX):
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -219,8 +228,7 @@ def start_embedded(num_cpus: int | None, timeout: float = 90.0) -> LocalCluster:
     own Ray folder), and it stops when this process stops it (:func:`stop`) or ends, however it ends: the head
     watches that this process is still its parent. It starts in about half of what Ray's own in-process start
     takes here (``bench/ray_floor_bench.py``)."""
-    serve_port = int(os.environ.get("MLOPS_SERVE_PORT") or DEFAULT_SERVE_PORT)
-    cluster = _launch(num_cpus, serve_port, timeout, None, owner=os.getpid())
+    cluster = _launch(num_cpus, default_serve_port(), timeout, None, owner=os.getpid())
     _authenticate(cluster)
     return cluster
 

@@ -8,7 +8,6 @@ reconciler) keeps its connection.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from compiler.resolve import Project
@@ -29,17 +28,12 @@ class ClusterChoice:
     """In words, for messages: ``the Ray cluster at ...``, ``the local Ray cluster``, ``an embedded Ray``."""
 
 
-def default_serve_port() -> int:
-    """``$MLOPS_SERVE_PORT``, else 8000."""
-    return int(os.environ.get("MLOPS_SERVE_PORT", cluster.DEFAULT_SERVE_PORT))
-
-
 def choose(project: Project, *, start_local: bool = False) -> ClusterChoice | None:
     """The cluster to join: ``cluster.address``, else the running local cluster, else (``start_local``) the
     local cluster started now, sized to the spec; ``None`` when there is none and none is to be started."""
     if project.spec.cluster.address:
         address = project.spec.cluster.address
-        return ClusterChoice(address, default_serve_port(), f"the Ray cluster at {address}")
+        return ClusterChoice(address, cluster.default_serve_port(), f"the Ray cluster at {address}")
     state_path = Workspace.of(project).state_path
     local = cluster.running(state_path)
     if local is None and start_local:
@@ -56,12 +50,12 @@ def join(project: Project, *, start_local: bool = False, embedded: bool = True) 
         local = None if project.spec.cluster.address else cluster.running(Workspace.of(project).state_path)
         if local is not None:
             return ClusterChoice(local.address, local.serve_port, "the local Ray cluster")
-        return ClusterChoice(project.spec.cluster.address, default_serve_port(), "the connected Ray cluster")
+        return ClusterChoice(project.spec.cluster.address, cluster.default_serve_port(), "the connected Ray cluster")
     choice = choose(project, start_local=start_local)
     if choice is None and not embedded:
         return None
     ray_backend.connect(choice.address if choice else None)
-    return choice or ClusterChoice(None, default_serve_port(), "an embedded Ray")
+    return choice or ClusterChoice(None, cluster.default_serve_port(), "an embedded Ray")
 
 
 def total_resources(project: Project) -> dict[str, float]:

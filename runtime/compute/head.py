@@ -25,7 +25,6 @@ node's processes in order and exits 0; any of them that fails stops the rest and
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 import time
@@ -40,7 +39,7 @@ import ray._private.utils
 import ray.exceptions
 from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
 
-from runtime.compute.cluster import LOOPBACK, READY_LINE, TEMP_PREFIX
+from runtime.compute.cluster import LOOPBACK, READY_LINE, remove_ray_folder
 
 STOPPED_CODES = (0, signal.SIGTERM, -signal.SIGTERM, 128 + signal.SIGTERM)
 """Exit codes of a process that was stopped, not one that failed (as ``ray start --block`` counts them)."""
@@ -125,8 +124,7 @@ def main(argv: list[str]) -> int:
         if owner is not None and os.getppid() != owner:  # the process it ran for ended without stopping it
             print(f"stopping the node: its owner (pid {owner}) exited", flush=True)
             node.kill_all_processes(check_alive=False, allow_graceful=True)
-            if Path(temp_dir).name.startswith(TEMP_PREFIX):
-                shutil.rmtree(temp_dir, ignore_errors=True)
+            remove_ray_folder(Path(temp_dir))
             return 0
         failed = [(kind, process.returncode) for kind, process in node.dead_processes()
                   if process.returncode not in STOPPED_CODES]

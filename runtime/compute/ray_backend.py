@@ -50,15 +50,12 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     if not address:
         from runtime.compute import cluster
 
-        embedded = cluster.start_embedded(num_cpus)
-        if not _EMBEDDED:
-            atexit.register(_stop_embedded)
-        _EMBEDDED.append(embedded)
-        address = embedded.address
+        _EMBEDDED.append(cluster.start_embedded(num_cpus))
+        address = _EMBEDDED[-1].address
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False,
                               "namespace": "mlops", "configure_logging": False}
-    if not address or address.partition(":")[0] in ("127.0.0.1", "localhost"):
+    if address.partition(":")[0] in ("127.0.0.1", "localhost"):
         # This machine's alone (the embedded Ray, or mlops up's): every process of it binds the loopback
         # address, and a driver joining it must not turn 127.0.0.1 into the machine's address (runtime.compute.cluster).
         from ray._private import ray_constants
@@ -75,10 +72,15 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 def _stop_embedded() -> None:
+    if not _EMBEDDED:
+        return
     from runtime.compute import cluster
 
     while _EMBEDDED:
         cluster.stop(_EMBEDDED.pop())
+
+
+atexit.register(_stop_embedded)  # a process that ends without shutdown(): nothing to do unless it started one
 
 
 def preload() -> None:
