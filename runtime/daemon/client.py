@@ -118,13 +118,19 @@ def stop(state_path: Path) -> bool:
         wire.send(connection, {"command": "stop"})
         wire.Reader(connection).next()
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and record.read(state_path) is not None:
+    while time.monotonic() < deadline and _stopping(state_path, found.pid):
         time.sleep(0.05)
-    if record.read(state_path) is not None:
+    if _stopping(state_path, found.pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(found.pid, signal.SIGKILL)
         record.remove(state_path, found.pid)
     return True
+
+
+def _stopping(state_path: Path, pid: int) -> bool:
+    """Whether the driver ``pid`` still runs or is still recorded: it leaves Ray after removing its record, and
+    ``down`` stops the cluster only once it is gone."""
+    return record.read(state_path) is not None or processes.alive(pid)
 
 
 def _answers(found: record.DaemonRecord) -> bool:
