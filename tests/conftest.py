@@ -27,19 +27,6 @@ import yaml
 # (tests/test_warm_driver.py, tests/test_journeys.py) give their commands an environment without this.
 os.environ.setdefault("MLOPS_IDLE_STOP", "off")
 
-LONGEST_MODULES = ("test_serving.py", "test_apply.py", "test_journeys.py", "test_two_nodes.py", "test_distributed.py",
-                   "test_warm_driver.py")
-"""The modules that take minutes (CI's ``--durations``), longest first. CI runs each module on one worker
-(``--dist loadscope``: its Ray cluster starts once) in collection order; these go first, so that the two workers
-finish together rather than one waiting out a long module that started last."""
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The :data:`LONGEST_MODULES` first; every other module, and every test within a module, keeps its order."""
-    rank = {name: place for place, name in enumerate(LONGEST_MODULES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
-
 @pytest.fixture(autouse=True)
 def stop_warm_drivers(tmp_path: Path) -> Iterator[None]:
     """A test whose ``mlops`` commands ran with the default environment (the warm driver on) leaves a driver and
